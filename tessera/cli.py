@@ -1,0 +1,309 @@
+"""The `tessera` command. Only this module configures logging and draws progress bars.
+
+Exit codes: 0 success; 1 a tessera error (the message says what to do); 2 usage error;
+130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Protocol
+
+import torch
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tessera.errors import TesseraError
+from tessera.hub.schemas import RoundMetrics, RunStatus, VersionInfo
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tessera: train shared models together on pooled, loosely connected compute.")
+console = Console()
+HOME = Path(".tessera")
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+# --- hub -------------------------------------------------------------------------------
+
+
+@app.command()
+def hub(
+    home: Annotated[Path, typer.Option(help="Folder for the SQLite database and blobs")] = HOME / "hub",
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    database: Annotated[str | None, typer.Option(help="SQLAlchemy URL instead of SQLite in --home")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads for evaluation")] = None,
+    verbose: bool = True,
+) -> None:
+    """Serve a hub over HTTP."""
+    import uvicorn
+
+    from tessera.hub.app import create_app, open_service
+
+    setup_logging(verbose)
+    set_threads(threads)
+    uvicorn.run(create_app(open_service(home, database)), host=host, port=port, log_level="warning")
+
+
+@app.command("create-run")
+def create_run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file")],
+    hub_url: Annotated[str, typer.Option("--hub", help="Hub URL")] = "http://127.0.0.1:8700",
+) -> None:
+    """Create a run on a hub from a recipe; prints the run id and the workers' token."""
+    from tessera.recipe import load_recipe
+    from tessera.worker.client import HubClient
+
+    load_recipe(recipe)  # fail here, with the file's name, before asking the hub
+    reply = HubClient.connect(hub_url).create_run(recipe.read_text())
+    console.print(f"run [bold]{reply.run_id}[/bold] created")
+    console.print(f"start workers with: tessera worker --hub {hub_url} --token {reply.token}")
+
+
+# --- worker ----------------------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    hub_url: Annotated[str, typer.Option("--hub", help="Hub URL")],
+    token: Annotated[str, typer.Option(help="Run token printed by create-run")],
+    data: Annotated[str | None, typer.Option(help="Folder of your own text files to train on")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the worker keeps identity and blobs")] = None,
+    name: str = "worker",
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    verbose: bool = True,
+) -> None:
+    """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes."""
+    from tessera.worker.client import HubClient, run_id_of
+    from tessera.worker.loop import WorkerSettings, WorkLoop
+
+    setup_logging(verbose)
+    set_threads(threads)
+    state = state_dir or HOME / "workers" / f"{run_id_of(token)}-{name}"
+    client = HubClient.connect(hub_url, token)
+    try:
+        summary = WorkLoop(client, WorkerSettings(state_dir=state, name=name, data_path=data)).run()
+    finally:
+        client.close()
+    accepted = sum(c.status == "accepted" for c in summary.contributions)
+    console.print(f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
+                  f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down")
+
+
+# --- reading runs ----------------------------------------------------------------------
+
+
+class RunReader(Protocol):
+    def status(self, run_id: str) -> RunStatus: ...
+    def rounds(self, run_id: str) -> list[RoundMetrics]: ...
+    def version(self, run_id: str, number: int | None = None) -> VersionInfo: ...
+    def blob(self, sha: str) -> bytes: ...
+    def run_ids(self) -> list[str]: ...
+
+
+class LocalReader:
+    """Reads a hub's folder directly (the hub need not be running)."""
+
+    def __init__(self, home: Path) -> None:
+        from tessera.hub.app import open_service
+
+        if not (home / "hub.sqlite").exists():
+            raise TesseraError(f"no hub database in {home}; run `tessera demo` or pass --hub URL")
+        self.service = open_service(home)
+        self.status, self.rounds, self.version = self.service.status, self.service.rounds, self.service.version
+        self.run_ids = self.service.run_ids
+
+    def blob(self, sha: str) -> bytes:
+        return self.service.store.get(sha)
+
+
+class RemoteReader:
+    def __init__(self, url: str, token: str | None) -> None:
+        from tessera.worker.client import HubClient
+
+        self.client = HubClient.connect(url, token, retry_s=5.0)
+        self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
+        self.blob = self.client.blob
+
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.client.runs()]
+
+
+def reader(hub_url: str | None, token: str | None, home: Path) -> RunReader:
+    return RemoteReader(hub_url, token) if hub_url else LocalReader(home)
+
+
+def pick_run(source: RunReader, run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    ids = source.run_ids()
+    if not ids:
+        raise TesseraError("this hub has no runs yet; create one with `tessera create-run`")
+    return ids[-1]
+
+
+HubOpt = Annotated[str | None, typer.Option("--hub", help="Hub URL (default: read --home directly)")]
+HomeOpt = Annotated[Path, typer.Option(help="Hub folder to read when no --hub is given")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (default: the newest run)")]
+
+
+@app.command()
+def status(hub_url: HubOpt = None, home: HomeOpt = HOME / "demo", run: RunOpt = None) -> None:
+    """Show a running or finished run, with metrics per round."""
+    source = reader(hub_url, None, home)
+    run_id = pick_run(source, run)
+    print_run(source.status(run_id), source.rounds(run_id))
+
+
+@app.command()
+def sample(
+    hub_url: HubOpt = None, home: HomeOpt = HOME / "demo", run: RunOpt = None,
+    token: Annotated[str | None, typer.Option(help="Run token (needed with --hub)")] = None,
+    prompt: str = "def ", length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
+    temperature: float = 0.7, seed: int = 0,
+) -> None:
+    """Generate text from the run's latest version."""
+    from tessera.core.tensors import from_bytes
+    from tessera.models.lm import ByteLM
+    from tessera.recipe import parse_recipe
+    from tessera.task import build_model
+
+    source = reader(hub_url, token, home)
+    run_id = pick_run(source, run)
+    info = source.status(run_id)
+    model = build_model(parse_recipe(info.recipe))
+    if not isinstance(model, ByteLM):
+        raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
+    model.load_state_dict(from_bytes(source.blob(info.latest_version.blob_sha256)))
+    ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
+    out = model.generate(ids, length, temperature, torch.Generator().manual_seed(seed))
+    console.print(f"[dim]run {run_id}, version {info.latest_version.number}, held-out loss "
+                  f"{info.latest_version.val_loss:.3f}[/dim]")
+    console.print(bytes(out.tolist()).decode("utf-8", errors="replace"), markup=False, highlight=False)
+
+
+def fmt_loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
+    table = Table(title=f"run {info.run_id} ({info.name}): {info.status}, "
+                        f"{info.rounds_done}/{info.rounds_total} rounds, {info.workers} workers")
+    for col in ("round", "held-out loss", "train loss", "accepted", "rejected", "MB up", "MB down", "wall s"):
+        table.add_column(col, justify="right")
+    table.add_row("init", fmt_loss(info.initial_val_loss), "-", "-", "-", "-", "-", "-")
+    for r in rounds:
+        table.add_row(str(r.number), fmt_loss(r.val_loss), fmt_loss(r.train_loss), str(r.accepted),
+                      str(r.rejected), f"{r.bytes_in / 1e6:.2f}", f"{r.bytes_out / 1e6:.2f}",
+                      "-" if r.wall_s is None else f"{r.wall_s:.1f}")
+    console.print(table)
+
+
+# --- demo ------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    workers: Annotated[int, typer.Option(help="Local worker processes")] = 4,
+    rounds: int = 12,
+    inner_steps: Annotated[int, typer.Option(help="Inner steps H per round")] = 100,
+    home: Annotated[Path, typer.Option(help="Folder for the hub's database, blobs and logs")] = HOME / "demo",
+    compare: Annotated[bool, typer.Option(help="Also train a single-process baseline")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write a JSON summary here")] = None,
+    verbose: bool = False,
+) -> None:
+    """Train the reference model with an embedded hub and local worker processes."""
+    from tessera.demo import (
+        DemoSettings,
+        demo_recipe,
+        embedded_hub,
+        start_workers,
+        stop_workers,
+        summarize,
+        train_baseline,
+        wait_for_run,
+    )
+    from tessera.recipe import parse_recipe
+    from tessera.worker.client import HubClient
+
+    setup_logging(verbose)
+    settings = DemoSettings(home=home, workers=workers, rounds=rounds, inner_steps=inner_steps)
+    recipe_text = demo_recipe(settings)
+    start = time.perf_counter()
+    with embedded_hub(home) as url:
+        client = HubClient.connect(url)
+        created = client.create_run(recipe_text)
+        run_dir = home / "runs" / created.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe_text)
+        console.print(f"hub at {url}, run {created.run_id}, {workers} workers")
+        procs = start_workers(url, created.token, run_dir, settings)
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                          TimeElapsedColumn(), console=console) as bar:
+                task = bar.add_task("training", total=rounds)
+
+                def show(s: RunStatus) -> None:
+                    bar.update(task, completed=s.rounds_done,
+                               description=f"held-out loss {fmt_loss(s.latest_version.val_loss)}")
+
+                final = wait_for_run(client, created.run_id, procs, show)
+        finally:
+            stop_workers(procs)
+        round_metrics = client.rounds(created.run_id)
+    wall_s = time.perf_counter() - start
+    print_run(final, round_metrics)
+    summary = summarize(final, round_metrics, workers, wall_s)
+    console.print(f"held-out loss {fmt_loss(final.initial_val_loss)} -> {fmt_loss(final.latest_version.val_loss)} "
+                  f"nats/byte in {wall_s:.0f} s; "
+                  f"{summary['bytes_up']/1e6:.1f} MB up, {summary['bytes_down']/1e6:.1f} MB down in total")
+    console.print(f"run data, versions and worker logs: {home.resolve()} "
+                  f"(database hub.sqlite, blobs/, runs/{created.run_id}/)")
+    console.print("see it again with `tessera status`; generate text with `tessera sample`")
+    if compare:
+        console.print("training the single-process baseline on the same number of tokens...")
+        base = train_baseline(parse_recipe(recipe_text), int(summary["tokens"]), workers)  # type: ignore[call-overload]
+        summary["baseline"] = base.__dict__
+        console.print(f"baseline: held-out loss {base.val_loss:.3f} after {base.steps} steps of batch "
+                      f"{base.batch_size} ({base.tokens} tokens, {base.wall_s:.0f} s); tessera: "
+                      f"{fmt_loss(final.latest_version.val_loss)} on {summary['tokens']} tokens")
+    if json_path:
+        json_path.write_text(json.dumps(summary, indent=2))
+        console.print(f"summary written to {json_path}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except TesseraError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)
+    except (typer.Exit, typer.Abort) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,121 @@
+"""Inner training (AdamW for H steps on local data) and held-out evaluation.
+
+Pure computation on an ``nn.Module`` and an iterator of batches: the worker, the hub's
+evaluation and the benchmarks all call these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.errors import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats; outputs (..., classes), targets (...)."""
+    return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(outputs.reshape(targets.shape), targets)
+
+
+LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+def loss_function(name: str) -> LossFn:
+    if name not in LOSSES:
+        raise ConfigError(f"loss {name!r} unknown: use one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+@dataclass(frozen=True)
+class InnerSettings:
+    inner_steps: int = 100
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    loss: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        if self.inner_steps < 1:
+            raise ConfigError(f"train.inner_steps must be at least 1, got {self.inner_steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        loss_function(self.loss)
+
+
+@dataclass(frozen=True)
+class InnerResult:
+    steps: int
+    tokens: int
+    mean_loss: float
+    final_loss: float
+    compute_s: float
+
+
+class InnerTrainer:
+    """AdamW on one model; the optimizer state persists across rounds, as in DiLoCo."""
+
+    def __init__(self, model: nn.Module, settings: InnerSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.loss_fn = loss_function(settings.loss)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        )
+
+    def step(self, batch: Batch) -> tuple[float, int]:
+        """One optimizer step; returns (loss, target elements seen)."""
+        inputs, targets = batch
+        self.model.train()
+        loss = self.loss_fn(self.model(inputs), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), targets.numel()
+
+    def train(self, batches: Iterator[Batch], steps: int) -> InnerResult:
+        start = time.perf_counter()
+        losses: list[float] = []
+        tokens = 0
+        for _ in range(steps):
+            loss, n = self.step(next(batches))
+            losses.append(loss)
+            tokens += n
+        return InnerResult(
+            steps=steps,
+            tokens=tokens,
+            mean_loss=sum(losses) / len(losses),
+            final_loss=losses[-1],
+            compute_s=time.perf_counter() - start,
+        )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -> float:
+    """Mean loss over held-out batches, weighted by target elements."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for inputs, targets in batches:
+        total += float(loss_fn(model(inputs), targets)) * targets.numel()
+        count += targets.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no held-out batches to evaluate on")
+    return total / count

@@ -1,0 +1,1 @@
+"""Corpora, domain shards, the held-out split, and batching."""

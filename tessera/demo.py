@@ -1,0 +1,196 @@
+"""`tessera demo`: an embedded hub and N local worker processes train the reference model.
+
+The hub serves real HTTP on 127.0.0.1 (SQLite and blobs under the demo's home); each worker is
+a separate `tessera worker` process holding a different shard of the standard library corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
+from tessera.errors import TesseraError
+from tessera.hub.app import create_app, open_service
+from tessera.hub.schemas import RoundMetrics, RunStatus
+from tessera.recipe import Recipe, parse_recipe
+from tessera.task import build_model, load_data, loss_of
+from tessera.worker.client import HubClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    home: Path = Path(".tessera/demo")
+    workers: int = 4
+    rounds: int = 12
+    inner_steps: int = 100
+    batch_size: int = 16
+    threads_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1:
+            raise TesseraError("--workers, --rounds and --inner-steps must be at least 1")
+
+
+def demo_recipe(settings: DemoSettings) -> str:
+    return f"""\
+# Byte-level LM on the Python standard library, one domain shard per worker.
+seed = 0
+
+[run]
+name = "stdlib-demo"
+rounds = {settings.rounds}
+quorum = {settings.workers}
+round_deadline_s = 300
+max_staleness = 1
+
+[model]
+factory = "tessera.models.lm:build"
+options = {{ context = 128, d_model = 128, n_layers = 2, n_heads = 4 }}
+
+[data]
+source = "tessera.data.text:load"
+options = {{ context = 128, num_shards = {settings.workers} }}
+
+[train]
+inner_steps = {settings.inner_steps}
+batch_size = {settings.batch_size}
+lr = 3e-3
+weight_decay = 0.1
+grad_clip = 1.0
+
+[outer]
+kind = "nesterov"
+lr = 0.7
+momentum = 0.9
+
+[eval]
+batch_size = 16
+batches = 16
+"""
+
+
+@contextmanager
+def embedded_hub(home: Path) -> Iterator[str]:
+    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL."""
+    service = open_service(home)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise TesseraError("the embedded hub failed to start; see the log above")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        service.state.close()
+
+
+def start_workers(url: str, token: str, run_dir: Path, settings: DemoSettings) -> list[subprocess.Popen[bytes]]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads_per_worker))
+    procs = []
+    for i in range(settings.workers):
+        state_dir = run_dir / f"worker-{i}"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token,
+               "--state-dir", str(state_dir), "--name", f"worker-{i}",
+               "--threads", str(settings.threads_per_worker)]
+        logfile = (state_dir / "worker.log").open("wb")
+        procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_for_run(client: HubClient, run_id: str, procs: list[subprocess.Popen[bytes]],
+                 on_status: Callable[[RunStatus], None], poll_s: float = 0.5) -> RunStatus:
+    """Poll the hub until the run finishes; fail if every worker died first."""
+    while True:
+        status = client.status(run_id)
+        on_status(status)
+        if status.status == "finished":
+            return status
+        if all(p.poll() is not None for p in procs):
+            codes = [p.returncode for p in procs]
+            raise TesseraError(f"all workers exited (codes {codes}) before the run finished; "
+                               "see worker.log in each worker folder")
+        time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    val_loss: float
+    steps: int
+    batch_size: int
+    tokens: int
+    wall_s: float
+
+
+def train_baseline(recipe: Recipe, tokens: int, workers: int) -> BaselineResult:
+    """One process, all training data, batch = workers x batch: the same tokens as the run."""
+    start = time.perf_counter()
+    model = build_model(recipe)
+    data = load_data(recipe)
+    batch = recipe.train.batch_size * workers
+    inputs, _ = next(data.train_batches(None, batch, 0))
+    steps = max(tokens // inputs.numel(), 1)
+    settings = InnerSettings(**{**recipe.train.__dict__, "batch_size": batch, "inner_steps": steps})
+    InnerTrainer(model, settings).train(data.train_batches(None, batch, recipe.seed + 1), steps)
+    val = data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
+    return BaselineResult(val_loss=evaluate(model, val, loss_of(recipe)), steps=steps,
+                          batch_size=batch, tokens=steps * inputs.numel(),
+                          wall_s=time.perf_counter() - start)
+
+
+def summarize(status: RunStatus, rounds: list[RoundMetrics], workers: int, wall_s: float) -> dict[str, object]:
+    return {
+        "run_id": status.run_id,
+        "final_val_loss": status.latest_version.val_loss,
+        "initial_val_loss": status.initial_val_loss,
+        "rounds": status.rounds_done,
+        "workers": workers,
+        "bytes_up": sum(r.bytes_in for r in rounds),
+        "bytes_down": sum(r.bytes_out for r in rounds),
+        "tokens": sum(r.tokens for r in rounds),
+        "wall_s": wall_s,
+        "per_round": [r.model_dump() for r in rounds],
+    }
+
+
+def parse_demo_recipe(settings: DemoSettings) -> Recipe:
+    return parse_recipe(demo_recipe(settings))
+
+
+

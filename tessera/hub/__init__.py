@@ -1,0 +1,1 @@
+"""The hub: thin HTTP routes -> services (runs, rounds) -> state (SQL) + store (blobs)."""

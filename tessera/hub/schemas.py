@@ -1,0 +1,118 @@
+"""Typed messages between hub and workers, validated on arrival."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ID = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateRunReply(Message):
+    run_id: str
+    token: str = Field(description="Bearer token for workers of this run; shown only once")
+
+
+class RegisterRequest(Message):
+    name: str = Field(default="worker", min_length=1, max_length=200)
+
+
+class RegisterReply(Message):
+    worker_id: str
+    shard: str | None
+
+
+class LeaseRequest(Message):
+    worker_id: str = ID
+    wait_s: float = Field(default=0.0, ge=0.0, le=30.0)
+
+
+class LeaseGrant(Message):
+    """A unit of work: train ``inner_steps`` from this version, upload before ``deadline``."""
+
+    lease_id: str
+    round: int
+    version_id: str
+    version_number: int
+    blob_sha256: str
+    inner_steps: int
+    deadline: float
+    shard: str | None
+    seed: int
+
+
+class LeaseReply(Message):
+    status: Literal["work", "wait", "done"]
+    retry_after_s: float = 0.0
+    lease: LeaseGrant | None = None
+
+
+class ContributionMeta(Message):
+    """Sent as JSON in the ``X-Tessera-Contribution`` header beside the safetensors body."""
+
+    contribution_id: str = ID
+    lease_id: str = ID
+    worker_id: str = ID
+    tokens: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    train_loss: float
+    compute_s: float = Field(ge=0.0)
+
+
+class ContributionReply(Message):
+    contribution_id: str
+    status: Literal["accepted", "rejected"]
+    reason: str | None = None
+    round: int
+    weight: float
+    duplicate: bool = False
+
+
+class VersionInfo(Message):
+    version_id: str
+    number: int
+    blob_sha256: str
+    nbytes: int
+    parent_id: str | None
+    contributions: list[str]
+    val_loss: float | None
+    created_at: float
+
+
+class RoundMetrics(Message):
+    number: int
+    status: Literal["open", "closed"]
+    base_version_id: str
+    version_id: str | None
+    val_loss: float | None
+    train_loss: float | None
+    accepted: int
+    rejected: int
+    tokens: int
+    bytes_in: int
+    bytes_out: int
+    wall_s: float | None
+    close_reason: str | None
+
+
+class RunStatus(Message):
+    run_id: str
+    name: str
+    status: Literal["active", "finished"]
+    rounds_total: int
+    rounds_done: int
+    current_round: int
+    latest_version: VersionInfo
+    initial_val_loss: float | None
+    workers: int
+    recipe: str
+
+
+class ErrorBody(Message):
+    error: str
+    detail: str

@@ -1,0 +1,389 @@
+"""Run and round logic of the hub: leases, contributions, round closing, metrics.
+
+The HTTP layer translates requests into calls on ``HubService``; everything that decides
+whether work counts happens here, at one commit point per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tessera.core.aggregation import WeightedMean, staleness_weight
+from tessera.core.tensors import from_bytes, to_bytes
+from tessera.errors import LeaseError, NotFound, Unauthorized
+from tessera.hub.runtime import RunRuntime
+from tessera.hub.schemas import (
+    ContributionMeta,
+    ContributionReply,
+    CreateRunReply,
+    LeaseGrant,
+    LeaseReply,
+    RegisterReply,
+    RoundMetrics,
+    RunStatus,
+    VersionInfo,
+)
+from tessera.hub.state import Contribution, Lease, RoundRecord, Run, State, Version, Worker
+from tessera.hub.store import BlobStore
+from tessera.recipe import parse_recipe
+from tessera.task import model_tensors
+
+log = logging.getLogger(__name__)
+WAIT_RETRY_S = 1.0
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def lease_seed(lease_id: str) -> int:
+    return int(lease_id[:8], 16)
+
+
+class HubService:
+    def __init__(self, state: State, store: BlobStore, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._runtimes: dict[str, RunRuntime] = {}
+
+    # --- runs -------------------------------------------------------------------------
+
+    def create_run(self, recipe_text: str) -> CreateRunReply:
+        recipe = parse_recipe(recipe_text)
+        runtime = RunRuntime.build(recipe)
+        tensors = model_tensors(runtime.model)
+        blob = to_bytes(tensors)
+        sha = self.store.put(blob)
+        val_loss = runtime.evaluate(tensors)
+        run_id, version_id, now = new_id(), new_id(), self.clock()
+        token = f"{run_id}.{secrets.token_urlsafe(24)}"
+        with self._lock, self.state.transaction() as s:
+            s.add(Run(id=run_id, name=recipe.run.name, recipe=recipe_text, token_hash=hash_token(token),
+                      status="active", current_round=0, workers_registered=0, created_at=now))
+            s.add(Version(id=version_id, run_id=run_id, number=0, blob_sha=sha, nbytes=len(blob),
+                          parent_id=None, contributions=[], val_loss=val_loss, created_at=now))
+            s.add(RoundRecord(run_id=run_id, number=0, base_version_id=version_id, started_at=now,
+                              accepted=0, rejected=0, tokens=0, bytes_in=0, bytes_out=0))
+            self._runtimes[run_id] = runtime
+        log.info("created run %s (%s), initial held-out loss %.4f", run_id, recipe.run.name, val_loss)
+        return CreateRunReply(run_id=run_id, token=token)
+
+    def runtime(self, run_id: str) -> RunRuntime:
+        with self._lock:
+            if run_id not in self._runtimes:
+                with self.state.transaction() as s:
+                    recipe_text = self._run(s, run_id).recipe
+                self._runtimes[run_id] = RunRuntime.build(parse_recipe(recipe_text))
+            return self._runtimes[run_id]
+
+    def authenticate(self, run_id: str, token: str | None) -> None:
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            if not token or not hmac.compare_digest(hash_token(token), run.token_hash):
+                raise Unauthorized(f"missing or wrong token for run {run_id}; use the token printed when the run was created")
+
+    # --- workers and leases ------------------------------------------------------------
+
+    def register(self, run_id: str, name: str) -> RegisterReply:
+        shards = self.runtime(run_id).shards
+        with self._lock, self.state.transaction() as s:
+            run = self._run(s, run_id)
+            shard = shards[run.workers_registered % len(shards)]
+            run.workers_registered += 1
+            worker = Worker(id=new_id(), run_id=run_id, name=name, shard=shard,
+                            registered_at=self.clock(), last_seen_at=self.clock())
+            s.add(worker)
+        log.info("run %s: worker %s (%s) registered, shard %s", run_id, worker.id, name, shard)
+        return RegisterReply(worker_id=worker.id, shard=shard)
+
+    def lease(self, run_id: str, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
+        """A lease on the current round; if the worker already contributed, wait up to wait_s."""
+        self.runtime(run_id)
+        give_up = self.clock() + wait_s
+        with self._changed:
+            while True:
+                reply = self._try_lease(run_id, worker_id)
+                remaining = give_up - self.clock()
+                if reply.status != "wait" or remaining <= 0:
+                    return reply
+                self._changed.wait(timeout=remaining)
+
+    def _try_lease(self, run_id: str, worker_id: str) -> LeaseReply:
+        now = self.clock()
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            worker = self._worker(s, run_id, worker_id)
+            worker.last_seen_at = now
+            if run.status == "finished":
+                return LeaseReply(status="done")
+            leases = s.scalars(select(Lease).where(
+                Lease.worker_id == worker_id, Lease.round == run.current_round)).all()
+            if any(lease.state == "used" for lease in leases):
+                return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
+            lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
+            if lease is None:
+                lease = self._new_lease(s, run, worker_id, now)
+            version = s.get(Version, lease.version_id)
+            assert version is not None  # written in the same transaction as the round
+            return LeaseReply(status="work", lease=LeaseGrant(
+                lease_id=lease.id, round=lease.round, version_id=version.id,
+                version_number=version.number, blob_sha256=version.blob_sha,
+                inner_steps=lease.inner_steps, deadline=lease.deadline, shard=worker.shard,
+                seed=lease_seed(lease.id),
+            ))
+
+    def _new_lease(self, s: Session, run: Run, worker_id: str, now: float) -> Lease:
+        recipe = self.runtime(run.id).recipe
+        version = self._version(s, run.id, run.current_round)
+        lease = Lease(id=new_id(), run_id=run.id, worker_id=worker_id, round=run.current_round,
+                      version_id=version.id, inner_steps=recipe.train.inner_steps, issued_at=now,
+                      deadline=now + recipe.run.lease_timeout_s, state="open")
+        s.add(lease)
+        return lease
+
+    # --- contributions -----------------------------------------------------------------
+
+    def upload_limit(self, run_id: str) -> int:
+        return self.runtime(run_id).upload_limit()
+
+    def submit(self, run_id: str, meta: ContributionMeta, body: bytes) -> ContributionReply:
+        """Validate, then record a contribution; nothing is stored if validation fails."""
+        runtime = self.runtime(run_id)
+        with self._lock:
+            previous = self._check_submission(run_id, meta)
+            if previous is not None:
+                return previous
+            runtime.check(from_bytes(body))
+            with self.state.transaction() as s:
+                reply = self._record(s, run_id, meta, body)
+            if reply.status == "accepted":
+                self._maybe_close(run_id)
+            return reply
+
+    def _check_submission(self, run_id: str, meta: ContributionMeta) -> ContributionReply | None:
+        """The earlier reply for a retried upload, or None after checking the lease."""
+        with self.state.transaction() as s:
+            self._run(s, run_id)
+            done = s.scalar(select(Contribution).where(
+                Contribution.run_id == run_id, Contribution.id == meta.contribution_id))
+            if done is not None:
+                return contribution_reply(done, duplicate=True)
+            lease = s.get(Lease, meta.lease_id)
+            if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
+                raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
+            if lease.state != "open":
+                raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
+            if lease.deadline <= self.clock():
+                raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
+        return None
+
+    def _record(self, s: Session, run_id: str, meta: ContributionMeta, body: bytes) -> ContributionReply:
+        run = self._run(s, run_id)
+        recipe = self.runtime(run_id).recipe
+        lease = s.get(Lease, meta.lease_id)
+        assert lease is not None  # checked under the same lock
+        lease.state = "used"
+        staleness = run.current_round - lease.round
+        record = self._round(s, run_id, run.current_round)
+        contribution = Contribution(
+            id=meta.contribution_id, run_id=run_id, worker_id=meta.worker_id, lease_id=lease.id,
+            round=run.current_round, base_version_number=lease.round, nbytes=len(body),
+            tokens=meta.tokens, steps=meta.steps, train_loss=meta.train_loss, created_at=self.clock(),
+            weight=0.0, status="rejected", blob_sha=None, reason=None,
+        )
+        if run.status == "finished":
+            contribution.reason = "the run has finished; nothing more is needed"
+        elif staleness > recipe.run.max_staleness:
+            contribution.reason = (
+                f"stale: based on version {lease.round}, {staleness} versions behind the current "
+                f"{run.current_round} (max_staleness {recipe.run.max_staleness}); lease again"
+            )
+        else:
+            contribution.status = "accepted"
+            contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
+            contribution.blob_sha = self.store.put(body)
+            record.accepted += 1
+            record.tokens += meta.tokens
+        if contribution.status == "rejected":
+            record.rejected += 1
+        record.bytes_in += len(body)
+        s.add(contribution)
+        return contribution_reply(contribution)
+
+    # --- rounds ------------------------------------------------------------------------
+
+    def close_due_rounds(self) -> int:
+        """Close every round past its deadline that has at least one contribution."""
+        with self.state.transaction() as s:
+            run_ids = s.scalars(select(Run.id).where(Run.status == "active")).all()
+        return sum(self._maybe_close(run_id) for run_id in run_ids)
+
+    def _maybe_close(self, run_id: str) -> bool:
+        settings = self.runtime(run_id).recipe.run
+        with self._lock, self.state.transaction() as s:
+            run = self._run(s, run_id)
+            if run.status != "active":
+                return False
+            record = self._round(s, run_id, run.current_round)
+            if record.accepted >= settings.quorum:
+                reason = "quorum"
+            elif record.accepted > 0 and self.clock() - record.started_at >= settings.round_deadline_s:
+                reason = "deadline"
+            else:
+                return False
+            self._close_round(s, run, record, reason)
+        with self._changed:
+            self._changed.notify_all()
+        return True
+
+    def _close_round(self, s: Session, run: Run, record: RoundRecord, reason: str) -> None:
+        runtime = self.runtime(run.id)
+        contributions = s.scalars(select(Contribution).where(
+            Contribution.run_id == run.id, Contribution.round == record.number,
+            Contribution.status == "accepted")).all()
+        mean = WeightedMean()
+        for c in contributions:
+            assert c.blob_sha is not None  # accepted contributions always keep their blob
+            mean.add(from_bytes(self.store.get(c.blob_sha)), c.weight)
+        base = self._version(s, run.id, record.number)
+        params = from_bytes(self.store.get(base.blob_sha))
+        outer_state = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
+        new_params, new_state = runtime.outer.step(params, mean.result(), outer_state)
+        blob = to_bytes(new_params)
+        now = self.clock()
+        version = Version(
+            id=new_id(), run_id=run.id, number=record.number + 1, blob_sha=self.store.put(blob),
+            nbytes=len(blob), parent_id=base.id, contributions=[c.id for c in contributions],
+            val_loss=runtime.evaluate(new_params), created_at=now,
+        )
+        s.add(version)
+        run.outer_state_sha = self.store.put(to_bytes(new_state)) if new_state else None
+        record.closed_at, record.close_reason, record.version_id = now, reason, version.id
+        record.val_loss = version.val_loss
+        record.train_loss = sum(c.train_loss * c.tokens for c in contributions) / sum(
+            c.tokens for c in contributions)
+        run.current_round = record.number + 1
+        if run.current_round >= runtime.recipe.run.rounds:
+            run.status, run.finished_at = "finished", now
+        else:
+            s.add(RoundRecord(run_id=run.id, number=run.current_round, base_version_id=version.id,
+                              started_at=now, accepted=0, rejected=0, tokens=0, bytes_in=0, bytes_out=0))
+        log.info("run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
+                 run.id, record.number, reason, len(contributions), version.val_loss)
+
+    # --- reading -----------------------------------------------------------------------
+
+    def download(self, run_id: str, sha: str) -> bytes:
+        """A blob of one of this run's versions; its size counts as bytes out of the round."""
+        with self._lock, self.state.transaction() as s:
+            run = self._run(s, run_id)
+            owned = s.scalar(select(func.count()).select_from(Version).where(
+                Version.run_id == run_id, Version.blob_sha == sha))
+            if not owned:
+                raise NotFound(f"blob {sha} is not a version of run {run_id}")
+            data = self.store.get(sha)
+            if run.status == "active":
+                self._round(s, run_id, run.current_round).bytes_out += len(data)
+        return data
+
+    def status(self, run_id: str) -> RunStatus:
+        rounds_total = self.runtime(run_id).recipe.run.rounds
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            latest = s.scalar(select(Version).where(Version.run_id == run_id)
+                              .order_by(Version.number.desc()).limit(1))
+            first = self._version(s, run_id, 0)
+            workers = s.scalar(select(func.count()).select_from(Worker).where(Worker.run_id == run_id))
+            assert latest is not None  # version 0 is written with the run
+            return RunStatus(
+                run_id=run.id, name=run.name, status=run.status,  # type: ignore[arg-type]
+                rounds_total=rounds_total, rounds_done=latest.number, current_round=run.current_round,
+                latest_version=version_info(latest), initial_val_loss=first.val_loss,
+                workers=workers or 0, recipe=run.recipe,
+            )
+
+    def rounds(self, run_id: str) -> list[RoundMetrics]:
+        with self.state.transaction() as s:
+            self._run(s, run_id)
+            records = s.scalars(select(RoundRecord).where(RoundRecord.run_id == run_id)
+                                .order_by(RoundRecord.number)).all()
+            return [round_metrics(r) for r in records]
+
+    def version(self, run_id: str, number: int | None = None) -> VersionInfo:
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            return version_info(self._version(s, run_id, run.current_round if number is None else number))
+
+    def run_ids(self) -> list[str]:
+        with self.state.transaction() as s:
+            return list(s.scalars(select(Run.id).order_by(Run.created_at)).all())
+
+    # --- lookups -----------------------------------------------------------------------
+
+    @staticmethod
+    def _run(s: Session, run_id: str) -> Run:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found; `tessera status` lists the runs of a hub")
+        return run
+
+    @staticmethod
+    def _worker(s: Session, run_id: str, worker_id: str) -> Worker:
+        worker = s.get(Worker, worker_id)
+        if worker is None or worker.run_id != run_id:
+            raise NotFound(f"worker {worker_id} is not registered in run {run_id}; register first")
+        return worker
+
+    @staticmethod
+    def _version(s: Session, run_id: str, number: int) -> Version:
+        version = s.scalar(select(Version).where(Version.run_id == run_id, Version.number == number))
+        if version is None:
+            raise NotFound(f"run {run_id} has no version {number}")
+        return version
+
+    @staticmethod
+    def _round(s: Session, run_id: str, number: int) -> RoundRecord:
+        record = s.scalar(select(RoundRecord).where(
+            RoundRecord.run_id == run_id, RoundRecord.number == number))
+        if record is None:
+            raise NotFound(f"run {run_id} has no round {number}")
+        return record
+
+
+def contribution_reply(c: Contribution, duplicate: bool = False) -> ContributionReply:
+    return ContributionReply(contribution_id=c.id, status=c.status,  # type: ignore[arg-type]
+                             reason=c.reason, round=c.round, weight=c.weight, duplicate=duplicate)
+
+
+def version_info(v: Version) -> VersionInfo:
+    return VersionInfo(version_id=v.id, number=v.number, blob_sha256=v.blob_sha, nbytes=v.nbytes,
+                       parent_id=v.parent_id, contributions=list(v.contributions),
+                       val_loss=v.val_loss, created_at=v.created_at)
+
+
+def round_metrics(r: RoundRecord) -> RoundMetrics:
+    return RoundMetrics(
+        number=r.number, status="closed" if r.closed_at is not None else "open",
+        base_version_id=r.base_version_id, version_id=r.version_id, val_loss=r.val_loss,
+        train_loss=r.train_loss, accepted=r.accepted, rejected=r.rejected, tokens=r.tokens,
+        bytes_in=r.bytes_in, bytes_out=r.bytes_out,
+        wall_s=None if r.closed_at is None else r.closed_at - r.started_at,
+        close_reason=r.close_reason,
+    )

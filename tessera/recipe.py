@@ -1,0 +1,125 @@
+"""Run recipes: a TOML file naming the model, the data and the algorithm settings.
+
+    [run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness,
+             staleness_decay
+    [model]  factory = "package.module:function", options = {...}
+    [data]   source = "package.module:function", path = "...", options = {...}
+    [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
+    [outer]  kind = "nesterov" | "average", lr, momentum
+    [eval]   batch_size, batches
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tessera.core.inner import InnerSettings
+from tessera.core.outer import OuterSettings
+from tessera.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str = "run"
+    rounds: int = 10
+    quorum: int = 4
+    round_deadline_s: float = 600.0
+    lease_timeout_s: float = 1800.0
+    max_staleness: int = 1
+    staleness_decay: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"run.rounds must be at least 1, got {self.rounds}")
+        if self.quorum < 1:
+            raise ConfigError(f"run.quorum must be at least 1, got {self.quorum}")
+        if self.round_deadline_s <= 0 or self.lease_timeout_s <= 0:
+            raise ConfigError("run.round_deadline_s and run.lease_timeout_s must be positive")
+        if self.max_staleness < 0:
+            raise ConfigError(f"run.max_staleness cannot be negative, got {self.max_staleness}")
+        if not 0 < self.staleness_decay <= 1:
+            raise ConfigError(f"run.staleness_decay must be in (0, 1], got {self.staleness_decay}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    factory: str = "tessera.models.lm:build"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "tessera.data.text:load"
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    batch_size: int = 16
+    batches: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batches < 1:
+            raise ConfigError("eval.batch_size and eval.batches must be at least 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    run: RunSettings = field(default_factory=RunSettings)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    train: InnerSettings = field(default_factory=InnerSettings)
+    outer: OuterSettings = field(default_factory=OuterSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    seed: int = 0
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSettings,
+    "model": ModelSpec,
+    "data": DataSpec,
+    "train": InnerSettings,
+    "outer": OuterSettings,
+    "eval": EvalSettings,
+}
+
+
+def _section(name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}; allowed keys: {sorted(known)}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from exc
+
+
+def parse_recipe(text: str) -> Recipe:
+    """Parse recipe TOML; every problem raises ConfigError naming the key to fix."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise ConfigError(f"unknown recipe sections {unknown}; allowed: {sorted(SECTIONS)}")
+    parts = {name: _section(name, cls, doc.get(name, {})) for name, cls in SECTIONS.items()}
+    seed = doc.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    return Recipe(seed=seed, **parts)
+
+
+def load_recipe(path: Path) -> Recipe:
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} not found")
+    return parse_recipe(path.read_text())

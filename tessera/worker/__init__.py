@@ -1,0 +1,1 @@
+"""The worker: hub client, work loop (lease, download, train, upload), hardware probe."""

@@ -1,0 +1,157 @@
+"""Typed client of the hub's HTTP API.
+
+The ``httpx.Client`` is injectable: tests pass the hub's in-process ASGI app (a Starlette
+``TestClient``), production uses a real connection. Transport errors and 5xx answers are
+retried with backoff; 4xx answers raise the matching ``TesseraError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from tessera.errors import (
+    ContributionRejected,
+    HubUnavailable,
+    LeaseError,
+    MalformedContribution,
+    NotFound,
+    PayloadTooLarge,
+    StaleContribution,
+    TesseraError,
+    Unauthorized,
+)
+from tessera.hub.schemas import (
+    ContributionMeta,
+    ContributionReply,
+    CreateRunReply,
+    LeaseReply,
+    RegisterReply,
+    RoundMetrics,
+    RunStatus,
+    VersionInfo,
+)
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+ERRORS: dict[str, type[TesseraError]] = {
+    cls.code: cls
+    for cls in (ContributionRejected, MalformedContribution, PayloadTooLarge, LeaseError,
+                StaleContribution, NotFound, Unauthorized)
+}
+META_HEADER = "X-Tessera-Contribution"
+
+
+def run_id_of(token: str) -> str:
+    """Run tokens look like ``<run_id>.<secret>``."""
+    run_id, sep, secret = token.partition(".")
+    if not sep or not run_id or not secret:
+        raise Unauthorized("token is malformed; use the token printed when the run was created")
+    return run_id
+
+
+class HubClient:
+    def __init__(self, http: httpx.Client, token: str | None = None, retry_s: float = 60.0) -> None:
+        self.http = http
+        self.token = token
+        self.retry_s = retry_s
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    @classmethod
+    def connect(cls, url: str, token: str | None = None, retry_s: float = 60.0) -> HubClient:
+        return cls(httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0)), token, retry_s)
+
+    @property
+    def run_id(self) -> str:
+        if self.token is None:
+            raise Unauthorized("this command needs a run token (--token)")
+        return run_id_of(self.token)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- transport ---------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        give_up = time.monotonic() + self.retry_s
+        delay = 0.2
+        while True:
+            try:
+                response = self.http.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 500:
+                    return raise_for_error(response)
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if time.monotonic() + delay > give_up:
+                raise HubUnavailable(f"hub at {self.http.base_url} unreachable ({problem}); "
+                                     "check that it runs and the URL is right")
+            log.warning("hub request %s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _json(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        return model.model_validate(self._request(method, path, **kwargs).json())
+
+    # --- API ---------------------------------------------------------------------------
+
+    def create_run(self, recipe_text: str) -> CreateRunReply:
+        return self._json(CreateRunReply, "POST", "/v1/runs", content=recipe_text.encode(),
+                          headers={"Content-Type": "application/toml"})
+
+    def register(self, name: str) -> RegisterReply:
+        return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json={"name": name})
+
+    def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
+        return self._json(LeaseReply, "POST", f"/v1/runs/{self.run_id}/leases",
+                          json={"worker_id": worker_id, "wait_s": wait_s})
+
+    def blob(self, sha: str) -> bytes:
+        """Download a version blob and check that its bytes match its sha256."""
+        data = self._request("GET", f"/v1/runs/{self.run_id}/blobs/{sha}").content
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise HubUnavailable(f"blob {sha} arrived corrupted (sha256 mismatch); retry")
+        self.bytes_down += len(data)
+        return data
+
+    def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply:
+        reply = self._json(
+            ContributionReply, "POST", f"/v1/runs/{self.run_id}/contributions", content=body,
+            headers={META_HEADER: meta.model_dump_json(), "Content-Type": "application/octet-stream"},
+        )
+        self.bytes_up += len(body)
+        return reply
+
+    def runs(self) -> list[RunStatus]:
+        return [RunStatus.model_validate(r) for r in self._request("GET", "/v1/runs").json()]
+
+    def status(self, run_id: str) -> RunStatus:
+        return self._json(RunStatus, "GET", f"/v1/runs/{run_id}")
+
+    def rounds(self, run_id: str) -> list[RoundMetrics]:
+        return [RoundMetrics.model_validate(r) for r in self._request("GET", f"/v1/runs/{run_id}/rounds").json()]
+
+    def version(self, run_id: str, number: int | None = None) -> VersionInfo:
+        which = "latest" if number is None else str(number)
+        return self._json(VersionInfo, "GET", f"/v1/runs/{run_id}/versions/{which}")
+
+
+def raise_for_error(response: httpx.Response) -> httpx.Response:
+    if response.status_code < 400:
+        return response
+    try:
+        body = response.json()
+        code, detail = body.get("error", "error"), body.get("detail", response.text)
+    except ValueError:
+        code, detail = "error", response.text
+    raise ERRORS.get(code, TesseraError)(f"hub refused the request (HTTP {response.status_code}): {detail}")
