@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import torch
 import typer
@@ -23,15 +23,24 @@ from rich.table import Table
 from tessera.errors import TesseraError
 from tessera.hub.schemas import RoundMetrics, RunStatus, VersionInfo
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="tessera: train shared models together on pooled, loosely connected compute.")
+if TYPE_CHECKING:
+    from tessera.demo import DemoSummary
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="tessera: train shared models together on pooled, loosely connected compute.",
+)
 console = Console()
 HOME = Path(".tessera")
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
@@ -103,8 +112,10 @@ def worker(
     finally:
         client.close()
     accepted = sum(c.status == "accepted" for c in summary.contributions)
-    console.print(f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
-                  f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down")
+    console.print(
+        f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
+        f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down"
+    )
 
 
 # --- reading runs ----------------------------------------------------------------------
@@ -127,7 +138,11 @@ class LocalReader:
         if not (home / "hub.sqlite").exists():
             raise TesseraError(f"no hub database in {home}; run `tessera demo` or pass --hub URL")
         self.service = open_service(home)
-        self.status, self.rounds, self.version = self.service.status, self.service.rounds, self.service.version
+        self.status, self.rounds, self.version = (
+            self.service.status,
+            self.service.rounds,
+            self.service.version,
+        )
         self.run_ids = self.service.run_ids
 
     def blob(self, sha: str) -> bytes:
@@ -174,10 +189,14 @@ def status(hub_url: HubOpt = None, home: HomeOpt = HOME / "demo", run: RunOpt = 
 
 @app.command()
 def sample(
-    hub_url: HubOpt = None, home: HomeOpt = HOME / "demo", run: RunOpt = None,
+    hub_url: HubOpt = None,
+    home: HomeOpt = HOME / "demo",
+    run: RunOpt = None,
     token: Annotated[str | None, typer.Option(help="Run token (needed with --hub)")] = None,
-    prompt: str = "def ", length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
-    temperature: float = 0.7, seed: int = 0,
+    prompt: str = "def ",
+    length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
+    temperature: float = 0.7,
+    seed: int = 0,
 ) -> None:
     """Generate text from the run's latest version."""
     from tessera.core.tensors import from_bytes
@@ -194,8 +213,10 @@ def sample(
     model.load_state_dict(from_bytes(source.blob(info.latest_version.blob_sha256)))
     ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
     out = model.generate(ids, length, temperature, torch.Generator().manual_seed(seed))
-    console.print(f"[dim]run {run_id}, version {info.latest_version.number}, held-out loss "
-                  f"{info.latest_version.val_loss:.3f}[/dim]")
+    console.print(
+        f"[dim]run {run_id}, version {info.latest_version.number}, held-out loss "
+        f"{info.latest_version.val_loss:.3f}[/dim]"
+    )
     console.print(bytes(out.tolist()).decode("utf-8", errors="replace"), markup=False, highlight=False)
 
 
@@ -204,15 +225,24 @@ def fmt_loss(value: float | None) -> str:
 
 
 def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
-    table = Table(title=f"run {info.run_id} ({info.name}): {info.status}, "
-                        f"{info.rounds_done}/{info.rounds_total} rounds, {info.workers} workers")
+    table = Table(
+        title=f"run {info.run_id} ({info.name}): {info.status}, "
+        f"{info.rounds_done}/{info.rounds_total} rounds, {info.workers} workers"
+    )
     for col in ("round", "held-out loss", "train loss", "accepted", "rejected", "MB up", "MB down", "wall s"):
         table.add_column(col, justify="right")
     table.add_row("init", fmt_loss(info.initial_val_loss), "-", "-", "-", "-", "-", "-")
     for r in rounds:
-        table.add_row(str(r.number), fmt_loss(r.val_loss), fmt_loss(r.train_loss), str(r.accepted),
-                      str(r.rejected), f"{r.bytes_in / 1e6:.2f}", f"{r.bytes_out / 1e6:.2f}",
-                      "-" if r.wall_s is None else f"{r.wall_s:.1f}")
+        table.add_row(
+            str(r.number),
+            fmt_loss(r.val_loss),
+            fmt_loss(r.train_loss),
+            str(r.accepted),
+            str(r.rejected),
+            f"{r.bytes_in / 1e6:.2f}",
+            f"{r.bytes_out / 1e6:.2f}",
+            "-" if r.wall_s is None else f"{r.wall_s:.1f}",
+        )
     console.print(table)
 
 
@@ -230,80 +260,64 @@ def demo(
     verbose: bool = False,
 ) -> None:
     """Train the reference model with an embedded hub and local worker processes."""
-    from tessera.demo import (
-        DemoSettings,
-        demo_recipe,
-        embedded_hub,
-        start_workers,
-        stop_workers,
-        summarize,
-        train_baseline,
-        wait_for_run,
-    )
+    from tessera.demo import DemoSettings, demo_recipe, run_demo, summarize, train_baseline
     from tessera.recipe import parse_recipe
-    from tessera.worker.client import HubClient
 
     setup_logging(verbose)
     settings = DemoSettings(home=home, workers=workers, rounds=rounds, inner_steps=inner_steps)
-    recipe_text = demo_recipe(settings)
-    start = time.perf_counter()
-    with embedded_hub(home) as url:
-        client = HubClient.connect(url)
-        created = client.create_run(recipe_text)
-        run_dir = home / "runs" / created.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(recipe_text)
-        console.print(f"hub at {url}, run {created.run_id}, {workers} workers")
-        procs = start_workers(url, created.token, run_dir, settings)
-        try:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
-                          TimeElapsedColumn(), console=console) as bar:
-                task = bar.add_task("training", total=rounds)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("starting", total=rounds)
 
-                def show(s: RunStatus) -> None:
-                    bar.update(task, completed=s.rounds_done,
-                               description=f"held-out loss {fmt_loss(s.latest_version.val_loss)}")
+        def started(url: str, run_id: str) -> None:
+            bar.console.print(f"hub at {url}, run {run_id}, {workers} worker processes")
 
-                final = wait_for_run(client, created.run_id, procs, show)
-        finally:
-            stop_workers(procs)
-        round_metrics = client.rounds(created.run_id)
-    wall_s = time.perf_counter() - start
-    print_run(final, round_metrics)
-    summary = summarize(final, round_metrics, workers, wall_s)
-    console.print(f"held-out loss {fmt_loss(final.initial_val_loss)} -> {fmt_loss(final.latest_version.val_loss)} "
-                  f"nats/byte in {wall_s:.0f} s; "
-                  f"{summary['bytes_up']/1e6:.1f} MB up, {summary['bytes_down']/1e6:.1f} MB down in total")
-    console.print(f"run data, versions and worker logs: {home.resolve()} "
-                  f"(database hub.sqlite, blobs/, runs/{created.run_id}/)")
-    console.print("see it again with `tessera status`; generate text with `tessera sample`")
+        def show(s: RunStatus) -> None:
+            loss = fmt_loss(s.latest_version.val_loss)
+            bar.update(task, completed=s.rounds_done, description=f"held-out loss {loss}")
+
+        run = run_demo(settings, started, show)
+    print_run(run.status, run.rounds)
+    summary = summarize(run, workers)
+    print_demo_summary(summary, home, run.run_id)
     if compare:
         console.print("training the single-process baseline on the same number of tokens...")
-        base = train_baseline(parse_recipe(recipe_text), int(summary["tokens"]), workers)  # type: ignore[call-overload]
-        summary["baseline"] = base.__dict__
-        console.print(f"baseline: held-out loss {base.val_loss:.3f} after {base.steps} steps of batch "
-                      f"{base.batch_size} ({base.tokens} tokens, {base.wall_s:.0f} s); tessera: "
-                      f"{fmt_loss(final.latest_version.val_loss)} on {summary['tokens']} tokens")
+        base = train_baseline(parse_recipe(demo_recipe(settings)), summary.tokens, workers)
+        summary.baseline = asdict(base)
+        console.print(
+            f"baseline: held-out loss {base.val_loss:.3f} after {base.steps} steps of batch "
+            f"{base.batch_size} ({base.tokens} tokens, {base.wall_s:.0f} s); tessera: "
+            f"{fmt_loss(summary.final_val_loss)} on {summary.tokens} tokens"
+        )
     if json_path:
-        json_path.write_text(json.dumps(summary, indent=2))
+        json_path.write_text(json.dumps(asdict(summary), indent=2))
         console.print(f"summary written to {json_path}")
 
 
+def print_demo_summary(summary: DemoSummary, home: Path, run_id: str) -> None:
+    console.print(
+        f"held-out loss {fmt_loss(summary.initial_val_loss)} -> {fmt_loss(summary.final_val_loss)} "
+        f"nats/byte in {summary.wall_s:.0f} s; "
+        f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down in total"
+    )
+    console.print(
+        f"run data, versions and worker logs: {home.resolve()} (database hub.sqlite, blobs/, runs/{run_id}/)"
+    )
+    console.print("see it again with `tessera status`; generate text with `tessera sample`")
+
+
 def main() -> None:
+    """Entry point: typer handles usage errors (exit 2) and Ctrl-C (exit 130)."""
     try:
-        app(standalone_mode=False)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+        app()
     except TesseraError as exc:
         console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
-    except (typer.Exit, typer.Abort) as exc:
-        sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if exc.code == 130:
+            console.print("interrupted; run the same command again to resume")
         raise

@@ -24,7 +24,7 @@ from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
 from tessera.hub.app import create_app, open_service
 from tessera.hub.schemas import RoundMetrics, RunStatus
-from tessera.recipe import Recipe, parse_recipe
+from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
 from tessera.worker.client import HubClient
 
@@ -108,15 +108,30 @@ def embedded_hub(home: Path) -> Iterator[str]:
         service.state.close()
 
 
-def start_workers(url: str, token: str, run_dir: Path, settings: DemoSettings) -> list[subprocess.Popen[bytes]]:
+def start_workers(
+    url: str, token: str, run_dir: Path, settings: DemoSettings
+) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads_per_worker))
     procs = []
     for i in range(settings.workers):
         state_dir = run_dir / f"worker-{i}"
         state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token,
-               "--state-dir", str(state_dir), "--name", f"worker-{i}",
-               "--threads", str(settings.threads_per_worker)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tessera",
+            "worker",
+            "--hub",
+            url,
+            "--token",
+            token,
+            "--state-dir",
+            str(state_dir),
+            "--name",
+            f"worker-{i}",
+            "--threads",
+            str(settings.threads_per_worker),
+        ]
         logfile = (state_dir / "worker.log").open("wb")
         procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
     return procs
@@ -134,8 +149,13 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) ->
             p.wait()
 
 
-def wait_for_run(client: HubClient, run_id: str, procs: list[subprocess.Popen[bytes]],
-                 on_status: Callable[[RunStatus], None], poll_s: float = 0.5) -> RunStatus:
+def wait_for_run(
+    client: HubClient,
+    run_id: str,
+    procs: list[subprocess.Popen[bytes]],
+    on_status: Callable[[RunStatus], None],
+    poll_s: float = 0.5,
+) -> RunStatus:
     """Poll the hub until the run finishes; fail if every worker died first."""
     while True:
         status = client.status(run_id)
@@ -144,8 +164,10 @@ def wait_for_run(client: HubClient, run_id: str, procs: list[subprocess.Popen[by
             return status
         if all(p.poll() is not None for p in procs):
             codes = [p.returncode for p in procs]
-            raise TesseraError(f"all workers exited (codes {codes}) before the run finished; "
-                               "see worker.log in each worker folder")
+            raise TesseraError(
+                f"all workers exited (codes {codes}) before the run finished; "
+                "see worker.log in each worker folder"
+            )
         time.sleep(poll_s)
 
 
@@ -169,28 +191,73 @@ def train_baseline(recipe: Recipe, tokens: int, workers: int) -> BaselineResult:
     settings = InnerSettings(**{**recipe.train.__dict__, "batch_size": batch, "inner_steps": steps})
     InnerTrainer(model, settings).train(data.train_batches(None, batch, recipe.seed + 1), steps)
     val = data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
-    return BaselineResult(val_loss=evaluate(model, val, loss_of(recipe)), steps=steps,
-                          batch_size=batch, tokens=steps * inputs.numel(),
-                          wall_s=time.perf_counter() - start)
+    return BaselineResult(
+        val_loss=evaluate(model, val, loss_of(recipe)),
+        steps=steps,
+        batch_size=batch,
+        tokens=steps * inputs.numel(),
+        wall_s=time.perf_counter() - start,
+    )
 
 
-def summarize(status: RunStatus, rounds: list[RoundMetrics], workers: int, wall_s: float) -> dict[str, object]:
-    return {
-        "run_id": status.run_id,
-        "final_val_loss": status.latest_version.val_loss,
-        "initial_val_loss": status.initial_val_loss,
-        "rounds": status.rounds_done,
-        "workers": workers,
-        "bytes_up": sum(r.bytes_in for r in rounds),
-        "bytes_down": sum(r.bytes_out for r in rounds),
-        "tokens": sum(r.tokens for r in rounds),
-        "wall_s": wall_s,
-        "per_round": [r.model_dump() for r in rounds],
-    }
+@dataclass(frozen=True)
+class DemoRun:
+    run_id: str
+    run_dir: Path
+    status: RunStatus
+    rounds: list[RoundMetrics]
+    wall_s: float
 
 
-def parse_demo_recipe(settings: DemoSettings) -> Recipe:
-    return parse_recipe(demo_recipe(settings))
+def run_demo(
+    settings: DemoSettings,
+    on_start: Callable[[str, str], None],
+    on_status: Callable[[RunStatus], None],
+) -> DemoRun:
+    """Embedded hub, one run from the demo recipe, worker processes until the run finishes."""
+    recipe_text = demo_recipe(settings)
+    start = time.perf_counter()
+    with embedded_hub(settings.home) as url, HubClient.connect(url) as client:
+        created = client.create_run(recipe_text)
+        run_dir = settings.home / "runs" / created.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.toml").write_text(recipe_text)
+        on_start(url, created.run_id)
+        procs = start_workers(url, created.token, run_dir, settings)
+        try:
+            final = wait_for_run(client, created.run_id, procs, on_status)
+        finally:
+            stop_workers(procs)
+        rounds = client.rounds(created.run_id)
+    return DemoRun(created.run_id, run_dir, final, rounds, time.perf_counter() - start)
 
 
+@dataclass
+class DemoSummary:
+    run_id: str
+    final_val_loss: float | None
+    initial_val_loss: float | None
+    rounds: int
+    workers: int
+    bytes_up: int
+    bytes_down: int
+    tokens: int
+    wall_s: float
+    per_round: list[dict[str, object]]
+    baseline: dict[str, float | int] | None = None
 
+
+def summarize(run: DemoRun, workers: int) -> DemoSummary:
+    status, rounds = run.status, run.rounds
+    return DemoSummary(
+        run_id=status.run_id,
+        final_val_loss=status.latest_version.val_loss,
+        initial_val_loss=status.initial_val_loss,
+        rounds=status.rounds_done,
+        workers=workers,
+        bytes_up=sum(r.bytes_in for r in rounds),
+        bytes_down=sum(r.bytes_out for r in rounds),
+        tokens=sum(r.tokens for r in rounds),
+        wall_s=run.wall_s,
+        per_round=[r.model_dump() for r in rounds],
+    )

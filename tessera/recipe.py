@@ -1,12 +1,12 @@
 """Run recipes: a TOML file naming the model, the data and the algorithm settings.
 
-    [run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness,
-             staleness_decay
-    [model]  factory = "package.module:function", options = {...}
-    [data]   source = "package.module:function", path = "...", options = {...}
-    [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
-    [outer]  kind = "nesterov" | "average", lr, momentum
-    [eval]   batch_size, batches
+[run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness,
+         staleness_decay
+[model]  factory = "package.module:function", options = {...}
+[data]   source = "package.module:function", path = "...", options = {...}
+[train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
+[outer]  kind = "nesterov" | "average", lr, momentum
+[eval]   batch_size, batches
 """
 
 from __future__ import annotations

@@ -31,12 +31,15 @@ def write_corpus(root: Path) -> Path:
         for i in range(25):
             f = root / pkg / f"mod{i}.py"
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(f'"""Module {i} of {pkg}."""\n\n' + f"def {pkg}_{i}(x):\n    return x * {i}\n\n" * 15)
+            f.write_text(
+                f'"""Module {i} of {pkg}."""\n\n' + f"def {pkg}_{i}(x):\n    return x * {i}\n\n" * 15
+            )
     return root
 
 
-def tiny_recipe(data_path: Path, rounds: int = 3, quorum: int = 2, inner_steps: int = 3,
-                extra_run: str = "") -> str:
+def tiny_recipe(
+    data_path: Path, rounds: int = 3, quorum: int = 2, inner_steps: int = 3, extra_run: str = ""
+) -> str:
     return f"""
 [run]
 name = "tiny"

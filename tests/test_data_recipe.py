@@ -73,3 +73,12 @@ def test_recipe_defaults_and_errors() -> None:
         parse_recipe("[bogus]\n")
     with pytest.raises(ConfigError, match="loss"):
         parse_recipe('[train]\nloss = "hinge"\n')
+
+
+def test_shipped_recipes_parse_and_match_the_demo() -> None:
+    from tessera.demo import DemoSettings, demo_recipe
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    assert (root / "stdlib_lm.toml").read_text() == demo_recipe(DemoSettings())
+    lines = parse_recipe((root / "line_kinds.toml").read_text())
+    assert lines.model.factory == "examples.line_kinds:build_model"

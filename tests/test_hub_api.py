@@ -34,8 +34,15 @@ def zero_update(client: HubClient, grant: LeaseGrant) -> dict[str, torch.Tensor]
 
 
 def meta(grant: LeaseGrant, worker_id: str, tokens: int = 64, cid: str | None = None) -> ContributionMeta:
-    return ContributionMeta(contribution_id=cid or grant.lease_id, lease_id=grant.lease_id,
-                            worker_id=worker_id, tokens=tokens, steps=3, train_loss=4.0, compute_s=0.1)
+    return ContributionMeta(
+        contribution_id=cid or grant.lease_id,
+        lease_id=grant.lease_id,
+        worker_id=worker_id,
+        tokens=tokens,
+        steps=3,
+        train_loss=4.0,
+        compute_s=0.1,
+    )
 
 
 def work(client: HubClient, worker_id: str) -> LeaseGrant:
@@ -50,7 +57,9 @@ def run(admin: HubClient, corpus_dir: Path) -> tuple[str, str]:
     return created.run_id, created.token
 
 
-def test_full_round_closes_on_quorum_with_metrics(http: TestClient, admin: HubClient, run: tuple[str, str]) -> None:
+def test_full_round_closes_on_quorum_with_metrics(
+    http: TestClient, admin: HubClient, run: tuple[str, str]
+) -> None:
     run_id, token = run
     (a, wa), (b, wb) = join(http, token, "a"), join(http, token, "b")
     ga, gb = work(a, wa), work(b, wb)
@@ -83,8 +92,9 @@ def test_run_finishes_and_leases_say_done(http: TestClient, admin: HubClient, co
     assert client.lease(wid).status == "done"
 
 
-def test_stale_contribution_is_accepted_downweighted(http: TestClient, run: tuple[str, str],
-                                                          admin: HubClient) -> None:
+def test_stale_contribution_is_accepted_downweighted(
+    http: TestClient, run: tuple[str, str], admin: HubClient
+) -> None:
     run_id, token = run
     (a, wa), (b, wb), (c, wc) = (join(http, token, n) for n in "abc")
     late = work(c, wc)  # leased on version 0, uploaded after round 0 closed
@@ -97,8 +107,9 @@ def test_stale_contribution_is_accepted_downweighted(http: TestClient, run: tupl
     assert first.accepted == 1 and first.tokens == 64
 
 
-def test_staleness_beyond_bound_is_rejected_with_reason(http: TestClient, admin: HubClient,
-                                                        corpus_dir: Path) -> None:
+def test_staleness_beyond_bound_is_rejected_with_reason(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
     created = admin.create_run(tiny_recipe(corpus_dir, rounds=4, quorum=1))
     (a, wa), (c, wc) = join(http, created.token, "a"), join(http, created.token, "c")
     late = work(c, wc)
@@ -106,7 +117,11 @@ def test_staleness_beyond_bound_is_rejected_with_reason(http: TestClient, admin:
         g = work(a, wa)
         a.submit(meta(g, wa), to_bytes(zero_update(a, g)))
     reply = c.submit(meta(late, wc), to_bytes(zero_update(c, late)))
-    assert reply.status == "rejected" and "stale" in (reply.reason or "") and "lease again" in (reply.reason or "")
+    assert (
+        reply.status == "rejected"
+        and "stale" in (reply.reason or "")
+        and "lease again" in (reply.reason or "")
+    )
     assert admin.rounds(created.run_id)[2].rejected == 1
 
 
@@ -132,7 +147,9 @@ def test_restarted_worker_gets_its_open_lease_back(http: TestClient, run: tuple[
 
 def snapshot(service: HubService, blobs: Path) -> dict[str, Any]:
     with service.state.transaction() as s:
-        rounds = [(r.number, r.accepted, r.rejected, r.bytes_in, r.tokens) for r in s.scalars(select(RoundRecord))]
+        rounds = [
+            (r.number, r.accepted, r.rejected, r.bytes_in, r.tokens) for r in s.scalars(select(RoundRecord))
+        ]
         return {
             "contributions": s.scalar(select(func.count()).select_from(Contribution)),
             "versions": s.scalar(select(func.count()).select_from(Version)),
@@ -149,7 +166,9 @@ def post_contribution(http: TestClient, run_id: str, token: str, header: str | N
     return http.post(f"/v1/runs/{run_id}/contributions", content=body, headers=headers)
 
 
-def bad_cases(good: dict[str, torch.Tensor], m: ContributionMeta) -> dict[str, tuple[str | None, bytes, int, str]]:
+def bad_cases(
+    good: dict[str, torch.Tensor], m: ContributionMeta
+) -> dict[str, tuple[str | None, bytes, int, str]]:
     name = next(iter(good))
     renamed = {("x" + k if k == name else k): v for k, v in good.items()}
     reshaped = {**good, name: torch.zeros(3, 3)}
@@ -172,8 +191,9 @@ def bad_cases(good: dict[str, torch.Tensor], m: ContributionMeta) -> dict[str, t
     }
 
 
-def test_bad_uploads_are_refused_and_change_nothing(http: TestClient, service: HubService, tmp_path: Path,
-                                                    run: tuple[str, str]) -> None:
+def test_bad_uploads_are_refused_and_change_nothing(
+    http: TestClient, service: HubService, tmp_path: Path, run: tuple[str, str]
+) -> None:
     run_id, token = run
     a, wa = join(http, token, "a")
     g = work(a, wa)
@@ -187,9 +207,15 @@ def test_bad_uploads_are_refused_and_change_nothing(http: TestClient, service: H
     assert a.submit(m, to_bytes(good)).status == "accepted"  # the lease is still usable
 
 
-def test_expired_lease_wrong_run_and_wrong_token(http: TestClient, admin: HubClient, service: HubService,
-                                                 clock: FakeClock, corpus_dir: Path, tmp_path: Path,
-                                                 run: tuple[str, str]) -> None:
+def test_expired_lease_wrong_run_and_wrong_token(
+    http: TestClient,
+    admin: HubClient,
+    service: HubService,
+    clock: FakeClock,
+    corpus_dir: Path,
+    tmp_path: Path,
+    run: tuple[str, str],
+) -> None:
     run_id, token = run
     other = admin.create_run(tiny_recipe(corpus_dir))
     a, wa = join(http, token, "a")
@@ -223,8 +249,9 @@ def test_unknown_things_are_404(http: TestClient, admin: HubClient, run: tuple[s
     assert bad_recipe.status_code == 400 and "run.rounds" in bad_recipe.json()["detail"]
 
 
-def test_deadline_closes_a_round_without_quorum(http: TestClient, admin: HubClient, service: HubService,
-                                                clock: FakeClock, corpus_dir: Path) -> None:
+def test_deadline_closes_a_round_without_quorum(
+    http: TestClient, admin: HubClient, service: HubService, clock: FakeClock, corpus_dir: Path
+) -> None:
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra_run="round_deadline_s = 60"))
     a, wa = join(http, created.token, "a")
     g = work(a, wa)

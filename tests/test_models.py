@@ -35,7 +35,9 @@ def test_config_validation_names_the_option() -> None:
 
 
 def test_build_model_is_deterministic_and_leaves_global_rng_alone() -> None:
-    recipe = parse_recipe('seed = 3\n[model]\noptions = { context = 16, d_model = 32, n_layers = 1, n_heads = 2 }')
+    recipe = parse_recipe(
+        "seed = 3\n[model]\noptions = { context = 16, d_model = 32, n_layers = 1, n_heads = 2 }"
+    )
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
@@ -47,7 +49,8 @@ def test_build_model_is_deterministic_and_leaves_global_rng_alone() -> None:
 
 def test_generate_extends_prompt() -> None:
     out = build(context=16, d_model=32, n_layers=1, n_heads=2).generate(
-        torch.tensor([100, 101]), 20, generator=torch.Generator().manual_seed(0))
+        torch.tensor([100, 101]), 20, generator=torch.Generator().manual_seed(0)
+    )
     assert out.shape == (22,) and int(out.max()) < 256
 
 

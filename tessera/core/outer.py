@@ -79,9 +79,7 @@ class Averaging:
         grad: Mapping[str, torch.Tensor],
         state: Mapping[str, torch.Tensor],
     ) -> tuple[TensorDict, TensorDict]:
-        new_params = {
-            name: (p - grad[name]) if name in grad else p.clone() for name, p in params.items()
-        }
+        new_params = {name: (p - grad[name]) if name in grad else p.clone() for name, p in params.items()}
         return new_params, {}
 
 

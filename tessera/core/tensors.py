@@ -64,9 +64,7 @@ def check_compatible(candidate: Mapping[str, torch.Tensor], reference: Mapping[s
                 f"tensor {name!r} has shape {list(got.shape)}, expected {list(ref.shape)}"
             )
         if got.dtype != ref.dtype:
-            raise MalformedContribution(
-                f"tensor {name!r} has dtype {got.dtype}, expected {ref.dtype}"
-            )
+            raise MalformedContribution(f"tensor {name!r} has dtype {got.dtype}, expected {ref.dtype}")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise MalformedContribution(f"tensor {name!r} contains NaN or Inf; check the training loss")
 

@@ -86,8 +86,9 @@ def parse_meta(raw: str | None) -> ContributionMeta:
     try:
         return ContributionMeta.model_validate_json(raw)
     except ValidationError as exc:
-        raise MalformedContribution(f"{META_HEADER} header is invalid: {exc.errors()[0]['msg']} "
-                                    f"at {exc.errors()[0]['loc']}") from exc
+        raise MalformedContribution(
+            f"{META_HEADER} header is invalid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+        ) from exc
 
 
 def deadline_ticker(service: HubService, tick_s: float, stop: threading.Event) -> None:
@@ -105,8 +106,9 @@ def create_app(service: HubService, tick_s: float | None = 1.0) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
         if tick_s is not None:
-            threading.Thread(target=deadline_ticker, args=(service, tick_s, stop),
-                             name="tessera-deadlines", daemon=True).start()
+            threading.Thread(
+                target=deadline_ticker, args=(service, tick_s, stop), name="tessera-deadlines", daemon=True
+            ).start()
         yield
         stop.set()
 
@@ -168,7 +170,9 @@ def add_worker_routes(app: FastAPI, service: HubService) -> None:
 
     @app.post("/v1/runs/{run_id}/contributions", response_model=ContributionReply)
     async def contribute(
-        run_id: str, request: Request, authorization: Token = None,
+        run_id: str,
+        request: Request,
+        authorization: Token = None,
         meta_header: Annotated[str | None, Header(alias=META_HEADER)] = None,
     ) -> ContributionReply:
         """Upload a contribution: safetensors body, JSON metadata in the header."""

@@ -75,12 +75,44 @@ class HubService:
         run_id, version_id, now = new_id(), new_id(), self.clock()
         token = f"{run_id}.{secrets.token_urlsafe(24)}"
         with self._lock, self.state.transaction() as s:
-            s.add(Run(id=run_id, name=recipe.run.name, recipe=recipe_text, token_hash=hash_token(token),
-                      status="active", current_round=0, workers_registered=0, created_at=now))
-            s.add(Version(id=version_id, run_id=run_id, number=0, blob_sha=sha, nbytes=len(blob),
-                          parent_id=None, contributions=[], val_loss=val_loss, created_at=now))
-            s.add(RoundRecord(run_id=run_id, number=0, base_version_id=version_id, started_at=now,
-                              accepted=0, rejected=0, tokens=0, bytes_in=0, bytes_out=0))
+            s.add(
+                Run(
+                    id=run_id,
+                    name=recipe.run.name,
+                    recipe=recipe_text,
+                    token_hash=hash_token(token),
+                    status="active",
+                    current_round=0,
+                    workers_registered=0,
+                    created_at=now,
+                )
+            )
+            s.add(
+                Version(
+                    id=version_id,
+                    run_id=run_id,
+                    number=0,
+                    blob_sha=sha,
+                    nbytes=len(blob),
+                    parent_id=None,
+                    contributions=[],
+                    val_loss=val_loss,
+                    created_at=now,
+                )
+            )
+            s.add(
+                RoundRecord(
+                    run_id=run_id,
+                    number=0,
+                    base_version_id=version_id,
+                    started_at=now,
+                    accepted=0,
+                    rejected=0,
+                    tokens=0,
+                    bytes_in=0,
+                    bytes_out=0,
+                )
+            )
             self._runtimes[run_id] = runtime
         log.info("created run %s (%s), initial held-out loss %.4f", run_id, recipe.run.name, val_loss)
         return CreateRunReply(run_id=run_id, token=token)
@@ -97,7 +129,9 @@ class HubService:
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             if not token or not hmac.compare_digest(hash_token(token), run.token_hash):
-                raise Unauthorized(f"missing or wrong token for run {run_id}; use the token printed when the run was created")
+                raise Unauthorized(
+                    f"missing or wrong token for run {run_id}; use the token printed when the run was created"
+                )
 
     # --- workers and leases ------------------------------------------------------------
 
@@ -107,8 +141,14 @@ class HubService:
             run = self._run(s, run_id)
             shard = shards[run.workers_registered % len(shards)]
             run.workers_registered += 1
-            worker = Worker(id=new_id(), run_id=run_id, name=name, shard=shard,
-                            registered_at=self.clock(), last_seen_at=self.clock())
+            worker = Worker(
+                id=new_id(),
+                run_id=run_id,
+                name=name,
+                shard=shard,
+                registered_at=self.clock(),
+                last_seen_at=self.clock(),
+            )
             s.add(worker)
         log.info("run %s: worker %s (%s) registered, shard %s", run_id, worker.id, name, shard)
         return RegisterReply(worker_id=worker.id, shard=shard)
@@ -133,8 +173,9 @@ class HubService:
             worker.last_seen_at = now
             if run.status == "finished":
                 return LeaseReply(status="done")
-            leases = s.scalars(select(Lease).where(
-                Lease.worker_id == worker_id, Lease.round == run.current_round)).all()
+            leases = s.scalars(
+                select(Lease).where(Lease.worker_id == worker_id, Lease.round == run.current_round)
+            ).all()
             if any(lease.state == "used" for lease in leases):
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
             lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
@@ -142,19 +183,35 @@ class HubService:
                 lease = self._new_lease(s, run, worker_id, now)
             version = s.get(Version, lease.version_id)
             assert version is not None  # written in the same transaction as the round
-            return LeaseReply(status="work", lease=LeaseGrant(
-                lease_id=lease.id, round=lease.round, version_id=version.id,
-                version_number=version.number, blob_sha256=version.blob_sha,
-                inner_steps=lease.inner_steps, deadline=lease.deadline, shard=worker.shard,
-                seed=lease_seed(lease.id),
-            ))
+            return LeaseReply(
+                status="work",
+                lease=LeaseGrant(
+                    lease_id=lease.id,
+                    round=lease.round,
+                    version_id=version.id,
+                    version_number=version.number,
+                    blob_sha256=version.blob_sha,
+                    inner_steps=lease.inner_steps,
+                    deadline=lease.deadline,
+                    shard=worker.shard,
+                    seed=lease_seed(lease.id),
+                ),
+            )
 
     def _new_lease(self, s: Session, run: Run, worker_id: str, now: float) -> Lease:
         recipe = self.runtime(run.id).recipe
         version = self._version(s, run.id, run.current_round)
-        lease = Lease(id=new_id(), run_id=run.id, worker_id=worker_id, round=run.current_round,
-                      version_id=version.id, inner_steps=recipe.train.inner_steps, issued_at=now,
-                      deadline=now + recipe.run.lease_timeout_s, state="open")
+        lease = Lease(
+            id=new_id(),
+            run_id=run.id,
+            worker_id=worker_id,
+            round=run.current_round,
+            version_id=version.id,
+            inner_steps=recipe.train.inner_steps,
+            issued_at=now,
+            deadline=now + recipe.run.lease_timeout_s,
+            state="open",
+        )
         s.add(lease)
         return lease
 
@@ -181,8 +238,11 @@ class HubService:
         """The earlier reply for a retried upload, or None after checking the lease."""
         with self.state.transaction() as s:
             self._run(s, run_id)
-            done = s.scalar(select(Contribution).where(
-                Contribution.run_id == run_id, Contribution.id == meta.contribution_id))
+            done = s.scalar(
+                select(Contribution).where(
+                    Contribution.run_id == run_id, Contribution.id == meta.contribution_id
+                )
+            )
             if done is not None:
                 return contribution_reply(done, duplicate=True)
             lease = s.get(Lease, meta.lease_id)
@@ -203,10 +263,21 @@ class HubService:
         staleness = run.current_round - lease.round
         record = self._round(s, run_id, run.current_round)
         contribution = Contribution(
-            id=meta.contribution_id, run_id=run_id, worker_id=meta.worker_id, lease_id=lease.id,
-            round=run.current_round, base_version_number=lease.round, nbytes=len(body),
-            tokens=meta.tokens, steps=meta.steps, train_loss=meta.train_loss, created_at=self.clock(),
-            weight=0.0, status="rejected", blob_sha=None, reason=None,
+            id=meta.contribution_id,
+            run_id=run_id,
+            worker_id=meta.worker_id,
+            lease_id=lease.id,
+            round=run.current_round,
+            base_version_number=lease.round,
+            nbytes=len(body),
+            tokens=meta.tokens,
+            steps=meta.steps,
+            train_loss=meta.train_loss,
+            created_at=self.clock(),
+            weight=0.0,
+            status="rejected",
+            blob_sha=None,
+            reason=None,
         )
         if run.status == "finished":
             contribution.reason = "the run has finished; nothing more is needed"
@@ -255,9 +326,13 @@ class HubService:
 
     def _close_round(self, s: Session, run: Run, record: RoundRecord, reason: str) -> None:
         runtime = self.runtime(run.id)
-        contributions = s.scalars(select(Contribution).where(
-            Contribution.run_id == run.id, Contribution.round == record.number,
-            Contribution.status == "accepted")).all()
+        contributions = s.scalars(
+            select(Contribution).where(
+                Contribution.run_id == run.id,
+                Contribution.round == record.number,
+                Contribution.status == "accepted",
+            )
+        ).all()
         mean = WeightedMean()
         for c in contributions:
             assert c.blob_sha is not None  # accepted contributions always keep their blob
@@ -269,24 +344,48 @@ class HubService:
         blob = to_bytes(new_params)
         now = self.clock()
         version = Version(
-            id=new_id(), run_id=run.id, number=record.number + 1, blob_sha=self.store.put(blob),
-            nbytes=len(blob), parent_id=base.id, contributions=[c.id for c in contributions],
-            val_loss=runtime.evaluate(new_params), created_at=now,
+            id=new_id(),
+            run_id=run.id,
+            number=record.number + 1,
+            blob_sha=self.store.put(blob),
+            nbytes=len(blob),
+            parent_id=base.id,
+            contributions=[c.id for c in contributions],
+            val_loss=runtime.evaluate(new_params),
+            created_at=now,
         )
         s.add(version)
         run.outer_state_sha = self.store.put(to_bytes(new_state)) if new_state else None
         record.closed_at, record.close_reason, record.version_id = now, reason, version.id
         record.val_loss = version.val_loss
         record.train_loss = sum(c.train_loss * c.tokens for c in contributions) / sum(
-            c.tokens for c in contributions)
+            c.tokens for c in contributions
+        )
         run.current_round = record.number + 1
         if run.current_round >= runtime.recipe.run.rounds:
             run.status, run.finished_at = "finished", now
         else:
-            s.add(RoundRecord(run_id=run.id, number=run.current_round, base_version_id=version.id,
-                              started_at=now, accepted=0, rejected=0, tokens=0, bytes_in=0, bytes_out=0))
-        log.info("run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
-                 run.id, record.number, reason, len(contributions), version.val_loss)
+            s.add(
+                RoundRecord(
+                    run_id=run.id,
+                    number=run.current_round,
+                    base_version_id=version.id,
+                    started_at=now,
+                    accepted=0,
+                    rejected=0,
+                    tokens=0,
+                    bytes_in=0,
+                    bytes_out=0,
+                )
+            )
+        log.info(
+            "run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
+            run.id,
+            record.number,
+            reason,
+            len(contributions),
+            version.val_loss,
+        )
 
     # --- reading -----------------------------------------------------------------------
 
@@ -294,8 +393,11 @@ class HubService:
         """A blob of one of this run's versions; its size counts as bytes out of the round."""
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id)
-            owned = s.scalar(select(func.count()).select_from(Version).where(
-                Version.run_id == run_id, Version.blob_sha == sha))
+            owned = s.scalar(
+                select(func.count())
+                .select_from(Version)
+                .where(Version.run_id == run_id, Version.blob_sha == sha)
+            )
             if not owned:
                 raise NotFound(f"blob {sha} is not a version of run {run_id}")
             data = self.store.get(sha)
@@ -307,23 +409,31 @@ class HubService:
         rounds_total = self.runtime(run_id).recipe.run.rounds
         with self.state.transaction() as s:
             run = self._run(s, run_id)
-            latest = s.scalar(select(Version).where(Version.run_id == run_id)
-                              .order_by(Version.number.desc()).limit(1))
+            latest = s.scalar(
+                select(Version).where(Version.run_id == run_id).order_by(Version.number.desc()).limit(1)
+            )
             first = self._version(s, run_id, 0)
             workers = s.scalar(select(func.count()).select_from(Worker).where(Worker.run_id == run_id))
             assert latest is not None  # version 0 is written with the run
             return RunStatus(
-                run_id=run.id, name=run.name, status=run.status,  # type: ignore[arg-type]
-                rounds_total=rounds_total, rounds_done=latest.number, current_round=run.current_round,
-                latest_version=version_info(latest), initial_val_loss=first.val_loss,
-                workers=workers or 0, recipe=run.recipe,
+                run_id=run.id,
+                name=run.name,
+                status=run.status,  # type: ignore[arg-type]
+                rounds_total=rounds_total,
+                rounds_done=latest.number,
+                current_round=run.current_round,
+                latest_version=version_info(latest),
+                initial_val_loss=first.val_loss,
+                workers=workers or 0,
+                recipe=run.recipe,
             )
 
     def rounds(self, run_id: str) -> list[RoundMetrics]:
         with self.state.transaction() as s:
             self._run(s, run_id)
-            records = s.scalars(select(RoundRecord).where(RoundRecord.run_id == run_id)
-                                .order_by(RoundRecord.number)).all()
+            records = s.scalars(
+                select(RoundRecord).where(RoundRecord.run_id == run_id).order_by(RoundRecord.number)
+            ).all()
             return [round_metrics(r) for r in records]
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
@@ -360,30 +470,51 @@ class HubService:
 
     @staticmethod
     def _round(s: Session, run_id: str, number: int) -> RoundRecord:
-        record = s.scalar(select(RoundRecord).where(
-            RoundRecord.run_id == run_id, RoundRecord.number == number))
+        record = s.scalar(
+            select(RoundRecord).where(RoundRecord.run_id == run_id, RoundRecord.number == number)
+        )
         if record is None:
             raise NotFound(f"run {run_id} has no round {number}")
         return record
 
 
 def contribution_reply(c: Contribution, duplicate: bool = False) -> ContributionReply:
-    return ContributionReply(contribution_id=c.id, status=c.status,  # type: ignore[arg-type]
-                             reason=c.reason, round=c.round, weight=c.weight, duplicate=duplicate)
+    return ContributionReply(
+        contribution_id=c.id,
+        status=c.status,  # type: ignore[arg-type]
+        reason=c.reason,
+        round=c.round,
+        weight=c.weight,
+        duplicate=duplicate,
+    )
 
 
 def version_info(v: Version) -> VersionInfo:
-    return VersionInfo(version_id=v.id, number=v.number, blob_sha256=v.blob_sha, nbytes=v.nbytes,
-                       parent_id=v.parent_id, contributions=list(v.contributions),
-                       val_loss=v.val_loss, created_at=v.created_at)
+    return VersionInfo(
+        version_id=v.id,
+        number=v.number,
+        blob_sha256=v.blob_sha,
+        nbytes=v.nbytes,
+        parent_id=v.parent_id,
+        contributions=list(v.contributions),
+        val_loss=v.val_loss,
+        created_at=v.created_at,
+    )
 
 
 def round_metrics(r: RoundRecord) -> RoundMetrics:
     return RoundMetrics(
-        number=r.number, status="closed" if r.closed_at is not None else "open",
-        base_version_id=r.base_version_id, version_id=r.version_id, val_loss=r.val_loss,
-        train_loss=r.train_loss, accepted=r.accepted, rejected=r.rejected, tokens=r.tokens,
-        bytes_in=r.bytes_in, bytes_out=r.bytes_out,
+        number=r.number,
+        status="closed" if r.closed_at is not None else "open",
+        base_version_id=r.base_version_id,
+        version_id=r.version_id,
+        val_loss=r.val_loss,
+        train_loss=r.train_loss,
+        accepted=r.accepted,
+        rejected=r.rejected,
+        tokens=r.tokens,
+        bytes_in=r.bytes_in,
+        bytes_out=r.bytes_out,
         wall_s=None if r.closed_at is None else r.closed_at - r.started_at,
         close_reason=r.close_reason,
     )

@@ -24,9 +24,7 @@ class ByteLMConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"model d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-            )
+            raise ConfigError(f"model d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model {name} must be at least 1, got {getattr(self, name)}")
@@ -107,7 +105,10 @@ class ByteLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, prompt: torch.Tensor, new_bytes: int, temperature: float = 0.8,
+        self,
+        prompt: torch.Tensor,
+        new_bytes: int,
+        temperature: float = 0.8,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample ``new_bytes`` continuations of ``prompt`` (1-D byte ids)."""

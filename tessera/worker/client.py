@@ -41,8 +41,15 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 ERRORS: dict[str, type[TesseraError]] = {
     cls.code: cls
-    for cls in (ContributionRejected, MalformedContribution, PayloadTooLarge, LeaseError,
-                StaleContribution, NotFound, Unauthorized)
+    for cls in (
+        ContributionRejected,
+        MalformedContribution,
+        PayloadTooLarge,
+        LeaseError,
+        StaleContribution,
+        NotFound,
+        Unauthorized,
+    )
 }
 META_HEADER = "X-Tessera-Contribution"
 
@@ -76,6 +83,12 @@ class HubClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- transport ---------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -94,8 +107,10 @@ class HubClient:
                     return raise_for_error(response)
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
             if time.monotonic() + delay > give_up:
-                raise HubUnavailable(f"hub at {self.http.base_url} unreachable ({problem}); "
-                                     "check that it runs and the URL is right")
+                raise HubUnavailable(
+                    f"hub at {self.http.base_url} unreachable ({problem}); "
+                    "check that it runs and the URL is right"
+                )
             log.warning("hub request %s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -106,15 +121,24 @@ class HubClient:
     # --- API ---------------------------------------------------------------------------
 
     def create_run(self, recipe_text: str) -> CreateRunReply:
-        return self._json(CreateRunReply, "POST", "/v1/runs", content=recipe_text.encode(),
-                          headers={"Content-Type": "application/toml"})
+        return self._json(
+            CreateRunReply,
+            "POST",
+            "/v1/runs",
+            content=recipe_text.encode(),
+            headers={"Content-Type": "application/toml"},
+        )
 
     def register(self, name: str) -> RegisterReply:
         return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json={"name": name})
 
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
-        return self._json(LeaseReply, "POST", f"/v1/runs/{self.run_id}/leases",
-                          json={"worker_id": worker_id, "wait_s": wait_s})
+        return self._json(
+            LeaseReply,
+            "POST",
+            f"/v1/runs/{self.run_id}/leases",
+            json={"worker_id": worker_id, "wait_s": wait_s},
+        )
 
     def blob(self, sha: str) -> bytes:
         """Download a version blob and check that its bytes match its sha256."""
@@ -126,7 +150,10 @@ class HubClient:
 
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply:
         reply = self._json(
-            ContributionReply, "POST", f"/v1/runs/{self.run_id}/contributions", content=body,
+            ContributionReply,
+            "POST",
+            f"/v1/runs/{self.run_id}/contributions",
+            content=body,
             headers={META_HEADER: meta.model_dump_json(), "Content-Type": "application/octet-stream"},
         )
         self.bytes_up += len(body)
@@ -139,7 +166,9 @@ class HubClient:
         return self._json(RunStatus, "GET", f"/v1/runs/{run_id}")
 
     def rounds(self, run_id: str) -> list[RoundMetrics]:
-        return [RoundMetrics.model_validate(r) for r in self._request("GET", f"/v1/runs/{run_id}/rounds").json()]
+        return [
+            RoundMetrics.model_validate(r) for r in self._request("GET", f"/v1/runs/{run_id}/rounds").json()
+        ]
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)

@@ -97,8 +97,11 @@ class WorkLoop:
         tmp.replace(path)
         return identity
 
-    def run(self, stop: threading.Event | None = None,
-            on_contribution: Callable[[ContributionReply], None] | None = None) -> WorkerSummary:
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        on_contribution: Callable[[ContributionReply], None] | None = None,
+    ) -> WorkerSummary:
         """Work until the run finishes (or ``stop`` is set)."""
         summary = WorkerSummary()
         while stop is None or not stop.is_set():
@@ -122,8 +125,14 @@ class WorkLoop:
         delta = pseudo_gradient(base, self.model.state_dict())
         meta = contribution_meta(lease, self.identity.worker_id, result)
         reply = self.client.submit(meta, to_bytes(delta))
-        log.info("round %s: %s contribution (%d tokens, train loss %.4f)%s", lease.round,
-                 reply.status, result.tokens, result.mean_loss, f": {reply.reason}" if reply.reason else "")
+        log.info(
+            "round %s: %s contribution (%d tokens, train loss %.4f)%s",
+            lease.round,
+            reply.status,
+            result.tokens,
+            result.mean_loss,
+            f": {reply.reason}" if reply.reason else "",
+        )
         return reply
 
     def train(self, lease: LeaseGrant) -> InnerResult:
@@ -135,7 +144,11 @@ class WorkLoop:
 def contribution_meta(lease: LeaseGrant, worker_id: str, result: InnerResult) -> ContributionMeta:
     """One contribution per lease: its id is the lease id, so a retried upload is idempotent."""
     return ContributionMeta(
-        contribution_id=lease.lease_id, lease_id=lease.lease_id, worker_id=worker_id,
-        tokens=result.tokens, steps=result.steps, train_loss=result.mean_loss,
+        contribution_id=lease.lease_id,
+        lease_id=lease.lease_id,
+        worker_id=worker_id,
+        tokens=result.tokens,
+        steps=result.steps,
+        train_loss=result.mean_loss,
         compute_s=result.compute_s,
     )

@@ -1,0 +1,144 @@
+"""Bytes on the wire: per-step data parallel against tessera's DiLoCo path, same tokens.
+
+K workers train the reference task inside one process, each on its own domain shard:
+- baseline: every step, each worker computes a gradient on its batch; the gradients are
+  averaged (what synchronous data parallel does) and one AdamW step is taken;
+- diloco: each worker runs H AdamW steps from the current version, then the token-weighted
+  mean pseudo-gradient goes through the hub's outer optimizer (tessera.core, as the hub does).
+Both see the same tokens per worker. Bytes per worker count what one worker sends plus
+receives (parameter-server style, the way the hub measures it): a gradient up and the
+averaged gradient down per step for the baseline; a pseudo-gradient up and the new version
+down per round for DiLoCo, at their real safetensors sizes.
+
+    python bench/communication.py --json bench/results/communication.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tessera.core.aggregation import WeightedMean
+from tessera.core.inner import Batch, InnerTrainer, evaluate
+from tessera.core.outer import OuterSettings, outer_optimizer
+from tessera.core.pseudo_gradient import pseudo_gradient
+from tessera.core.tensors import float_tensors, model_float_tensors, to_bytes
+from tessera.demo import DemoSettings, demo_recipe
+from tessera.recipe import Recipe, parse_recipe
+from tessera.task import build_model, load_data, loss_of
+
+
+def data_parallel(recipe: Recipe, shards: list, val: list[Batch], steps: int) -> dict[str, float]:
+    model = build_model(recipe)
+    trainer = InnerTrainer(model, recipe.train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_bytes = len(to_bytes({n: p.detach() for n, p in model.named_parameters()}))
+    for _ in range(steps):
+        grads = [torch.zeros_like(p) for p in params]
+        for it in shards:
+            inputs, targets = next(it)
+            model.zero_grad(set_to_none=True)
+            trainer.loss_fn(model(inputs), targets).backward()
+            for g, p in zip(grads, params, strict=True):
+                g += p.grad / len(shards)  # type: ignore[operator]
+        for g, p in zip(grads, params, strict=True):
+            p.grad = g
+        if recipe.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, recipe.train.grad_clip)
+        trainer.optimizer.step()
+    return {
+        "val_loss": evaluate(model, val, trainer.loss_fn),
+        "bytes_per_worker": float(2 * grad_bytes * steps),
+    }
+
+
+def diloco(recipe: Recipe, shards: list, val: list[Batch], rounds: int) -> dict[str, float]:
+    global_model = build_model(recipe)
+    params = model_float_tensors(global_model)
+    workers = [build_model(recipe) for _ in shards]
+    trainers = [InnerTrainer(m, recipe.train) for m in workers]
+    outer, state = outer_optimizer(recipe.outer), {}
+    sent = 0
+    for _ in range(rounds):
+        version_bytes = len(to_bytes(global_model.state_dict()))
+        mean = WeightedMean()
+        for model, trainer, it in zip(workers, trainers, shards, strict=True):
+            model.load_state_dict(params, strict=False)
+            result = trainer.train(it, recipe.train.inner_steps)
+            delta = pseudo_gradient(params, float_tensors(model.state_dict()))
+            sent += len(to_bytes(delta)) + version_bytes
+            mean.add(delta, result.tokens)
+        params, state = outer.step(params, mean.result(), state)
+        global_model.load_state_dict(params, strict=False)
+    return {
+        "val_loss": evaluate(global_model, val, loss_of(recipe)),
+        "bytes_per_worker": float(sent / len(shards)),
+        "H": recipe.train.inner_steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--inner-steps", type=int, default=100)
+    parser.add_argument("--outer-lr", type=float, default=0.7)
+    parser.add_argument("--outer-momentum", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = DemoSettings(workers=args.workers, rounds=args.rounds, inner_steps=args.inner_steps)
+    recipe = parse_recipe(demo_recipe(settings))
+    recipe = replace(recipe, outer=OuterSettings(lr=args.outer_lr, momentum=args.outer_momentum))
+    data = load_data(recipe)
+    val = data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
+
+    def shard_iters() -> list:
+        return [
+            data.train_batches(s, recipe.train.batch_size, seed=i) for i, s in enumerate(data.shard_names())
+        ]
+
+    start = time.perf_counter()
+    baseline = data_parallel(recipe, shard_iters(), val, args.rounds * args.inner_steps)
+    baseline_s = time.perf_counter() - start
+    low_comm = diloco(recipe, shard_iters(), val, args.rounds)
+    result = {
+        "baseline": baseline,
+        "diloco": low_comm,
+        "bytes_ratio": baseline["bytes_per_worker"] / low_comm["bytes_per_worker"],
+        "settings": {
+            "workers": args.workers,
+            "rounds": args.rounds,
+            "inner_steps": args.inner_steps,
+            "batch_size": recipe.train.batch_size,
+            "context": 128,
+            "tokens_per_worker": args.rounds * args.inner_steps * recipe.train.batch_size * 128,
+            "outer": recipe.outer.__dict__,
+            "inner_lr": recipe.train.lr,
+        },
+        "wall_s": {"baseline": baseline_s, "diloco": time.perf_counter() - start - baseline_s},
+        "machine": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "threads": args.threads,
+        },
+        "command": "python " + " ".join(sys.argv),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("baseline", "diloco", "bytes_ratio")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Real hubs on loopback ports with worker processes: the whole path, as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tessera.demo import embedded_hub
+from tessera.worker.client import HubClient
+from tessera.worker.loop import WorkerSettings, WorkLoop
+from tests.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tessera(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, COLUMNS="120"),
+    )
+
+
+@pytest.mark.timeout(300)
+def test_demo_two_workers_two_rounds_then_status_and_sample(tmp_path: Path) -> None:
+    summary_path = tmp_path / "summary.json"
+    done = tessera(
+        "demo",
+        "--workers",
+        "2",
+        "--rounds",
+        "2",
+        "--inner-steps",
+        "30",
+        "--home",
+        str(tmp_path / "home"),
+        "--json",
+        str(summary_path),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["workers"] == 2 and summary["rounds"] == 2
+    losses = [summary["initial_val_loss"]] + [r["val_loss"] for r in summary["per_round"]]
+    assert losses[0] > losses[1] > losses[2], losses  # held-out loss decreases every round
+    assert summary["final_val_loss"] == losses[2]
+    assert all(r["accepted"] == 2 and r["rejected"] == 0 for r in summary["per_round"])
+    assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0 and summary["wall_s"] > 0
+
+    status = tessera("status", "--home", str(tmp_path / "home"))
+    assert status.returncode == 0 and "finished" in status.stdout and "2/2 rounds" in status.stdout
+    sample = tessera("sample", "--home", str(tmp_path / "home"), "--length", "40", "--prompt", "import ")
+    assert sample.returncode == 0, sample.stderr
+    assert "import " in sample.stdout and "version 2" in sample.stdout
+
+
+@pytest.mark.timeout(240)
+def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_dir: Path) -> None:
+    with embedded_hub(tmp_path / "hub") as url, HubClient.connect(url) as admin:
+        created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=4000))
+        state = tmp_path / "worker"
+        args = ("worker", "--hub", url, "--token", created.token, "--state-dir", str(state), "--threads", "1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tessera", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not list((state / "blobs").glob("*/*")) and time.monotonic() < deadline:
+            time.sleep(0.1)  # a cached version blob: the worker has leased and is training
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out
+        assert "interrupted" in out and "Traceback" not in out
+        identity = json.loads((state / "identity.json").read_text())
+
+        resumed = tessera(*args, timeout=180)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert json.loads((state / "identity.json").read_text()) == identity
+        assert f"resuming as worker {identity['worker_id']}" in resumed.stderr.replace("\n", " ")
+        final = admin.status(created.run_id)
+        assert final.status == "finished" and final.workers == 1
+
+
+@pytest.mark.timeout(240)
+def test_own_model_and_data_through_the_real_hub(tmp_path: Path) -> None:
+    """examples/line_kinds.toml: a user's classifier and data source, two workers, real HTTP."""
+    recipe = (ROOT / "examples" / "line_kinds.toml").read_text().replace("rounds = 5", "rounds = 3")
+    with embedded_hub(tmp_path / "hub") as url, HubClient.connect(url) as admin:
+        created = admin.create_run(recipe)
+        clients = [HubClient.connect(url, created.token) for _ in range(2)]
+        loops = [WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}")) for i, c in enumerate(clients)]
+        threads = [threading.Thread(target=loop.run) for loop in loops]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        for c in clients:
+            c.close()
+        status, rounds = admin.status(created.run_id), admin.rounds(created.run_id)
+    assert status.status == "finished" and len(rounds) == 3
+    losses = [status.initial_val_loss] + [r.val_loss for r in rounds]
+    assert losses[-1] < 0.6 * losses[0], losses  # the example promises it learns: asserted here
