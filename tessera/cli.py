@@ -255,6 +255,7 @@ def demo(
     rounds: int = 12,
     inner_steps: Annotated[int, typer.Option(help="Inner steps H per round")] = 100,
     home: Annotated[Path, typer.Option(help="Folder for the hub's database, blobs and logs")] = HOME / "demo",
+    data: Annotated[Path | None, typer.Option(help="A folder of text files instead of the stdlib")] = None,
     compare: Annotated[bool, typer.Option(help="Also train a single-process baseline")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write a JSON summary here")] = None,
     verbose: bool = False,
@@ -264,7 +265,9 @@ def demo(
     from tessera.recipe import parse_recipe
 
     setup_logging(verbose)
-    settings = DemoSettings(home=home, workers=workers, rounds=rounds, inner_steps=inner_steps)
+    settings = DemoSettings(
+        home=home, workers=workers, rounds=rounds, inner_steps=inner_steps, data_path=data
+    )
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

@@ -6,6 +6,7 @@ a separate `tessera worker` process holding a different shard of the standard li
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ class DemoSettings:
     inner_steps: int = 100
     batch_size: int = 16
     threads_per_worker: int = 1
+    data_path: Path | None = None  # a folder of text files instead of the standard library
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1:
@@ -46,6 +48,9 @@ class DemoSettings:
 
 
 def demo_recipe(settings: DemoSettings) -> str:
+    data_line = (
+        "" if settings.data_path is None else f"path = {json.dumps(str(settings.data_path.resolve()))}\n"
+    )
     return f"""\
 # Byte-level LM on the Python standard library, one domain shard per worker.
 seed = 0
@@ -63,7 +68,7 @@ options = {{ context = 128, d_model = 128, n_layers = 2, n_heads = 4 }}
 
 [data]
 source = "tessera.data.text:load"
-options = {{ context = 128, num_shards = {settings.workers} }}
+{data_line}options = {{ context = 128, num_shards = {settings.workers} }}
 
 [train]
 inner_steps = {settings.inner_steps}

@@ -33,7 +33,7 @@ from tessera.hub.schemas import (
     RunStatus,
     VersionInfo,
 )
-from tessera.hub.state import Contribution, Lease, RoundRecord, Run, State, Version, Worker
+from tessera.hub.state import Contribution, Lease, RoundRecord, Run, State, Version, Worker, new_round
 from tessera.hub.store import BlobStore
 from tessera.recipe import parse_recipe
 from tessera.task import model_tensors
@@ -100,19 +100,7 @@ class HubService:
                     created_at=now,
                 )
             )
-            s.add(
-                RoundRecord(
-                    run_id=run_id,
-                    number=0,
-                    base_version_id=version_id,
-                    started_at=now,
-                    accepted=0,
-                    rejected=0,
-                    tokens=0,
-                    bytes_in=0,
-                    bytes_out=0,
-                )
-            )
+            s.add(new_round(run_id, 0, version_id, now))
             self._runtimes[run_id] = runtime
         log.info("created run %s (%s), initial held-out loss %.4f", run_id, recipe.run.name, val_loss)
         return CreateRunReply(run_id=run_id, token=token)
@@ -365,19 +353,7 @@ class HubService:
         if run.current_round >= runtime.recipe.run.rounds:
             run.status, run.finished_at = "finished", now
         else:
-            s.add(
-                RoundRecord(
-                    run_id=run.id,
-                    number=run.current_round,
-                    base_version_id=version.id,
-                    started_at=now,
-                    accepted=0,
-                    rejected=0,
-                    tokens=0,
-                    bytes_in=0,
-                    bytes_out=0,
-                )
-            )
+            s.add(new_round(run.id, run.current_round, version.id, now))
         log.info(
             "run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
             run.id,

@@ -76,6 +76,21 @@ class RoundRecord(Base):
     bytes_out: Mapped[int] = mapped_column(Integer, default=0)
 
 
+def new_round(run_id: str, number: int, base_version_id: str, started_at: float) -> RoundRecord:
+    """An open round with zeroed counters (set here, so they can be incremented before a flush)."""
+    return RoundRecord(
+        run_id=run_id,
+        number=number,
+        base_version_id=base_version_id,
+        started_at=started_at,
+        accepted=0,
+        rejected=0,
+        tokens=0,
+        bytes_in=0,
+        bytes_out=0,
+    )
+
+
 class Lease(Base):
     __tablename__ = "leases"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
