@@ -50,8 +50,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def lease_seed(lease_id: str) -> int:
-    return int(lease_id[:8], 16)
+def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
+    """Data-sampling seed of a lease: reproducible from the recipe, distinct per worker and round."""
+    digest = hashlib.sha256(f"{run_seed}:{worker_index}:{round_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 class HubService:
@@ -127,12 +129,14 @@ class HubService:
         shards = self.runtime(run_id).shards
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id)
-            shard = shards[run.workers_registered % len(shards)]
+            index = run.workers_registered
+            shard = shards[index % len(shards)]
             run.workers_registered += 1
             worker = Worker(
                 id=new_id(),
                 run_id=run_id,
                 name=name,
+                index=index,
                 shard=shard,
                 registered_at=self.clock(),
                 last_seen_at=self.clock(),
@@ -182,7 +186,7 @@ class HubService:
                     inner_steps=lease.inner_steps,
                     deadline=lease.deadline,
                     shard=worker.shard,
-                    seed=lease_seed(lease.id),
+                    seed=lease_seed(self.runtime(run_id).recipe.seed, worker.index, lease.round),
                 ),
             )
 

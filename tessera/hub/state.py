@@ -37,6 +37,7 @@ class Worker(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
+    index: Mapped[int] = mapped_column(Integer)  # registration order within the run
     shard: Mapped[str | None] = mapped_column(String(200), nullable=True)
     registered_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
