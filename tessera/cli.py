@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -83,7 +84,8 @@ def create_run(
     load_recipe(recipe)  # fail here, with the file's name, before asking the hub
     reply = HubClient.connect(hub_url).create_run(recipe.read_text())
     console.print(f"run [bold]{reply.run_id}[/bold] created")
-    console.print(f"start workers with: tessera worker --hub {hub_url} --token {reply.token}")
+    console.print(f"token: {reply.token}", soft_wrap=True)
+    console.print(f"start workers with: tessera worker --hub {hub_url} --token {reply.token}", soft_wrap=True)
 
 
 # --- worker ----------------------------------------------------------------------------
@@ -288,8 +290,13 @@ def demo(
     summary = summarize(run, workers)
     print_demo_summary(summary, home, run.run_id)
     if compare:
-        console.print("training the single-process baseline on the same number of tokens...")
-        base = train_baseline(parse_recipe(demo_recipe(settings)), summary.tokens, workers)
+        with Progress(TextColumn("baseline, one process"), BarColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task("baseline", total=None)
+
+            def advanced(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            base = train_baseline(parse_recipe(demo_recipe(settings)), summary.tokens, workers, advanced)
         summary.baseline = asdict(base)
         console.print(
             f"baseline: held-out loss {base.val_loss:.3f} after {base.steps} steps of batch "
@@ -315,6 +322,8 @@ def print_demo_summary(summary: DemoSummary, home: Path, run_id: str) -> None:
 
 def main() -> None:
     """Entry point: typer handles usage errors (exit 2) and Ctrl-C (exit 130)."""
+    if os.getcwd() not in sys.path:  # recipe factories may live in the current folder, as with uvicorn
+        sys.path.insert(0, os.getcwd())
     try:
         app()
     except TesseraError as exc:

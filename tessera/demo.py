@@ -185,8 +185,13 @@ class BaselineResult:
     wall_s: float
 
 
-def train_baseline(recipe: Recipe, tokens: int, workers: int) -> BaselineResult:
-    """One process, all training data, batch = workers x batch: the same tokens as the run."""
+def train_baseline(
+    recipe: Recipe, tokens: int, workers: int, on_steps: Callable[[int, int], None] | None = None
+) -> BaselineResult:
+    """One process, all training data, batch = workers x batch: the same tokens as the run.
+
+    ``on_steps(done, total)`` is called every ``recipe.train.inner_steps`` steps.
+    """
     start = time.perf_counter()
     model = build_model(recipe)
     data = load_data(recipe)
@@ -194,7 +199,12 @@ def train_baseline(recipe: Recipe, tokens: int, workers: int) -> BaselineResult:
     inputs, _ = next(data.train_batches(None, batch, 0))
     steps = max(tokens // inputs.numel(), 1)
     settings = InnerSettings(**{**recipe.train.__dict__, "batch_size": batch, "inner_steps": steps})
-    InnerTrainer(model, settings).train(data.train_batches(None, batch, recipe.seed + 1), steps)
+    trainer, batches = InnerTrainer(model, settings), data.train_batches(None, batch, recipe.seed + 1)
+    for done in range(0, steps, recipe.train.inner_steps):
+        chunk = min(recipe.train.inner_steps, steps - done)
+        trainer.train(batches, chunk)
+        if on_steps is not None:
+            on_steps(done + chunk, steps)
     val = data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
     return BaselineResult(
         val_loss=evaluate(model, val, loss_of(recipe)),

@@ -34,7 +34,7 @@ def tessera(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.timeout(300)
-def test_demo_two_workers_three_rounds_then_status_and_sample(tmp_path: Path) -> None:
+def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     done = tessera(
         "demo",
@@ -48,6 +48,7 @@ def test_demo_two_workers_three_rounds_then_status_and_sample(tmp_path: Path) ->
         str(tmp_path / "home"),
         "--json",
         str(summary_path),
+        "--compare",
     )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(summary_path.read_text())
@@ -59,6 +60,9 @@ def test_demo_two_workers_three_rounds_then_status_and_sample(tmp_path: Path) ->
     assert summary["final_val_loss"] == losses[3]
     assert all(r["accepted"] == 2 and r["rejected"] == 0 for r in summary["per_round"])
     assert summary["bytes_up"] > 0 and summary["bytes_down"] > 0 and summary["wall_s"] > 0
+    baseline = summary["baseline"]  # --compare: one process, same tokens, batch = 2 x 16
+    assert baseline["tokens"] == summary["tokens"] and baseline["batch_size"] == 32
+    assert baseline["val_loss"] < losses[0] - 1.0 and "baseline: held-out loss" in done.stdout
 
     status = tessera("status", "--home", str(tmp_path / "home"))
     assert status.returncode == 0 and "finished" in status.stdout and "3/3 rounds" in status.stdout

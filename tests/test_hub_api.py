@@ -260,3 +260,12 @@ def test_deadline_closes_a_round_without_quorum(
     clock.advance(61)
     assert service.close_due_rounds() == 1
     assert admin.rounds(created.run_id)[0].close_reason == "deadline"
+
+
+def test_contribution_id_of_another_worker_is_refused(http: TestClient, run: tuple[str, str]) -> None:
+    _, token = run
+    (a, wa), (b, wb) = join(http, token, "a"), join(http, token, "b")
+    ga, gb = work(a, wa), work(b, wb)
+    a.submit(meta(ga, wa), to_bytes(zero_update(a, ga)))
+    with pytest.raises(LeaseError, match="taken"):
+        b.submit(meta(gb, wb, cid=ga.lease_id), to_bytes(zero_update(b, gb)))

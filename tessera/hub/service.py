@@ -235,8 +235,10 @@ class HubService:
                     Contribution.run_id == run_id, Contribution.id == meta.contribution_id
                 )
             )
-            if done is not None:
+            if done is not None and done.worker_id == meta.worker_id:
                 return contribution_reply(done, duplicate=True)
+            if done is not None:
+                raise LeaseError(f"contribution id {meta.contribution_id} is taken; choose a new one")
             lease = s.get(Lease, meta.lease_id)
             if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
                 raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
