@@ -7,7 +7,6 @@ a separate `tessera worker` process holding a different shard of the standard li
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -28,8 +27,6 @@ from tessera.hub.schemas import RoundMetrics, RunStatus
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
 from tessera.worker.client import HubClient
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
