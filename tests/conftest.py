@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
 from tessera.hub.app import create_app
 from tessera.hub.service import HubService
-from tessera.hub.state import State
+from tessera.hub.state import Base, State
 from tessera.hub.store import FileBlobStore
 from tessera.worker.client import HubClient
 
@@ -76,9 +78,40 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+POSTGRES_URL = os.environ.get("TESSERA_TEST_DATABASE_URL")
+REQUIRE_POSTGRES = os.environ.get("TESSERA_REQUIRE_POSTGRES") == "1"
+
+
+def fresh_postgres(url: str) -> str:
+    """Empty the test database so each test starts from nothing."""
+    engine = create_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+def postgres_url() -> str:
+    """An emptied PostgreSQL test database; skipped locally without one, failed in CI."""
+    if POSTGRES_URL is None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(
+                "TESSERA_REQUIRE_POSTGRES=1 but TESSERA_TEST_DATABASE_URL is unset; run .ci/postgres.sh"
+            )
+        pytest.skip("PostgreSQL: set TESSERA_TEST_DATABASE_URL (bash .ci/postgres.sh prints one)")
+    return fresh_postgres(POSTGRES_URL)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test using the hub's state runs on SQLite and on PostgreSQL (the contract suite)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub.sqlite'}"
+    return postgres_url()
+
+
 @pytest.fixture
-def service(tmp_path: Path, clock: FakeClock) -> Iterator[HubService]:
-    svc = HubService(State(f"sqlite:///{tmp_path / 'hub.sqlite'}"), FileBlobStore(tmp_path / "blobs"), clock)
+def service(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[HubService]:
+    svc = HubService(State(database_url), FileBlobStore(tmp_path / "blobs"), clock)
     yield svc
     svc.state.close()
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
@@ -40,6 +40,7 @@ from tessera.task import model_tensors
 
 log = logging.getLogger(__name__)
 WAIT_RETRY_S = 1.0
+CROSS_PROCESS_POLL_S = 0.5
 
 
 def new_id() -> str:
@@ -89,6 +90,7 @@ class HubService:
                     created_at=now,
                 )
             )
+            s.flush()  # the run row first: versions and rounds refer to it
             s.add(
                 Version(
                     id=version_id,
@@ -128,7 +130,7 @@ class HubService:
     def register(self, run_id: str, name: str) -> RegisterReply:
         shards = self.runtime(run_id).shards
         with self._lock, self.state.transaction() as s:
-            run = self._run(s, run_id)
+            run = self._run(s, run_id, lock=True)
             index = run.workers_registered
             shard = shards[index % len(shards)]
             run.workers_registered += 1
@@ -155,12 +157,13 @@ class HubService:
                 remaining = give_up - self.clock()
                 if reply.status != "wait" or remaining <= 0:
                     return reply
-                self._changed.wait(timeout=remaining)
+                # Woken by a round closed in this process; other hub processes are seen on re-check.
+                self._changed.wait(timeout=min(remaining, CROSS_PROCESS_POLL_S))
 
     def _try_lease(self, run_id: str, worker_id: str) -> LeaseReply:
         now = self.clock()
         with self.state.transaction() as s:
-            run = self._run(s, run_id)
+            run = self._run(s, run_id, lock=True)
             worker = self._worker(s, run_id, worker_id)
             worker.last_seen_at = now
             if run.status == "finished":
@@ -216,36 +219,35 @@ class HubService:
         """Validate, then record a contribution; nothing is stored if validation fails."""
         runtime = self.runtime(run_id)
         with self._lock:
-            previous = self._check_submission(run_id, meta)
+            with self.state.transaction() as s:  # cheap checks before the body is parsed
+                previous = self._check_submission(s, run_id, meta)
             if previous is not None:
                 return previous
             runtime.check(from_bytes(body))
-            with self.state.transaction() as s:
-                reply = self._record(s, run_id, meta, body)
-            if reply.status == "accepted":
+            with self.state.transaction() as s:  # again under the run's row lock: another hub
+                self._run(s, run_id, lock=True)  # process may have taken the lease meanwhile
+                reply = self._check_submission(s, run_id, meta) or self._record(s, run_id, meta, body)
+            if reply.status == "accepted" and not reply.duplicate:
                 self._maybe_close(run_id)
             return reply
 
-    def _check_submission(self, run_id: str, meta: ContributionMeta) -> ContributionReply | None:
+    def _check_submission(self, s: Session, run_id: str, meta: ContributionMeta) -> ContributionReply | None:
         """The earlier reply for a retried upload, or None after checking the lease."""
-        with self.state.transaction() as s:
-            self._run(s, run_id)
-            done = s.scalar(
-                select(Contribution).where(
-                    Contribution.run_id == run_id, Contribution.id == meta.contribution_id
-                )
-            )
-            if done is not None and done.worker_id == meta.worker_id:
-                return contribution_reply(done, duplicate=True)
-            if done is not None:
-                raise LeaseError(f"contribution id {meta.contribution_id} is taken; choose a new one")
-            lease = s.get(Lease, meta.lease_id)
-            if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
-                raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
-            if lease.state != "open":
-                raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
-            if lease.deadline <= self.clock():
-                raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
+        self._run(s, run_id)
+        done = s.scalar(
+            select(Contribution).where(Contribution.run_id == run_id, Contribution.id == meta.contribution_id)
+        )
+        if done is not None and done.worker_id == meta.worker_id:
+            return contribution_reply(done, duplicate=True)
+        if done is not None:
+            raise LeaseError(f"contribution id {meta.contribution_id} is taken; choose a new one")
+        lease = s.get(Lease, meta.lease_id)
+        if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
+            raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
+        if lease.state != "open":
+            raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
+        if lease.deadline <= self.clock():
+            raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
         return None
 
     def _record(self, s: Session, run_id: str, meta: ContributionMeta, body: bytes) -> ContributionReply:
@@ -303,7 +305,7 @@ class HubService:
     def _maybe_close(self, run_id: str) -> bool:
         settings = self.runtime(run_id).recipe.run
         with self._lock, self.state.transaction() as s:
-            run = self._run(s, run_id)
+            run = self._run(s, run_id, lock=True)
             if run.status != "active":
                 return False
             record = self._round(s, run_id, run.current_round)
@@ -383,8 +385,12 @@ class HubService:
             if not owned:
                 raise NotFound(f"blob {sha} is not a version of run {run_id}")
             data = self.store.get(sha)
-            if run.status == "active":
-                self._round(s, run_id, run.current_round).bytes_out += len(data)
+            if run.status == "active":  # an atomic increment: no lock, no lost update
+                s.execute(
+                    update(RoundRecord)
+                    .where(RoundRecord.run_id == run_id, RoundRecord.number == run.current_round)
+                    .values(bytes_out=RoundRecord.bytes_out + len(data))
+                )
         return data
 
     def status(self, run_id: str) -> RunStatus:
@@ -430,8 +436,10 @@ class HubService:
     # --- lookups -----------------------------------------------------------------------
 
     @staticmethod
-    def _run(s: Session, run_id: str) -> Run:
-        run = s.get(Run, run_id)
+    def _run(s: Session, run_id: str, lock: bool = False) -> Run:
+        """The run; ``lock`` takes its row lock (SELECT ... FOR UPDATE) until the transaction ends,
+        which serializes changes to one run across hub processes sharing a database."""
+        run = s.get(Run, run_id, with_for_update=lock, populate_existing=lock)
         if run is None:
             raise NotFound(f"run {run_id} not found; `tessera status` lists the runs of a hub")
         return run

@@ -1,0 +1,125 @@
+"""Two hub processes serving one run on one PostgreSQL database corrupt nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from tessera.hub.state import Contribution, State, Version
+from tessera.worker.client import HubClient
+from tessera.worker.loop import WorkerSettings, WorkLoop
+from tests.conftest import postgres_url, tiny_recipe
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"hub process exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/runs", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise TimeoutError(f"hub at {url} did not come up")
+
+
+@pytest.fixture
+def database_url() -> str:
+    return postgres_url()  # several hub processes on one database: PostgreSQL only
+
+
+@pytest.fixture
+def two_hubs(database_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    procs, urls = [], []
+    for _ in range(2):
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "tessera",
+            "hub",
+            "--home",
+            str(tmp_path / "hub"),
+            "--port",
+            str(port),
+            "--database",
+            database_url,
+            "--threads",
+            "1",
+        ]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for url, proc in zip(urls, procs, strict=True):
+            wait_until_up(url, proc)
+        yield urls[0], urls[1]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_concurrent_uploads_through_two_hubs(
+    two_hubs: tuple[str, str], database_url: str, corpus_dir: Path, tmp_path: Path
+) -> None:
+    a, b = two_hubs
+    with HubClient.connect(a) as admin:
+        created = admin.create_run(tiny_recipe(corpus_dir, rounds=3, quorum=4, inner_steps=2))
+    clients = [HubClient.connect(url, created.token) for url in (a, b, a, b)]
+    loops = [
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+    ]
+    errors: list[BaseException] = []
+
+    def work(loop: WorkLoop) -> None:
+        try:
+            loop.run()
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(loop,)) for loop in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    with HubClient.connect(b) as reader:
+        status, rounds = reader.status(created.run_id), reader.rounds(created.run_id)
+    assert status.status == "finished" and status.workers == 4
+    assert [r.accepted for r in rounds] == [4, 4, 4] and all(r.close_reason == "quorum" for r in rounds)
+    state = State(database_url)
+    with state.transaction() as s:
+        versions = s.scalars(
+            select(Version).where(Version.run_id == created.run_id).order_by(Version.number)
+        ).all()
+        accepted = s.scalar(
+            select(func.count()).select_from(Contribution).where(Contribution.status == "accepted")
+        )
+        assert [v.number for v in versions] == [0, 1, 2, 3]  # one new version per round, no more
+        assert accepted == 12 and sum(len(v.contributions) for v in versions) == 12
+        for v in versions:
+            blob = (tmp_path / "hub" / "blobs" / v.blob_sha[:2] / v.blob_sha).read_bytes()
+            assert hashlib.sha256(blob).hexdigest() == v.blob_sha
+    state.close()
