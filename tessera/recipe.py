@@ -18,6 +18,8 @@ from typing import Any
 
 from tessera.core.inner import InnerSettings
 from tessera.core.outer import OuterSettings
+from tessera.core.robust import AggregationSettings
+from tessera.core.validation import ValidationSettings
 from tessera.errors import ConfigError
 
 
@@ -75,6 +77,8 @@ class Recipe:
     train: InnerSettings = field(default_factory=InnerSettings)
     outer: OuterSettings = field(default_factory=OuterSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     seed: int = 0
 
 
@@ -85,6 +89,8 @@ SECTIONS: dict[str, type] = {
     "train": InnerSettings,
     "outer": OuterSettings,
     "eval": EvalSettings,
+    "validation": ValidationSettings,
+    "aggregation": AggregationSettings,
 }
 
 

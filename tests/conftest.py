@@ -40,7 +40,12 @@ def write_corpus(root: Path) -> Path:
 
 
 def tiny_recipe(
-    data_path: Path, rounds: int = 3, quorum: int = 2, inner_steps: int = 3, extra_run: str = ""
+    data_path: Path,
+    rounds: int = 3,
+    quorum: int = 2,
+    inner_steps: int = 3,
+    extra_run: str = "",
+    extra: str = "",
 ) -> str:
     return f"""
 [run]
@@ -65,6 +70,7 @@ lr = 0.01
 [eval]
 batch_size = 4
 batches = 2
+{extra}
 """
 
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tessera.errors import MalformedContribution, PayloadTooLarge, TesseraError
 from tessera.hub.schemas import (
+    ContributionInfo,
     ContributionMeta,
     ContributionReply,
     CreateRunReply,
@@ -141,6 +142,11 @@ def add_run_routes(app: FastAPI, service: HubService) -> None:
     @app.get("/v1/runs/{run_id}/rounds", response_model=list[RoundMetrics])
     def run_rounds(run_id: str) -> list[RoundMetrics]:
         return service.rounds(run_id)
+
+    @app.get("/v1/runs/{run_id}/contributions", response_model=list[ContributionInfo])
+    def contributions(run_id: str, round: int | None = None) -> list[ContributionInfo]:
+        """Contributions with status and rejection reasons (optionally of one round)."""
+        return service.contributions(run_id, round)
 
     @app.get("/v1/runs/{run_id}/versions/latest", response_model=VersionInfo)
     def latest_version(run_id: str) -> VersionInfo:

@@ -49,6 +49,11 @@ class RunRuntime:
         self.model.load_state_dict(tensors)
         return evaluate(self.model, self.validation, self.loss_fn)
 
+    def probe_loss(self, tensors: TensorDict) -> float:
+        """Held-out loss on the first ``validation.probe_batches`` batches (the quality probe)."""
+        self.model.load_state_dict(tensors)
+        return evaluate(self.model, self.validation[: self.recipe.validation.probe_batches], self.loss_fn)
+
     def check(self, contribution: TensorDict) -> None:
         """Names, shapes, dtypes and finiteness against the model (MalformedContribution)."""
         check_compatible(contribution, self.reference)

@@ -73,6 +73,19 @@ class ContributionReply(Message):
     duplicate: bool = False
 
 
+class ContributionInfo(Message):
+    contribution_id: str
+    worker_id: str
+    round: int
+    base_version_number: int
+    status: Literal["accepted", "rejected"]
+    reason: str | None
+    tokens: int
+    norm: float
+    weight: float
+    nbytes: int
+
+
 class VersionInfo(Message):
     version_id: str
     number: int
@@ -93,6 +106,7 @@ class RoundMetrics(Message):
     train_loss: float | None
     accepted: int
     rejected: int
+    clipped: int
     tokens: int
     bytes_in: int
     bytes_out: int

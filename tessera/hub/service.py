@@ -13,16 +13,21 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
-from tessera.core.tensors import from_bytes, to_bytes
+from tessera.core.pseudo_gradient import apply_delta
+from tessera.core.robust import AggregationSettings, aggregate
+from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
+from tessera.core.validation import norm_verdict, probe_verdict
 from tessera.errors import LeaseError, NotFound, Unauthorized
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.schemas import (
+    ContributionInfo,
     ContributionMeta,
     ContributionReply,
     CreateRunReply,
@@ -39,6 +44,16 @@ from tessera.recipe import parse_recipe
 from tessera.task import model_tensors
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What validation measured of a well-formed contribution; a reason means rejection."""
+
+    norm: float
+    reason: str | None
+
+
 WAIT_RETRY_S = 1.0
 CROSS_PROCESS_POLL_S = 0.5
 
@@ -65,6 +80,7 @@ class HubService:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._runtimes: dict[str, RunRuntime] = {}
+        self._probe_base: dict[str, float] = {}  # version id -> probe loss
 
     # --- runs -------------------------------------------------------------------------
 
@@ -223,10 +239,14 @@ class HubService:
                 previous = self._check_submission(s, run_id, meta)
             if previous is not None:
                 return previous
-            runtime.check(from_bytes(body))
+            tensors = from_bytes(body)
+            runtime.check(tensors)
+            verdict = self._validate(run_id, meta, tensors)
             with self.state.transaction() as s:  # again under the run's row lock: another hub
                 self._run(s, run_id, lock=True)  # process may have taken the lease meanwhile
-                reply = self._check_submission(s, run_id, meta) or self._record(s, run_id, meta, body)
+                reply = self._check_submission(s, run_id, meta) or self._record(
+                    s, run_id, meta, body, verdict
+                )
             if reply.status == "accepted" and not reply.duplicate:
                 self._maybe_close(run_id)
             return reply
@@ -250,7 +270,37 @@ class HubService:
             raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
         return None
 
-    def _record(self, s: Session, run_id: str, meta: ContributionMeta, body: bytes) -> ContributionReply:
+    def _validate(self, run_id: str, meta: ContributionMeta, tensors: TensorDict) -> Verdict:
+        """Norm bound and quality probe (see tessera.core.validation); no state changes."""
+        runtime = self.runtime(run_id)
+        settings = runtime.recipe.validation
+        norm = global_norm(tensors)
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            history = s.scalars(
+                select(Contribution.norm).where(
+                    Contribution.run_id == run_id,
+                    Contribution.status == "accepted",
+                    Contribution.round >= run.current_round - 1,
+                )
+            ).all()
+            lease = s.get(Lease, meta.lease_id)
+            base = s.get(Version, lease.version_id) if lease else None
+        reason = norm_verdict(norm, history, settings)
+        if reason is None and settings.probe and base is not None:
+            reason = self._probe(runtime, base, tensors)
+        return Verdict(norm=norm, reason=reason)
+
+    def _probe(self, runtime: RunRuntime, base: Version, delta: TensorDict) -> str | None:
+        params = from_bytes(self.store.get(base.blob_sha))
+        if base.id not in self._probe_base:
+            self._probe_base[base.id] = runtime.probe_loss(params)
+        candidate = runtime.probe_loss(apply_delta(params, delta))
+        return probe_verdict(self._probe_base[base.id], candidate, runtime.recipe.validation)
+
+    def _record(
+        self, s: Session, run_id: str, meta: ContributionMeta, body: bytes, verdict: Verdict
+    ) -> ContributionReply:
         run = self._run(s, run_id)
         recipe = self.runtime(run_id).recipe
         lease = s.get(Lease, meta.lease_id)
@@ -269,6 +319,7 @@ class HubService:
             tokens=meta.tokens,
             steps=meta.steps,
             train_loss=meta.train_loss,
+            norm=verdict.norm,
             created_at=self.clock(),
             weight=0.0,
             status="rejected",
@@ -282,6 +333,8 @@ class HubService:
                 f"stale: based on version {lease.round}, {staleness} versions behind the current "
                 f"{run.current_round} (max_staleness {recipe.run.max_staleness}); lease again"
             )
+        elif verdict.reason is not None:
+            contribution.reason = verdict.reason
         else:
             contribution.status = "accepted"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
@@ -329,14 +382,11 @@ class HubService:
                 Contribution.status == "accepted",
             )
         ).all()
-        mean = WeightedMean()
-        for c in contributions:
-            assert c.blob_sha is not None  # accepted contributions always keep their blob
-            mean.add(from_bytes(self.store.get(c.blob_sha)), c.weight)
+        delta, record.clipped = self._aggregate(contributions, runtime.recipe.aggregation)
         base = self._version(s, run.id, record.number)
         params = from_bytes(self.store.get(base.blob_sha))
         outer_state = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
-        new_params, new_state = runtime.outer.step(params, mean.result(), outer_state)
+        new_params, new_state = runtime.outer.step(params, delta, outer_state)
         blob = to_bytes(new_params)
         now = self.clock()
         version = Version(
@@ -371,7 +421,29 @@ class HubService:
             version.val_loss,
         )
 
+    def _aggregate(
+        self, contributions: Sequence[Contribution], settings: AggregationSettings
+    ) -> tuple[TensorDict, int]:
+        """(aggregated pseudo-gradient, contributions clipped); plain means stream from disk."""
+        blobs = [(c.blob_sha, c.weight) for c in contributions if c.blob_sha is not None]
+        if settings.streaming:
+            mean = WeightedMean()
+            for sha, weight in blobs:
+                mean.add(from_bytes(self.store.get(sha)), weight)
+            return mean.result(), 0
+        result = aggregate([(from_bytes(self.store.get(sha)), w) for sha, w in blobs], settings)
+        return result.delta, result.clipped
+
     # --- reading -----------------------------------------------------------------------
+
+    def contributions(self, run_id: str, round_number: int | None = None) -> list[ContributionInfo]:
+        """Contributions of a run (or one round), with status and the reason of rejections."""
+        with self.state.transaction() as s:
+            self._run(s, run_id)
+            query = select(Contribution).where(Contribution.run_id == run_id)
+            if round_number is not None:
+                query = query.where(Contribution.round == round_number)
+            return [contribution_info(c) for c in s.scalars(query.order_by(Contribution.pk))]
 
     def download(self, run_id: str, sha: str) -> bytes:
         """A blob of one of this run's versions; its size counts as bytes out of the round."""
@@ -479,6 +551,21 @@ def contribution_reply(c: Contribution, duplicate: bool = False) -> Contribution
     )
 
 
+def contribution_info(c: Contribution) -> ContributionInfo:
+    return ContributionInfo(
+        contribution_id=c.id,
+        worker_id=c.worker_id,
+        round=c.round,
+        base_version_number=c.base_version_number,
+        status=c.status,  # type: ignore[arg-type]
+        reason=c.reason,
+        tokens=c.tokens,
+        norm=c.norm,
+        weight=c.weight,
+        nbytes=c.nbytes,
+    )
+
+
 def version_info(v: Version) -> VersionInfo:
     return VersionInfo(
         version_id=v.id,
@@ -501,6 +588,7 @@ def round_metrics(r: RoundRecord) -> RoundMetrics:
         val_loss=r.val_loss,
         train_loss=r.train_loss,
         accepted=r.accepted,
+        clipped=r.clipped,
         rejected=r.rejected,
         tokens=r.tokens,
         bytes_in=r.bytes_in,

@@ -9,13 +9,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from tessera.errors import ConfigError
+
+SCHEMA_VERSION = 2  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Meta(Base):
+    __tablename__ = "tessera_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
 
 
 class Run(Base):
@@ -72,6 +93,7 @@ class RoundRecord(Base):
     train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     accepted: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
+    clipped: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     bytes_in: Mapped[int] = mapped_column(Integer, default=0)
     bytes_out: Mapped[int] = mapped_column(Integer, default=0)
@@ -120,6 +142,7 @@ class Contribution(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
     train_loss: Mapped[float] = mapped_column(Float)
+    norm: Mapped[float] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -143,8 +166,29 @@ class State:
         self.engine: Engine = create_engine(url, **self._engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._create_or_check_schema()
+
+    def _create_or_check_schema(self) -> None:
+        """Create the tables in an empty database; refuse one written by another schema."""
+        existing = set(inspect(self.engine).get_table_names())
+        if existing and "tessera_meta" not in existing:
+            found = (
+                "an unversioned tessera schema"
+                if "runs" in existing
+                else f"other tables {sorted(existing)[:5]}"
+            )
+            raise ConfigError(f"database {self.engine.url!r} holds {found}; use a new --home or --database")
+        Base.metadata.create_all(self.engine)
+        with self.transaction() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value != str(SCHEMA_VERSION):
+                raise ConfigError(
+                    f"database {self.engine.url!r} has tessera schema {row.value}, this version needs "
+                    f"{SCHEMA_VERSION}; use a new --home or --database (or an older tessera to read it)"
+                )
 
     @staticmethod
     def _engine_options(url: str) -> dict[str, Any]:

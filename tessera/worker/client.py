@@ -27,6 +27,7 @@ from tessera.errors import (
     Unauthorized,
 )
 from tessera.hub.schemas import (
+    ContributionInfo,
     ContributionMeta,
     ContributionReply,
     CreateRunReply,
@@ -169,6 +170,11 @@ class HubClient:
         return [
             RoundMetrics.model_validate(r) for r in self._request("GET", f"/v1/runs/{run_id}/rounds").json()
         ]
+
+    def contributions(self, run_id: str, round_number: int | None = None) -> list[ContributionInfo]:
+        params = {} if round_number is None else {"round": round_number}
+        response = self._request("GET", f"/v1/runs/{run_id}/contributions", params=params)
+        return [ContributionInfo.model_validate(c) for c in response.json()]
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)
