@@ -62,30 +62,113 @@ def hub(
     threads: Annotated[int | None, typer.Option(help="torch threads for evaluation")] = None,
     verbose: bool = True,
 ) -> None:
-    """Serve a hub over HTTP."""
+    """Serve a hub over HTTP. A new hub creates its first admin; the token goes to HOME/admin.token."""
     import uvicorn
 
-    from tessera.hub.app import create_app, open_service
+    from tessera.hub.app import admin_token, create_app, open_service
 
     setup_logging(verbose)
     set_threads(threads)
-    uvicorn.run(create_app(open_service(home, database)), host=host, port=port, log_level="warning")
+    service = open_service(home, database)
+    if admin_token(service, home) is not None:
+        console.print(f"admin token in {home / 'admin.token'} (create providers and tokens with it)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
+HubUrl = Annotated[str, typer.Option("--hub", help="Hub URL")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="TESSERA_TOKEN", help="Your API token")]
 
 
 @app.command("create-run")
 def create_run(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file")],
-    hub_url: Annotated[str, typer.Option("--hub", help="Hub URL")] = "http://127.0.0.1:8700",
+    token: TokenOpt,
+    hub_url: HubUrl = "http://127.0.0.1:8700",
 ) -> None:
-    """Create a run on a hub from a recipe; prints the run id and the workers' token."""
+    """Create a run on a hub from a recipe; you become its owner."""
     from tessera.recipe import load_recipe
     from tessera.worker.client import HubClient
 
     load_recipe(recipe)  # fail here, with the file's name, before asking the hub
-    reply = HubClient.connect(hub_url).create_run(recipe.read_text())
-    console.print(f"run [bold]{reply.run_id}[/bold] created")
-    console.print(f"token: {reply.token}", soft_wrap=True)
-    console.print(f"start workers with: tessera worker --hub {hub_url} --token {reply.token}", soft_wrap=True)
+    with HubClient.connect(hub_url, token) as client:
+        reply = client.create_run(recipe.read_text())
+    console.print(f"run: {reply.run_id}", soft_wrap=True)
+    console.print(
+        f"providers join with: tessera worker --hub {hub_url} --token THEIR_TOKEN --run {reply.run_id}",
+        soft_wrap=True,
+    )
+
+
+# --- providers, collectives, tokens ----------------------------------------------------
+
+providers_app = typer.Typer(help="Providers and collectives (hub admins).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(providers_app, name="provider")
+app.add_typer(tokens_app, name="token")
+
+
+@providers_app.command("create")
+def provider_create(
+    name: str,
+    token: TokenOpt,
+    hub_url: HubUrl = "http://127.0.0.1:8700",
+    kind: Annotated[str, typer.Option(help="person, company, collective or sponsor")] = "person",
+    admin: Annotated[bool, typer.Option("--admin", help="Make a hub admin")] = False,
+) -> None:
+    """Create a provider (or a collective) and print its first token."""
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        created = client.create_provider(name, kind, admin)
+    console.print(f"{created.provider.kind} {name}: {created.provider.provider_id}", soft_wrap=True)
+    console.print(f"token: {created.token}", soft_wrap=True)
+
+
+@providers_app.command("add-member")
+def provider_add_member(
+    collective: str, member: str, token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700"
+) -> None:
+    """Add a provider to a collective (names or ids)."""
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        info = client.add_member(collective, member)
+    console.print(f"{info.name} is in {len(info.collectives)} collective(s)")
+
+
+@app.command()
+def whoami(token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700") -> None:
+    """Show the provider behind a token."""
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        info = client.whoami()
+    console.print(f"{info.name} ({info.kind}{', hub admin' if info.is_admin else ''}), id {info.provider_id}")
+
+
+@tokens_app.command("create")
+def token_create(
+    token: TokenOpt,
+    hub_url: HubUrl = "http://127.0.0.1:8700",
+    provider: Annotated[str | None, typer.Option(help="For another provider (hub admins)")] = None,
+    label: str = "",
+) -> None:
+    """Create a new API token (for yourself, or as admin for another provider)."""
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        reply = client.create_token(provider or client.whoami().provider_id, label)
+    console.print(f"token id: {reply.token_id}\ntoken: {reply.token}", soft_wrap=True)
+
+
+@tokens_app.command("revoke")
+def token_revoke(token_id: str, token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700") -> None:
+    """Revoke a token by its id; requests with it are refused from then on."""
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        client.revoke_token(token_id)
+    console.print(f"token {token_id} revoked")
 
 
 # --- worker ----------------------------------------------------------------------------
@@ -93,8 +176,9 @@ def create_run(
 
 @app.command()
 def worker(
-    hub_url: Annotated[str, typer.Option("--hub", help="Hub URL")],
-    token: Annotated[str, typer.Option(help="Run token printed by create-run")],
+    hub_url: HubUrl,
+    token: TokenOpt,
+    run: Annotated[str, typer.Option("--run", help="Run id")],
     data: Annotated[str | None, typer.Option(help="Folder of your own text files to train on")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the worker keeps identity and blobs")] = None,
     name: str = "worker",
@@ -102,13 +186,13 @@ def worker(
     verbose: bool = True,
 ) -> None:
     """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes."""
-    from tessera.worker.client import HubClient, run_id_of
+    from tessera.worker.client import HubClient
     from tessera.worker.loop import WorkerSettings, WorkLoop
 
     setup_logging(verbose)
     set_threads(threads)
-    state = state_dir or HOME / "workers" / f"{run_id_of(token)}-{name}"
-    client = HubClient.connect(hub_url, token)
+    state = state_dir or HOME / "workers" / f"{run}-{name}"
+    client = HubClient.connect(hub_url, token, run_id=run)
     try:
         summary = WorkLoop(client, WorkerSettings(state_dir=state, name=name, data_path=data)).run()
     finally:
@@ -127,28 +211,36 @@ class RunReader(Protocol):
     def status(self, run_id: str) -> RunStatus: ...
     def rounds(self, run_id: str) -> list[RoundMetrics]: ...
     def version(self, run_id: str, number: int | None = None) -> VersionInfo: ...
-    def blob(self, sha: str) -> bytes: ...
+    def blob(self, run_id: str, sha: str) -> bytes: ...
     def run_ids(self) -> list[str]: ...
 
 
 class LocalReader:
-    """Reads a hub's folder directly (the hub need not be running)."""
+    """Reads a hub's folder directly (the hub need not run); file access is full access."""
 
     def __init__(self, home: Path) -> None:
         from tessera.hub.app import open_service
+        from tessera.hub.auth import Principal
 
         if not (home / "hub.sqlite").exists():
             raise TesseraError(f"no hub database in {home}; run `tessera demo` or pass --hub URL")
         self.service = open_service(home)
-        self.status, self.rounds, self.version = (
-            self.service.status,
-            self.service.rounds,
-            self.service.version,
-        )
-        self.run_ids = self.service.run_ids
+        self.who = Principal("local-files", "local files", True, frozenset())
 
-    def blob(self, sha: str) -> bytes:
+    def status(self, run_id: str) -> RunStatus:
+        return self.service.status(run_id, self.who)
+
+    def rounds(self, run_id: str) -> list[RoundMetrics]:
+        return self.service.rounds(run_id, self.who)
+
+    def version(self, run_id: str, number: int | None = None) -> VersionInfo:
+        return self.service.version(run_id, self.who, number)
+
+    def blob(self, run_id: str, sha: str) -> bytes:
         return self.service.store.get(sha)
+
+    def run_ids(self) -> list[str]:
+        return self.service.run_ids(self.who)
 
 
 class RemoteReader:
@@ -157,14 +249,18 @@ class RemoteReader:
 
         self.client = HubClient.connect(url, token, retry_s=5.0)
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
-        self.blob = self.client.blob
+
+    def blob(self, run_id: str, sha: str) -> bytes:
+        return self.client.blob(sha, run_id)
 
     def run_ids(self) -> list[str]:
         return [r.run_id for r in self.client.runs()]
 
 
 def reader(hub_url: str | None, token: str | None, home: Path) -> RunReader:
-    return RemoteReader(hub_url, token) if hub_url else LocalReader(home)
+    if hub_url:
+        return RemoteReader(hub_url, token)
+    return LocalReader(home)
 
 
 def pick_run(source: RunReader, run_id: str | None) -> str:
@@ -172,7 +268,7 @@ def pick_run(source: RunReader, run_id: str | None) -> str:
         return run_id
     ids = source.run_ids()
     if not ids:
-        raise TesseraError("this hub has no runs yet; create one with `tessera create-run`")
+        raise TesseraError("no runs to show; create one with `tessera create-run`")
     return ids[-1]
 
 
@@ -182,9 +278,14 @@ RunOpt = Annotated[str | None, typer.Option("--run", help="Run id (default: the 
 
 
 @app.command()
-def status(hub_url: HubOpt = None, home: HomeOpt = HOME / "demo", run: RunOpt = None) -> None:
+def status(
+    hub_url: HubOpt = None,
+    home: HomeOpt = HOME / "demo",
+    run: RunOpt = None,
+    token: Annotated[str | None, typer.Option(envvar="TESSERA_TOKEN", help="API token (with --hub)")] = None,
+) -> None:
     """Show a running or finished run, with metrics per round."""
-    source = reader(hub_url, None, home)
+    source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
     print_run(source.status(run_id), source.rounds(run_id))
 
@@ -194,7 +295,7 @@ def sample(
     hub_url: HubOpt = None,
     home: HomeOpt = HOME / "demo",
     run: RunOpt = None,
-    token: Annotated[str | None, typer.Option(help="Run token (needed with --hub)")] = None,
+    token: Annotated[str | None, typer.Option(envvar="TESSERA_TOKEN", help="API token (with --hub)")] = None,
     prompt: str = "def ",
     length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
     temperature: float = 0.7,
@@ -212,7 +313,7 @@ def sample(
     model = build_model(parse_recipe(info.recipe))
     if not isinstance(model, ByteLM):
         raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
-    model.load_state_dict(from_bytes(source.blob(info.latest_version.blob_sha256)))
+    model.load_state_dict(from_bytes(source.blob(run_id, info.latest_version.blob_sha256)))
     ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
     out = model.generate(ids, length, temperature, torch.Generator().manual_seed(seed))
     console.print(

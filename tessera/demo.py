@@ -13,16 +13,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvicorn
 
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
-from tessera.hub.app import create_app, open_service
+from tessera.hub.app import admin_token, create_app, open_service
 from tessera.hub.schemas import RoundMetrics, RunStatus
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
@@ -38,6 +39,7 @@ class DemoSettings:
     batch_size: int = 16
     threads_per_worker: int = 1
     data_path: Path | None = None  # a folder of text files instead of the standard library
+    collective: str | None = None  # the providers allowed to work on the run
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1:
@@ -45,6 +47,9 @@ class DemoSettings:
 
 
 def demo_recipe(settings: DemoSettings) -> str:
+    collective_line = (
+        "" if settings.collective is None else f"collective = {json.dumps(settings.collective)}\n"
+    )
     data_line = (
         "" if settings.data_path is None else f"path = {json.dumps(str(settings.data_path.resolve()))}\n"
     )
@@ -54,7 +59,7 @@ seed = 0
 
 [run]
 name = "stdlib-demo"
-rounds = {settings.rounds}
+{collective_line}rounds = {settings.rounds}
 quorum = {settings.workers}
 round_deadline_s = 300
 max_staleness = 1
@@ -86,9 +91,12 @@ batches = 16
 
 
 @contextmanager
-def embedded_hub(home: Path) -> Iterator[str]:
-    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL."""
+def embedded_hub(home: Path) -> Iterator[tuple[str, str]]:
+    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token."""
     service = open_service(home)
+    admin = admin_token(service, home)
+    if admin is None:
+        raise TesseraError(f"{home} has a hub database but no admin.token; use another --home")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -102,7 +110,7 @@ def embedded_hub(home: Path) -> Iterator[str]:
             raise TesseraError("the embedded hub failed to start; see the log above")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", admin
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -111,11 +119,11 @@ def embedded_hub(home: Path) -> Iterator[str]:
 
 
 def start_workers(
-    url: str, token: str, run_dir: Path, settings: DemoSettings
+    url: str, tokens: list[str], run_id: str, run_dir: Path, settings: DemoSettings
 ) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads_per_worker))
     procs = []
-    for i in range(settings.workers):
+    for i, token in enumerate(tokens):
         state_dir = run_dir / f"worker-{i}"
         state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -127,6 +135,8 @@ def start_workers(
             url,
             "--token",
             token,
+            "--run",
+            run_id,
             "--state-dir",
             str(state_dir),
             "--name",
@@ -227,15 +237,22 @@ def run_demo(
     on_status: Callable[[RunStatus], None],
 ) -> DemoRun:
     """Embedded hub, one run from the demo recipe, worker processes until the run finishes."""
-    recipe_text = demo_recipe(settings)
     start = time.perf_counter()
-    with embedded_hub(settings.home) as url, HubClient.connect(url) as client:
+    with embedded_hub(settings.home) as (url, admin), HubClient.connect(url, admin) as client:
+        collective = f"demo-{uuid.uuid4().hex[:8]}"
+        client.create_provider(collective, kind="collective")
+        tokens = []
+        for i in range(settings.workers):
+            worker = client.create_provider(f"{collective}-worker-{i}")
+            client.add_member(collective, worker.provider.provider_id)
+            tokens.append(worker.token)
+        recipe_text = demo_recipe(replace(settings, collective=collective))
         created = client.create_run(recipe_text)
         run_dir = settings.home / "runs" / created.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe_text)
         on_start(url, created.run_id)
-        procs = start_workers(url, created.token, run_dir, settings)
+        procs = start_workers(url, tokens, created.run_id, run_dir, settings)
         try:
             final = wait_for_run(client, created.run_id, procs, on_status)
         finally:

@@ -8,7 +8,8 @@
     │   ├── LeaseError             unknown, expired or foreign lease
     │   └── StaleContribution      based on a version too far behind: lease again
     ├── NotFound             a run, version, worker or blob does not exist
-    ├── Unauthorized         a missing or wrong token
+    ├── Unauthorized         a missing, unknown or revoked token (HTTP 401)
+    ├── Forbidden            a valid token without the right for this action (HTTP 403)
     └── HubUnavailable       the worker could not reach the hub after retrying
 
 CLI exit codes: 0 success, 1 a TesseraError (message printed), 2 usage error,
@@ -65,6 +66,11 @@ class NotFound(TesseraError):
 class Unauthorized(TesseraError):
     http_status = 401
     code = "unauthorized"
+
+
+class Forbidden(TesseraError):
+    http_status = 403
+    code = "forbidden"
 
 
 class HubUnavailable(TesseraError):

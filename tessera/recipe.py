@@ -26,6 +26,7 @@ from tessera.errors import ConfigError
 @dataclass(frozen=True)
 class RunSettings:
     name: str = "run"
+    collective: str | None = None  # who may work on the run: members of this collective
     rounds: int = 10
     quorum: int = 4
     round_deadline_s: float = 600.0

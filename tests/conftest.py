@@ -129,5 +129,8 @@ def http(service: HubService) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def admin(http: TestClient) -> HubClient:
-    return HubClient(http, retry_s=0.0)
+def admin(http: TestClient, service: HubService) -> HubClient:
+    """A client with the hub's first admin token."""
+    token = service.providers.bootstrap_admin()
+    assert token is not None
+    return HubClient(http, token, retry_s=0.0)

@@ -73,10 +73,11 @@ def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path)
 
 @pytest.mark.timeout(240)
 def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_dir: Path) -> None:
-    with embedded_hub(tmp_path / "hub") as url, HubClient.connect(url) as admin:
+    with embedded_hub(tmp_path / "hub") as (url, admin_token), HubClient.connect(url, admin_token) as admin:
         created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=4000))
+        token = admin.create_provider("volunteer").token
         state = tmp_path / "worker"
-        args = ("worker", "--hub", url, "--token", created.token, "--state-dir", str(state), "--threads", "1")
+        args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state))
         proc = subprocess.Popen(
             [sys.executable, "-m", "tessera", *args],
             cwd=ROOT,
@@ -105,9 +106,10 @@ def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_
 def test_own_model_and_data_through_the_real_hub(tmp_path: Path) -> None:
     """examples/line_kinds.toml: a user's classifier and data source, two workers, real HTTP."""
     recipe = (ROOT / "examples" / "line_kinds.toml").read_text().replace("rounds = 5", "rounds = 3")
-    with embedded_hub(tmp_path / "hub") as url, HubClient.connect(url) as admin:
+    with embedded_hub(tmp_path / "hub") as (url, admin_token), HubClient.connect(url, admin_token) as admin:
         created = admin.create_run(recipe)
-        clients = [HubClient.connect(url, created.token) for _ in range(2)]
+        tokens = [admin.create_provider(f"lab-{i}").token for i in range(2)]
+        clients = [HubClient.connect(url, t, run_id=created.run_id) for t in tokens]
         loops = [WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}")) for i, c in enumerate(clients)]
         threads = [threading.Thread(target=loop.run) for loop in loops]
         for t in threads:

@@ -23,8 +23,10 @@ from tests.conftest import FakeClock, tiny_recipe
 pytestmark = pytest.mark.timeout(120)
 
 
-def join(http: TestClient, token: str, name: str) -> tuple[HubClient, str]:
-    client = HubClient(http, token, retry_s=0.0)
+def join(http: TestClient, admin: HubClient, run_id: str, name: str) -> tuple[HubClient, str]:
+    """A new provider (made by the admin) with a worker registered in the run."""
+    token = admin.create_provider(f"{run_id[:8]}-{name}").token
+    client = HubClient(http, token, retry_s=0.0, run_id=run_id)
     return client, client.register(name).worker_id
 
 
@@ -52,16 +54,14 @@ def work(client: HubClient, worker_id: str) -> LeaseGrant:
 
 
 @pytest.fixture
-def run(admin: HubClient, corpus_dir: Path) -> tuple[str, str]:
+def run(admin: HubClient, corpus_dir: Path) -> str:
     created = admin.create_run(tiny_recipe(corpus_dir))
-    return created.run_id, created.token
+    return created.run_id
 
 
-def test_full_round_closes_on_quorum_with_metrics(
-    http: TestClient, admin: HubClient, run: tuple[str, str]
-) -> None:
-    run_id, token = run
-    (a, wa), (b, wb) = join(http, token, "a"), join(http, token, "b")
+def test_full_round_closes_on_quorum_with_metrics(http: TestClient, admin: HubClient, run: str) -> None:
+    run_id = run
+    (a, wa), (b, wb) = join(http, admin, run_id, "a"), join(http, admin, run_id, "b")
     ga, gb = work(a, wa), work(b, wb)
     assert ga.version_number == 0 and ga.inner_steps == 3 and ga.shard != gb.shard
     ra = a.submit(meta(ga, wa, tokens=100), to_bytes(zero_update(a, ga)))
@@ -85,18 +85,16 @@ def test_full_round_closes_on_quorum_with_metrics(
 
 def test_run_finishes_and_leases_say_done(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
     created = admin.create_run(tiny_recipe(corpus_dir, rounds=1, quorum=1))
-    client, wid = join(http, created.token, "solo")
+    client, wid = join(http, admin, created.run_id, "solo")
     grant = work(client, wid)
     client.submit(meta(grant, wid), to_bytes(zero_update(client, grant)))
     assert admin.status(created.run_id).status == "finished"
     assert client.lease(wid).status == "done"
 
 
-def test_stale_contribution_is_accepted_downweighted(
-    http: TestClient, run: tuple[str, str], admin: HubClient
-) -> None:
-    run_id, token = run
-    (a, wa), (b, wb), (c, wc) = (join(http, token, n) for n in "abc")
+def test_stale_contribution_is_accepted_downweighted(http: TestClient, run: str, admin: HubClient) -> None:
+    run_id = run
+    (a, wa), (b, wb), (c, wc) = (join(http, admin, run_id, n) for n in "abc")
     late = work(c, wc)  # leased on version 0, uploaded after round 0 closed
     for client, wid in ((a, wa), (b, wb)):
         g = work(client, wid)
@@ -111,7 +109,7 @@ def test_staleness_beyond_bound_is_rejected_with_reason(
     http: TestClient, admin: HubClient, corpus_dir: Path
 ) -> None:
     created = admin.create_run(tiny_recipe(corpus_dir, rounds=4, quorum=1))
-    (a, wa), (c, wc) = join(http, created.token, "a"), join(http, created.token, "c")
+    (a, wa), (c, wc) = join(http, admin, created.run_id, "a"), join(http, admin, created.run_id, "c")
     late = work(c, wc)
     for _ in range(2):
         g = work(a, wa)
@@ -125,9 +123,9 @@ def test_staleness_beyond_bound_is_rejected_with_reason(
     assert admin.rounds(created.run_id)[2].rejected == 1
 
 
-def test_retried_upload_is_recorded_once(http: TestClient, admin: HubClient, run: tuple[str, str]) -> None:
-    run_id, token = run
-    a, wa = join(http, token, "a")
+def test_retried_upload_is_recorded_once(http: TestClient, admin: HubClient, run: str) -> None:
+    run_id = run
+    a, wa = join(http, admin, run_id, "a")
     g = work(a, wa)
     body = to_bytes(zero_update(a, g))
     first = a.submit(meta(g, wa), body)
@@ -136,9 +134,9 @@ def test_retried_upload_is_recorded_once(http: TestClient, admin: HubClient, run
     assert admin.rounds(run_id)[0].accepted == 1
 
 
-def test_restarted_worker_gets_its_open_lease_back(http: TestClient, run: tuple[str, str]) -> None:
-    _, token = run
-    a, wa = join(http, token, "a")
+def test_restarted_worker_gets_its_open_lease_back(http: TestClient, admin: HubClient, run: str) -> None:
+    run_id = run
+    a, wa = join(http, admin, run_id, "a")
     assert work(a, wa).lease_id == work(a, wa).lease_id
 
 
@@ -192,15 +190,15 @@ def bad_cases(
 
 
 def test_bad_uploads_are_refused_and_change_nothing(
-    http: TestClient, service: HubService, tmp_path: Path, run: tuple[str, str]
+    http: TestClient, admin: HubClient, service: HubService, tmp_path: Path, run: str
 ) -> None:
-    run_id, token = run
-    a, wa = join(http, token, "a")
+    run_id = run
+    a, wa = join(http, admin, run_id, "a")
     g = work(a, wa)
     good, m = zero_update(a, g), meta(g, wa)
     before = snapshot(service, tmp_path / "blobs")
     for case, (header, body, status, words) in bad_cases(good, m).items():
-        response = post_contribution(http, run_id, token, header, body)
+        response = post_contribution(http, run_id, a.token or "", header, body)
         assert response.status_code == status, case
         assert words in response.json()["detail"], (case, response.json())
         assert snapshot(service, tmp_path / "blobs") == before, case
@@ -214,38 +212,43 @@ def test_expired_lease_wrong_run_and_wrong_token(
     clock: FakeClock,
     corpus_dir: Path,
     tmp_path: Path,
-    run: tuple[str, str],
+    run: str,
 ) -> None:
-    run_id, token = run
+    run_id = run
     other = admin.create_run(tiny_recipe(corpus_dir))
-    a, wa = join(http, token, "a")
+    a, wa = join(http, admin, run_id, "a")
     g = work(a, wa)
     body = to_bytes(zero_update(a, g))
+    b, _ = join(http, admin, run_id, "b")
     before = snapshot(service, tmp_path / "blobs")
-    response = post_contribution(http, other.run_id, other.token, meta(g, wa).model_dump_json(), body)
-    assert response.status_code == 409 and "unknown" in response.json()["detail"]
-    response = post_contribution(http, run_id, other.token, meta(g, wa).model_dump_json(), body)
+    header = meta(g, wa).model_dump_json()
+    response = post_contribution(http, other.run_id, a.token or "", header, body)  # wrong run
+    assert response.status_code == 404 and "not registered" in response.json()["detail"]
+    response = post_contribution(http, run_id, b.token or "", header, body)  # another provider's worker
+    assert response.status_code == 403 and response.json()["error"] == "forbidden"
+    response = post_contribution(http, run_id, "tsr_not-a-token", header, body)
     assert response.status_code == 401 and response.json()["error"] == "unauthorized"
     with pytest.raises(Unauthorized):
-        HubClient(http, f"{run_id}.wrong", retry_s=0).lease(wa)
+        HubClient(http, "tsr_wrong", retry_s=0, run_id=run_id).lease(wa)
     clock.advance(10_000)
     with pytest.raises(LeaseError, match="expired"):
         a.submit(meta(g, wa), body)
     assert snapshot(service, tmp_path / "blobs") == before
 
 
-def test_unknown_things_are_404(http: TestClient, admin: HubClient, run: tuple[str, str]) -> None:
-    run_id, token = run
+def test_unknown_things_are_404(http: TestClient, admin: HubClient, run: str) -> None:
+    run_id = run
     with pytest.raises(NotFound):
         admin.status("nope")
     with pytest.raises(NotFound):
         admin.version(run_id, 99)
-    client = HubClient(http, token, retry_s=0)
+    client = HubClient(http, admin.token, retry_s=0, run_id=run_id)
     with pytest.raises(NotFound):
         client.blob("0" * 64)
     with pytest.raises(NotFound):
         client.lease("unregistered")
-    bad_recipe = http.post("/v1/runs", content=b"[run]\nrounds = 0\n")
+    auth = {"Authorization": f"Bearer {admin.token}"}
+    bad_recipe = http.post("/v1/runs", content=b"[run]\nrounds = 0\n", headers=auth)
     assert bad_recipe.status_code == 400 and "run.rounds" in bad_recipe.json()["detail"]
 
 
@@ -253,7 +256,7 @@ def test_deadline_closes_a_round_without_quorum(
     http: TestClient, admin: HubClient, service: HubService, clock: FakeClock, corpus_dir: Path
 ) -> None:
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra_run="round_deadline_s = 60"))
-    a, wa = join(http, created.token, "a")
+    a, wa = join(http, admin, created.run_id, "a")
     g = work(a, wa)
     a.submit(meta(g, wa), to_bytes(zero_update(a, g)))
     assert service.close_due_rounds() == 0
@@ -262,9 +265,9 @@ def test_deadline_closes_a_round_without_quorum(
     assert admin.rounds(created.run_id)[0].close_reason == "deadline"
 
 
-def test_contribution_id_of_another_worker_is_refused(http: TestClient, run: tuple[str, str]) -> None:
-    _, token = run
-    (a, wa), (b, wb) = join(http, token, "a"), join(http, token, "b")
+def test_contribution_id_of_another_worker_is_refused(http: TestClient, admin: HubClient, run: str) -> None:
+    run_id = run
+    (a, wa), (b, wb) = join(http, admin, run_id, "a"), join(http, admin, run_id, "b")
     ga, gb = work(a, wa), work(b, wb)
     a.submit(meta(ga, wa), to_bytes(zero_update(a, ga)))
     with pytest.raises(LeaseError, match="taken"):

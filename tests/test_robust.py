@@ -78,3 +78,18 @@ def test_probe_verdict() -> None:
     assert probe_verdict(2.0, 2.2, s) is None
     assert "quality probe" in (probe_verdict(2.0, 2.21, s) or "")
     assert probe_verdict(2.0, float("nan"), s) is not None
+
+
+def test_direction_check_drops_noise_and_sign_flips() -> None:
+    from tessera.core.robust import cosine, misaligned
+
+    assert cosine(d(1.0, 0.0), d(0.0, 2.0)) == 0.0 and cosine(d(1.0, 1.0), d(-2.0, -2.0)) == pytest.approx(
+        -1.0
+    )
+    honest = [(d(1.0, 1.0, 0.1), 1.0), (d(1.0, 0.9, 0.0), 1.0), (d(0.9, 1.0, 0.2), 1.0)]
+    flipped = (d(-10.0, -10.0, -1.0), 1.0)
+    orthogonal = (d(1.0, -1.0, 0.0), 1.0)
+    assert misaligned([*honest, flipped], 0.1).keys() == {3}
+    assert misaligned([*honest, orthogonal], 0.1).keys() == {3}
+    result = aggregate([*honest, flipped], AggregationSettings(min_cosine=0.1))
+    assert result.dropped.keys() == {3} and float(result.delta["w"][0]) > 0.9

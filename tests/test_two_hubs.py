@@ -36,7 +36,7 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
         if proc.poll() is not None:
             raise RuntimeError(f"hub process exited with {proc.returncode}")
         try:
-            if httpx.get(f"{url}/v1/runs", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v1/runs", timeout=1).status_code == 401:  # up, and asks for a token
                 return
         except httpx.TransportError:
             time.sleep(0.2)
@@ -69,9 +69,8 @@ def two_hubs(database_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
         ]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         urls.append(f"http://127.0.0.1:{port}")
+        wait_until_up(urls[-1], procs[-1])  # one after the other: the first creates the admin
     try:
-        for url, proc in zip(urls, procs, strict=True):
-            wait_until_up(url, proc)
         yield urls[0], urls[1]
     finally:
         for proc in procs:
@@ -83,9 +82,12 @@ def test_concurrent_uploads_through_two_hubs(
     two_hubs: tuple[str, str], database_url: str, corpus_dir: Path, tmp_path: Path
 ) -> None:
     a, b = two_hubs
-    with HubClient.connect(a) as admin:
+    admin_token = (tmp_path / "hub" / "admin.token").read_text().strip()
+    with HubClient.connect(a, admin_token) as admin:
         created = admin.create_run(tiny_recipe(corpus_dir, rounds=3, quorum=4, inner_steps=2))
-    clients = [HubClient.connect(url, created.token) for url in (a, b, a, b)]
+        tokens = [admin.create_provider(f"site-{i}").token for i in range(4)]
+    urls = (a, b, a, b)
+    clients = [HubClient.connect(url, t, run_id=created.run_id) for url, t in zip(urls, tokens, strict=True)]
     loops = [
         WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
     ]
@@ -105,7 +107,7 @@ def test_concurrent_uploads_through_two_hubs(
     for c in clients:
         c.close()
     assert not errors, errors
-    with HubClient.connect(b) as reader:
+    with HubClient.connect(b, admin_token) as reader:
         status, rounds = reader.status(created.run_id), reader.rounds(created.run_id)
     assert status.status == "finished" and status.workers == 4
     assert [r.accepted for r in rounds] == [4, 4, 4] and all(r.close_reason == "quorum" for r in rounds)

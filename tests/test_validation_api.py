@@ -21,10 +21,12 @@ def constant_update(client: HubClient, blob_sha: str, value: float) -> dict[str,
     return {k: torch.full_like(v, value) for k, v in params.items() if v.is_floating_point()}
 
 
-def submit_values(http: TestClient, token: str, values: list[float]) -> list[tuple[str, str | None]]:
+def submit_values(
+    http: TestClient, admin: HubClient, run_id: str, values: list[float]
+) -> list[tuple[str, str | None]]:
     replies = []
     for i, value in enumerate(values):
-        client, wid = join(http, token, f"w{i}")
+        client, wid = join(http, admin, run_id, f"w{i}")
         grant = work(client, wid)
         reply = client.submit(meta(grant, wid), to_bytes(constant_update(client, grant.blob_sha256, value)))
         replies.append((reply.status, reply.reason))
@@ -36,7 +38,7 @@ def test_norm_bound_rejects_an_outsized_update_with_a_reason(
 ) -> None:
     recipe = tiny_recipe(corpus_dir, quorum=5, extra="[validation]\nnorm_bound = 3.0\nnorm_history_min = 2\n")
     created = admin.create_run(recipe)
-    replies = submit_values(http, created.token, [0.010, 0.011, 0.012, -0.1])
+    replies = submit_values(http, admin, created.run_id, [0.010, 0.011, 0.012, -0.1])
     assert [r[0] for r in replies] == ["accepted", "accepted", "accepted", "rejected"]
     assert "exceeds 3 x the median norm" in (replies[3][1] or "")
     listed = admin.contributions(created.run_id, 0)
@@ -48,8 +50,8 @@ def test_norm_bound_rejects_an_outsized_update_with_a_reason(
 def test_quality_probe_rejects_a_harmful_update(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
     recipe = tiny_recipe(corpus_dir, quorum=3, extra="[validation]\nprobe = true\nprobe_tolerance = 0.05\n")
     created = admin.create_run(recipe)
-    assert submit_values(http, created.token, [1e-6]) == [("accepted", None)]
-    client, wid = join(http, created.token, "noisy")
+    assert submit_values(http, admin, created.run_id, [1e-6]) == [("accepted", None)]
+    client, wid = join(http, admin, created.run_id, "noisy")
     grant = work(client, wid)
     shapes = constant_update(client, grant.blob_sha256, 0.0)
     noise = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) for k, v in shapes.items()}
@@ -65,8 +67,8 @@ def test_robust_aggregation_of_a_round(
 ) -> None:
     extra = f'[outer]\nkind = "average"\n[aggregation]\nmethod = "{method}"\ntrim_fraction = 0.34\n'
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra=extra))
-    submit_values(http, created.token, [0.01, 0.02, 10.0])
-    reader = HubClient(http, created.token, retry_s=0)
+    submit_values(http, admin, created.run_id, [0.01, 0.02, 10.0])
+    reader = HubClient(http, admin.token, retry_s=0, run_id=created.run_id)
     v0, v1 = (from_bytes(reader.blob(admin.version(created.run_id, n).blob_sha256)) for n in (0, 1))
     name = next(k for k, v in v0.items() if v.is_floating_point())
     assert torch.allclose(v1[name], v0[name] - expected, atol=1e-5)
@@ -75,5 +77,5 @@ def test_robust_aggregation_of_a_round(
 def test_clipping_is_counted_in_round_metrics(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
     extra = "[aggregation]\nclip_multiple = 1.0\n"
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra=extra))
-    submit_values(http, created.token, [0.01, 0.01, 5.0])
+    submit_values(http, admin, created.run_id, [0.01, 0.01, 5.0])
     assert admin.rounds(created.run_id)[0].clipped == 1

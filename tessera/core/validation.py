@@ -3,9 +3,11 @@
 - norm bound: a contribution whose L2 norm exceeds ``norm_bound`` times the median norm of
   the contributions accepted in this and the previous round is rejected (needs at least
   ``norm_history_min`` of them to judge);
-- quality probe: the hub applies the candidate to its base version (``base - delta``, the
-  worker's trained model) and measures held-out loss on a few probe batches; a candidate worse
-  than the base by more than ``probe_tolerance`` (relative) is rejected.
+- quality probe: the hub applies the candidate to its base version with the share it would
+  have in the round's average (``base - delta / quorum``) and measures held-out loss on a few
+  probe batches; a candidate worse than the base by more than ``probe_tolerance`` (relative)
+  is rejected. (Applied whole, an honest update trained on one domain can look worse on the
+  mixed held-out data than it is as part of the average.)
 """
 
 from __future__ import annotations

@@ -9,24 +9,32 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tessera.errors import MalformedContribution, PayloadTooLarge, TesseraError
+from tessera.hub.auth import Principal
+from tessera.hub.providers import ProviderService
 from tessera.hub.schemas import (
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
+    CreatedProvider,
+    CreateProviderRequest,
     CreateRunReply,
     LeaseReply,
     LeaseRequest,
+    MemberRequest,
+    ProviderInfo,
     RegisterReply,
     RegisterRequest,
     RoundMetrics,
     RunStatus,
+    TokenReply,
+    TokenRequest,
     VersionInfo,
 )
 from tessera.hub.service import HubService
@@ -44,6 +52,17 @@ def open_service(home: Path, database_url: str | None = None) -> HubService:
     home.mkdir(parents=True, exist_ok=True)
     state = State(database_url or f"sqlite:///{home / 'hub.sqlite'}")
     return HubService(state, FileBlobStore(home / "blobs"))
+
+
+def admin_token(service: HubService, home: Path) -> str | None:
+    """The first admin's token: created on a new hub and kept in ``home/admin.token`` (mode 600)."""
+    path = home / "admin.token"
+    token = service.providers.bootstrap_admin()
+    if token is not None:
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        return token
+    return path.read_text().strip() if path.exists() else None
 
 
 def bearer(header: str | None) -> str | None:
@@ -64,6 +83,15 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def current_principal(request: Request, authorization: Token = None) -> Principal:
+    """The provider behind the request's bearer token (401 without a valid one)."""
+    service: HubService = request.app.state.service
+    return service.providers.principal(bearer(authorization))
+
+
+Who = Annotated[Principal, Depends(current_principal)]
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:
@@ -115,75 +143,99 @@ def create_app(service: HubService, tick_s: float | None = 1.0) -> FastAPI:
 
     app = FastAPI(title="tessera hub", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+
+    app.state.service = service
     add_run_routes(app, service)
     add_worker_routes(app, service)
+    add_provider_routes(app, service.providers)
     return app
 
 
 def add_run_routes(app: FastAPI, service: HubService) -> None:
     @app.post("/v1/runs", status_code=201, response_model=CreateRunReply)
-    async def create_run(request: Request) -> CreateRunReply:
-        """Create a run from a recipe (TOML in the body)."""
+    async def create_run(request: Request, who: Who) -> CreateRunReply:
+        """Create a run from a recipe (TOML in the body); the caller becomes its owner."""
         body = await read_limited(request, MAX_RECIPE_BYTES)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise TesseraError("recipe must be UTF-8 TOML text") from exc
-        return await run_in_threadpool(service.create_run, text)
+        return await run_in_threadpool(service.create_run, who, text)
 
     @app.get("/v1/runs", response_model=list[RunStatus])
-    def list_runs() -> list[RunStatus]:
-        return [service.status(run_id) for run_id in service.run_ids()]
+    def list_runs(who: Who) -> list[RunStatus]:
+        return [service.status(run_id, who) for run_id in service.run_ids(who)]
 
     @app.get("/v1/runs/{run_id}", response_model=RunStatus)
-    def run_status(run_id: str) -> RunStatus:
-        return service.status(run_id)
+    def run_status(run_id: str, who: Who) -> RunStatus:
+        return service.status(run_id, who)
 
     @app.get("/v1/runs/{run_id}/rounds", response_model=list[RoundMetrics])
-    def run_rounds(run_id: str) -> list[RoundMetrics]:
-        return service.rounds(run_id)
+    def run_rounds(run_id: str, who: Who) -> list[RoundMetrics]:
+        return service.rounds(run_id, who)
 
     @app.get("/v1/runs/{run_id}/contributions", response_model=list[ContributionInfo])
-    def contributions(run_id: str, round: int | None = None) -> list[ContributionInfo]:
+    def contributions(run_id: str, who: Who, round: int | None = None) -> list[ContributionInfo]:
         """Contributions with status and rejection reasons (optionally of one round)."""
-        return service.contributions(run_id, round)
+        return service.contributions(run_id, who, round)
 
     @app.get("/v1/runs/{run_id}/versions/latest", response_model=VersionInfo)
-    def latest_version(run_id: str) -> VersionInfo:
-        return service.version(run_id)
+    def latest_version(run_id: str, who: Who) -> VersionInfo:
+        return service.version(run_id, who)
 
     @app.get("/v1/runs/{run_id}/versions/{number}", response_model=VersionInfo)
-    def version(run_id: str, number: int) -> VersionInfo:
-        return service.version(run_id, number)
+    def version(run_id: str, number: int, who: Who) -> VersionInfo:
+        return service.version(run_id, who, number)
 
 
 def add_worker_routes(app: FastAPI, service: HubService) -> None:
     @app.get("/v1/runs/{run_id}/blobs/{sha}", response_class=Response)
-    def blob(run_id: str, sha: str, authorization: Token = None) -> Response:
+    def blob(run_id: str, sha: str, who: Who) -> Response:
         """Download a version's safetensors blob."""
-        service.authenticate(run_id, bearer(authorization))
-        return Response(service.download(run_id, sha), media_type="application/octet-stream")
+        return Response(service.download(run_id, who, sha), media_type="application/octet-stream")
 
     @app.post("/v1/runs/{run_id}/workers", status_code=201, response_model=RegisterReply)
-    def register(run_id: str, req: RegisterRequest, authorization: Token = None) -> RegisterReply:
-        service.authenticate(run_id, bearer(authorization))
-        return service.register(run_id, req.name)
+    def register(run_id: str, req: RegisterRequest, who: Who) -> RegisterReply:
+        return service.register(run_id, who, req.name)
 
     @app.post("/v1/runs/{run_id}/leases", response_model=LeaseReply)
-    def lease(run_id: str, req: LeaseRequest, authorization: Token = None) -> LeaseReply:
-        service.authenticate(run_id, bearer(authorization))
-        return service.lease(run_id, req.worker_id, req.wait_s)
+    def lease(run_id: str, req: LeaseRequest, who: Who) -> LeaseReply:
+        return service.lease(run_id, who, req.worker_id, req.wait_s)
 
     @app.post("/v1/runs/{run_id}/contributions", response_model=ContributionReply)
     async def contribute(
         run_id: str,
         request: Request,
-        authorization: Token = None,
+        who: Who,
         meta_header: Annotated[str | None, Header(alias=META_HEADER)] = None,
     ) -> ContributionReply:
         """Upload a contribution: safetensors body, JSON metadata in the header."""
-        await run_in_threadpool(service.authenticate, run_id, bearer(authorization))
+        await run_in_threadpool(service.authorize, run_id, who)
         meta = parse_meta(meta_header)
         limit = await run_in_threadpool(service.upload_limit, run_id)
         body = await read_limited(request, limit)
-        return await run_in_threadpool(service.submit, run_id, meta, body)
+        return await run_in_threadpool(service.submit, run_id, who, meta, body)
+
+
+def add_provider_routes(app: FastAPI, providers: ProviderService) -> None:
+    @app.get("/v1/whoami", response_model=ProviderInfo)
+    def whoami(who: Who) -> ProviderInfo:
+        return providers.describe(who, who.provider_id)
+
+    @app.post("/v1/providers", status_code=201, response_model=CreatedProvider)
+    def create_provider(req: CreateProviderRequest, who: Who) -> CreatedProvider:
+        """Create a provider (a collective too) and its first token (hub admins only)."""
+        return providers.create_provider(who, req.name, req.kind, req.is_admin)
+
+    @app.post("/v1/providers/{collective}/members", response_model=ProviderInfo)
+    def add_member(collective: str, req: MemberRequest, who: Who) -> ProviderInfo:
+        return providers.add_member(who, providers.find(collective), providers.find(req.member))
+
+    @app.post("/v1/providers/{provider}/tokens", status_code=201, response_model=TokenReply)
+    def create_token(provider: str, req: TokenRequest, who: Who) -> TokenReply:
+        return providers.create_token(who, providers.find(provider), req.label)
+
+    @app.delete("/v1/tokens/{token_id}", status_code=204, response_class=Response)
+    def revoke_token(token_id: str, who: Who) -> Response:
+        providers.revoke_token(who, token_id)
+        return Response(status_code=204)

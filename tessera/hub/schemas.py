@@ -15,7 +15,39 @@ class Message(BaseModel):
 
 class CreateRunReply(Message):
     run_id: str
-    token: str = Field(description="Bearer token for workers of this run; shown only once")
+
+
+class ProviderInfo(Message):
+    provider_id: str
+    name: str
+    kind: str
+    is_admin: bool
+    collectives: list[str]
+
+
+class CreateProviderRequest(Message):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@ -]+$")
+    kind: Literal["person", "company", "collective", "sponsor"] = "person"
+    is_admin: bool = False
+
+
+class TokenReply(Message):
+    token_id: str
+    token: str = Field(description="shown only once; the hub keeps its sha256")
+
+
+class CreatedProvider(Message):
+    provider: ProviderInfo
+    token_id: str
+    token: str
+
+
+class TokenRequest(Message):
+    label: str = Field(default="", max_length=200)
+
+
+class MemberRequest(Message):
+    member: str = Field(min_length=1, max_length=200, description="provider id or name")
 
 
 class RegisterRequest(Message):

@@ -7,9 +7,7 @@ whether work counts happens here, at one commit point per request.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -21,10 +19,12 @@ from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
 from tessera.core.pseudo_gradient import apply_delta
-from tessera.core.robust import AggregationSettings, aggregate
+from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
 from tessera.core.validation import norm_verdict, probe_verdict
-from tessera.errors import LeaseError, NotFound, Unauthorized
+from tessera.errors import ConfigError, Forbidden, LeaseError, NotFound
+from tessera.hub.auth import Principal, may_work_on, require_participant
+from tessera.hub.providers import ProviderService
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.schemas import (
     ContributionInfo,
@@ -38,7 +38,17 @@ from tessera.hub.schemas import (
     RunStatus,
     VersionInfo,
 )
-from tessera.hub.state import Contribution, Lease, RoundRecord, Run, State, Version, Worker, new_round
+from tessera.hub.state import (
+    Contribution,
+    Lease,
+    Provider,
+    RoundRecord,
+    Run,
+    State,
+    Version,
+    Worker,
+    new_round,
+)
 from tessera.hub.store import BlobStore
 from tessera.recipe import parse_recipe
 from tessera.task import model_tensors
@@ -62,10 +72,6 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
     """Data-sampling seed of a lease: reproducible from the recipe, distinct per worker and round."""
     digest = hashlib.sha256(f"{run_seed}:{worker_index}:{round_number}".encode()).digest()
@@ -81,25 +87,27 @@ class HubService:
         self._changed = threading.Condition(self._lock)
         self._runtimes: dict[str, RunRuntime] = {}
         self._probe_base: dict[str, float] = {}  # version id -> probe loss
+        self.providers = ProviderService(state, clock)
 
     # --- runs -------------------------------------------------------------------------
 
-    def create_run(self, recipe_text: str) -> CreateRunReply:
+    def create_run(self, who: Principal, recipe_text: str) -> CreateRunReply:
         recipe = parse_recipe(recipe_text)
+        collective_id = self._collective_id(recipe.run.collective)
         runtime = RunRuntime.build(recipe)
         tensors = model_tensors(runtime.model)
         blob = to_bytes(tensors)
         sha = self.store.put(blob)
         val_loss = runtime.evaluate(tensors)
         run_id, version_id, now = new_id(), new_id(), self.clock()
-        token = f"{run_id}.{secrets.token_urlsafe(24)}"
         with self._lock, self.state.transaction() as s:
             s.add(
                 Run(
                     id=run_id,
                     name=recipe.run.name,
                     recipe=recipe_text,
-                    token_hash=hash_token(token),
+                    owner_id=who.provider_id,
+                    collective_id=collective_id,
                     status="active",
                     current_round=0,
                     workers_registered=0,
@@ -123,7 +131,7 @@ class HubService:
             s.add(new_round(run_id, 0, version_id, now))
             self._runtimes[run_id] = runtime
         log.info("created run %s (%s), initial held-out loss %.4f", run_id, recipe.run.name, val_loss)
-        return CreateRunReply(run_id=run_id, token=token)
+        return CreateRunReply(run_id=run_id)
 
     def runtime(self, run_id: str) -> RunRuntime:
         with self._lock:
@@ -133,17 +141,26 @@ class HubService:
                 self._runtimes[run_id] = RunRuntime.build(parse_recipe(recipe_text))
             return self._runtimes[run_id]
 
-    def authenticate(self, run_id: str, token: str | None) -> None:
+    def _collective_id(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        collective_id = self.providers.find(name)
+        with self.state.transaction() as s:
+            provider = s.get(Provider, collective_id)
+            if provider is None or provider.kind != "collective":
+                raise ConfigError(f"run.collective {name!r} is not a collective on this hub")
+        return collective_id
+
+    def authorize(self, run_id: str, who: Principal) -> None:
+        """403 unless ``who`` may work on the run and read it (see tessera.hub.auth)."""
         with self.state.transaction() as s:
             run = self._run(s, run_id)
-            if not token or not hmac.compare_digest(hash_token(token), run.token_hash):
-                raise Unauthorized(
-                    f"missing or wrong token for run {run_id}; use the token printed when the run was created"
-                )
+            require_participant(who, run_id, run.owner_id, run.collective_id)
 
     # --- workers and leases ------------------------------------------------------------
 
-    def register(self, run_id: str, name: str) -> RegisterReply:
+    def register(self, run_id: str, who: Principal, name: str) -> RegisterReply:
+        self.authorize(run_id, who)
         shards = self.runtime(run_id).shards
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id, lock=True)
@@ -153,6 +170,7 @@ class HubService:
             worker = Worker(
                 id=new_id(),
                 run_id=run_id,
+                provider_id=who.provider_id,
                 name=name,
                 index=index,
                 shard=shard,
@@ -163,24 +181,25 @@ class HubService:
         log.info("run %s: worker %s (%s) registered, shard %s", run_id, worker.id, name, shard)
         return RegisterReply(worker_id=worker.id, shard=shard)
 
-    def lease(self, run_id: str, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
+    def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         """A lease on the current round; if the worker already contributed, wait up to wait_s."""
+        self.authorize(run_id, who)
         self.runtime(run_id)
         give_up = self.clock() + wait_s
         with self._changed:
             while True:
-                reply = self._try_lease(run_id, worker_id)
+                reply = self._try_lease(run_id, who, worker_id)
                 remaining = give_up - self.clock()
                 if reply.status != "wait" or remaining <= 0:
                     return reply
                 # Woken by a round closed in this process; other hub processes are seen on re-check.
                 self._changed.wait(timeout=min(remaining, CROSS_PROCESS_POLL_S))
 
-    def _try_lease(self, run_id: str, worker_id: str) -> LeaseReply:
+    def _try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
         now = self.clock()
         with self.state.transaction() as s:
             run = self._run(s, run_id, lock=True)
-            worker = self._worker(s, run_id, worker_id)
+            worker = self._worker(s, run_id, worker_id, who)
             worker.last_seen_at = now
             if run.status == "finished":
                 return LeaseReply(status="done")
@@ -231,12 +250,13 @@ class HubService:
     def upload_limit(self, run_id: str) -> int:
         return self.runtime(run_id).upload_limit()
 
-    def submit(self, run_id: str, meta: ContributionMeta, body: bytes) -> ContributionReply:
+    def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:
         """Validate, then record a contribution; nothing is stored if validation fails."""
+        self.authorize(run_id, who)
         runtime = self.runtime(run_id)
         with self._lock:
             with self.state.transaction() as s:  # cheap checks before the body is parsed
-                previous = self._check_submission(s, run_id, meta)
+                previous = self._check_submission(s, run_id, who, meta)
             if previous is not None:
                 return previous
             tensors = from_bytes(body)
@@ -244,16 +264,18 @@ class HubService:
             verdict = self._validate(run_id, meta, tensors)
             with self.state.transaction() as s:  # again under the run's row lock: another hub
                 self._run(s, run_id, lock=True)  # process may have taken the lease meanwhile
-                reply = self._check_submission(s, run_id, meta) or self._record(
+                reply = self._check_submission(s, run_id, who, meta) or self._record(
                     s, run_id, meta, body, verdict
                 )
             if reply.status == "accepted" and not reply.duplicate:
                 self._maybe_close(run_id)
             return reply
 
-    def _check_submission(self, s: Session, run_id: str, meta: ContributionMeta) -> ContributionReply | None:
-        """The earlier reply for a retried upload, or None after checking the lease."""
-        self._run(s, run_id)
+    def _check_submission(
+        self, s: Session, run_id: str, who: Principal, meta: ContributionMeta
+    ) -> ContributionReply | None:
+        """The earlier reply for a retried upload, or None after checking worker and lease."""
+        self._worker(s, run_id, meta.worker_id, who)
         done = s.scalar(
             select(Contribution).where(Contribution.run_id == run_id, Contribution.id == meta.contribution_id)
         )
@@ -295,7 +317,8 @@ class HubService:
         params = from_bytes(self.store.get(base.blob_sha))
         if base.id not in self._probe_base:
             self._probe_base[base.id] = runtime.probe_loss(params)
-        candidate = runtime.probe_loss(apply_delta(params, delta))
+        share = 1.0 / runtime.recipe.run.quorum  # its part in an equal-weight average of the round
+        candidate = runtime.probe_loss(apply_delta(params, delta, scale=share))
         return probe_verdict(self._probe_base[base.id], candidate, runtime.recipe.validation)
 
     def _record(
@@ -382,11 +405,13 @@ class HubService:
                 Contribution.status == "accepted",
             )
         ).all()
-        delta, record.clipped = self._aggregate(contributions, runtime.recipe.aggregation)
+        combined = self._aggregate(contributions, runtime.recipe.aggregation)
+        record.clipped = combined.clipped
+        contributions = self._drop_misaligned(record, contributions, combined.dropped)
         base = self._version(s, run.id, record.number)
         params = from_bytes(self.store.get(base.blob_sha))
         outer_state = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
-        new_params, new_state = runtime.outer.step(params, delta, outer_state)
+        new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
         blob = to_bytes(new_params)
         now = self.clock()
         version = Version(
@@ -421,23 +446,39 @@ class HubService:
             version.val_loss,
         )
 
-    def _aggregate(
-        self, contributions: Sequence[Contribution], settings: AggregationSettings
-    ) -> tuple[TensorDict, int]:
-        """(aggregated pseudo-gradient, contributions clipped); plain means stream from disk."""
+    def _aggregate(self, contributions: Sequence[Contribution], settings: AggregationSettings) -> Aggregate:
+        """The round's combined pseudo-gradient; plain means stream from disk, one at a time."""
         blobs = [(c.blob_sha, c.weight) for c in contributions if c.blob_sha is not None]
         if settings.streaming:
             mean = WeightedMean()
             for sha, weight in blobs:
                 mean.add(from_bytes(self.store.get(sha)), weight)
-            return mean.result(), 0
-        result = aggregate([(from_bytes(self.store.get(sha)), w) for sha, w in blobs], settings)
-        return result.delta, result.clipped
+            return Aggregate(mean.result(), clipped=0)
+        return aggregate([(from_bytes(self.store.get(sha)), w) for sha, w in blobs], settings)
+
+    @staticmethod
+    def _drop_misaligned(
+        record: RoundRecord, contributions: Sequence[Contribution], dropped: dict[int, float]
+    ) -> list[Contribution]:
+        """Mark contributions the direction check dropped as rejected; return the rest."""
+        for i, cos in dropped.items():
+            c = contributions[i]
+            c.status, c.weight = "rejected", 0.0
+            c.reason = (
+                f"direction: cosine {cos:.3f} with the round's median update, below the run's min_cosine"
+            )
+            record.accepted -= 1
+            record.rejected += 1
+            record.tokens -= c.tokens
+        return [c for i, c in enumerate(contributions) if i not in dropped]
 
     # --- reading -----------------------------------------------------------------------
 
-    def contributions(self, run_id: str, round_number: int | None = None) -> list[ContributionInfo]:
+    def contributions(
+        self, run_id: str, who: Principal, round_number: int | None = None
+    ) -> list[ContributionInfo]:
         """Contributions of a run (or one round), with status and the reason of rejections."""
+        self.authorize(run_id, who)
         with self.state.transaction() as s:
             self._run(s, run_id)
             query = select(Contribution).where(Contribution.run_id == run_id)
@@ -445,8 +486,9 @@ class HubService:
                 query = query.where(Contribution.round == round_number)
             return [contribution_info(c) for c in s.scalars(query.order_by(Contribution.pk))]
 
-    def download(self, run_id: str, sha: str) -> bytes:
+    def download(self, run_id: str, who: Principal, sha: str) -> bytes:
         """A blob of one of this run's versions; its size counts as bytes out of the round."""
+        self.authorize(run_id, who)
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id)
             owned = s.scalar(
@@ -465,7 +507,8 @@ class HubService:
                 )
         return data
 
-    def status(self, run_id: str) -> RunStatus:
+    def status(self, run_id: str, who: Principal) -> RunStatus:
+        self.authorize(run_id, who)
         rounds_total = self.runtime(run_id).recipe.run.rounds
         with self.state.transaction() as s:
             run = self._run(s, run_id)
@@ -488,7 +531,8 @@ class HubService:
                 recipe=run.recipe,
             )
 
-    def rounds(self, run_id: str) -> list[RoundMetrics]:
+    def rounds(self, run_id: str, who: Principal) -> list[RoundMetrics]:
+        self.authorize(run_id, who)
         with self.state.transaction() as s:
             self._run(s, run_id)
             records = s.scalars(
@@ -496,14 +540,17 @@ class HubService:
             ).all()
             return [round_metrics(r) for r in records]
 
-    def version(self, run_id: str, number: int | None = None) -> VersionInfo:
+    def version(self, run_id: str, who: Principal, number: int | None = None) -> VersionInfo:
+        self.authorize(run_id, who)
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             return version_info(self._version(s, run_id, run.current_round if number is None else number))
 
-    def run_ids(self) -> list[str]:
+    def run_ids(self, who: Principal) -> list[str]:
+        """The runs ``who`` may see, oldest first."""
         with self.state.transaction() as s:
-            return list(s.scalars(select(Run.id).order_by(Run.created_at)).all())
+            runs = s.scalars(select(Run).order_by(Run.created_at)).all()
+            return [r.id for r in runs if may_work_on(who, r.owner_id, r.collective_id)]
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -517,10 +564,12 @@ class HubService:
         return run
 
     @staticmethod
-    def _worker(s: Session, run_id: str, worker_id: str) -> Worker:
+    def _worker(s: Session, run_id: str, worker_id: str, who: Principal) -> Worker:
         worker = s.get(Worker, worker_id)
         if worker is None or worker.run_id != run_id:
             raise NotFound(f"worker {worker_id} is not registered in run {run_id}; register first")
+        if worker.provider_id != who.provider_id:
+            raise Forbidden(f"worker {worker_id} belongs to another provider; register your own")
         return worker
 
     @staticmethod

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -26,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 2  # raise on every change of the tables below
+SCHEMA_VERSION = 3  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -39,12 +40,42 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(200))
 
 
+class Provider(Base):
+    """A person, company, collective or sponsor; a collective's members are providers."""
+
+    __tablename__ = "providers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # person | company | collective | sponsor
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    collective_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), primary_key=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), primary_key=True)
+
+
+class ApiToken(Base):
+    """Only the sha256 of a token is stored; a revoked token stays, marked, for the record."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class Run(Base):
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     recipe: Mapped[str] = mapped_column(Text)
-    token_hash: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
+    collective_id: Mapped[str | None] = mapped_column(ForeignKey("providers.id"), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | finished
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     outer_state_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -57,6 +88,7 @@ class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     index: Mapped[int] = mapped_column(Integer)  # registration order within the run
     shard: Mapped[str | None] = mapped_column(String(200), nullable=True)

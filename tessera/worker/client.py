@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from tessera.errors import (
+    ConfigError,
     ContributionRejected,
+    Forbidden,
     HubUnavailable,
     LeaseError,
     MalformedContribution,
@@ -30,11 +32,14 @@ from tessera.hub.schemas import (
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
+    CreatedProvider,
     CreateRunReply,
     LeaseReply,
+    ProviderInfo,
     RegisterReply,
     RoundMetrics,
     RunStatus,
+    TokenReply,
     VersionInfo,
 )
 
@@ -50,36 +55,51 @@ ERRORS: dict[str, type[TesseraError]] = {
         StaleContribution,
         NotFound,
         Unauthorized,
+        Forbidden,
+        ConfigError,
     )
 }
 META_HEADER = "X-Tessera-Contribution"
 
 
-def run_id_of(token: str) -> str:
-    """Run tokens look like ``<run_id>.<secret>``."""
-    run_id, sep, secret = token.partition(".")
-    if not sep or not run_id or not secret:
-        raise Unauthorized("token is malformed; use the token printed when the run was created")
-    return run_id
+class HubAPI(Protocol):
+    """What the work loop needs of a hub: ``HubClient`` over HTTP, ``InProcessClient`` in process."""
+
+    bytes_up: int
+    bytes_down: int
+
+    @property
+    def run_id(self) -> str: ...
+    def register(self, name: str) -> RegisterReply: ...
+    def status(self, run_id: str) -> RunStatus: ...
+    def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply: ...
+    def blob(self, sha: str) -> bytes: ...
+    def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply: ...
 
 
 class HubClient:
-    def __init__(self, http: httpx.Client, token: str | None = None, retry_s: float = 60.0) -> None:
+    def __init__(
+        self, http: httpx.Client, token: str | None = None, retry_s: float = 60.0, run_id: str | None = None
+    ) -> None:
         self.http = http
         self.token = token
+        self._run_id = run_id
         self.retry_s = retry_s
         self.bytes_up = 0
         self.bytes_down = 0
 
     @classmethod
-    def connect(cls, url: str, token: str | None = None, retry_s: float = 60.0) -> HubClient:
-        return cls(httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0)), token, retry_s)
+    def connect(
+        cls, url: str, token: str | None = None, retry_s: float = 60.0, run_id: str | None = None
+    ) -> HubClient:
+        http = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0))
+        return cls(http, token, retry_s, run_id)
 
     @property
     def run_id(self) -> str:
-        if self.token is None:
-            raise Unauthorized("this command needs a run token (--token)")
-        return run_id_of(self.token)
+        if self._run_id is None:
+            raise NotFound("this command needs a run id (--run)")
+        return self._run_id
 
     def close(self) -> None:
         self.http.close()
@@ -141,9 +161,9 @@ class HubClient:
             json={"worker_id": worker_id, "wait_s": wait_s},
         )
 
-    def blob(self, sha: str) -> bytes:
+    def blob(self, sha: str, run_id: str | None = None) -> bytes:
         """Download a version blob and check that its bytes match its sha256."""
-        data = self._request("GET", f"/v1/runs/{self.run_id}/blobs/{sha}").content
+        data = self._request("GET", f"/v1/runs/{run_id or self.run_id}/blobs/{sha}").content
         if hashlib.sha256(data).hexdigest() != sha:
             raise HubUnavailable(f"blob {sha} arrived corrupted (sha256 mismatch); retry")
         self.bytes_down += len(data)
@@ -159,6 +179,24 @@ class HubClient:
         )
         self.bytes_up += len(body)
         return reply
+
+    def whoami(self) -> ProviderInfo:
+        return self._json(ProviderInfo, "GET", "/v1/whoami")
+
+    def create_provider(self, name: str, kind: str = "person", is_admin: bool = False) -> CreatedProvider:
+        body = {"name": name, "kind": kind, "is_admin": is_admin}
+        return self._json(CreatedProvider, "POST", "/v1/providers", json=body)
+
+    def add_member(self, collective: str, member: str) -> ProviderInfo:
+        return self._json(
+            ProviderInfo, "POST", f"/v1/providers/{collective}/members", json={"member": member}
+        )
+
+    def create_token(self, provider: str, label: str = "") -> TokenReply:
+        return self._json(TokenReply, "POST", f"/v1/providers/{provider}/tokens", json={"label": label})
+
+    def revoke_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/v1/tokens/{token_id}")
 
     def runs(self) -> list[RunStatus]:
         return [RunStatus.model_validate(r) for r in self._request("GET", "/v1/runs").json()]

@@ -17,13 +17,13 @@ from torch import nn
 
 from tessera.core.inner import InnerResult, InnerTrainer
 from tessera.core.pseudo_gradient import pseudo_gradient
-from tessera.core.tensors import from_bytes, model_float_tensors, to_bytes
+from tessera.core.tensors import TensorDict, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
 from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.hub.store import FileBlobStore
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, load_data
-from tessera.worker.client import HubClient
+from tessera.worker.client import HubAPI
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Identity:
 class BlobCache:
     """The version blobs a worker holds; only missing ones are downloaded."""
 
-    def __init__(self, root: Path, client: HubClient) -> None:
+    def __init__(self, root: Path, client: HubAPI) -> None:
         self.store = FileBlobStore(root)
         self.client = client
 
@@ -72,7 +72,7 @@ class BlobCache:
 
 
 class WorkLoop:
-    def __init__(self, client: HubClient, settings: WorkerSettings) -> None:
+    def __init__(self, client: HubAPI, settings: WorkerSettings) -> None:
         self.client = client
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ class WorkLoop:
 
     def work(self, lease: LeaseGrant) -> ContributionReply:
         """Train on one lease and upload the pseudo-gradient."""
-        self.model.load_state_dict(from_bytes(self.blobs.get(lease.blob_sha256)))
+        self.model.load_state_dict(self.tensors_of(lease))
         base = model_float_tensors(self.model)
         result = self.train(lease)
         delta = pseudo_gradient(base, self.model.state_dict())
@@ -134,6 +134,10 @@ class WorkLoop:
             f": {reply.reason}" if reply.reason else "",
         )
         return reply
+
+    def tensors_of(self, lease: LeaseGrant) -> TensorDict:
+        """The leased version's tensors, downloaded only if not held yet."""
+        return from_bytes(self.blobs.get(lease.blob_sha256))
 
     def train(self, lease: LeaseGrant) -> InnerResult:
         shard = lease.shard if self.settings.data_path is None else None

@@ -1,0 +1,54 @@
+"""Who may do what on a hub. Every request carries a provider's API token.
+
+Roles: a hub admin (``is_admin``); a run's owner (the provider who created it); a member of a
+run's collective (or, for a run with no collective, any provider of the hub); others.
+
+| action                                   | admin | run owner | member | other |
+| ---------------------------------------- | ----- | --------- | ------ | ----- |
+| create providers, collectives, members   | yes   | -         | -      | no    |
+| create a run                             | yes   | -         | yes    | yes   |
+| register, lease, upload (work on a run)  | yes   | yes       | yes    | no    |
+| read a run's versions and blobs          | yes   | yes       | yes    | no    |
+| read a run's status and metrics          | yes   | yes       | yes    | no    |
+| read the ledger                          | all   | own       | own and own collectives' | own |
+| create or revoke one's own tokens        | yes   | yes       | yes    | yes   |
+| revoke another provider's token          | yes   | no        | no     | no    |
+
+"member" means any provider for a run without a collective. A missing, unknown or revoked
+token is 401; a known token without the right is 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.errors import Forbidden
+
+
+@dataclass(frozen=True)
+class Principal:
+    provider_id: str
+    name: str
+    is_admin: bool
+    collectives: frozenset[str]
+
+
+def require_admin(p: Principal, action: str) -> None:
+    if not p.is_admin:
+        raise Forbidden(f"{action} needs a hub admin's token; ask the hub's admin")
+
+
+def may_work_on(p: Principal, owner_id: str, collective_id: str | None) -> bool:
+    """Work on a run and read its versions and metrics."""
+    return p.is_admin or p.provider_id == owner_id or collective_id is None or collective_id in p.collectives
+
+
+def require_participant(p: Principal, run_id: str, owner_id: str, collective_id: str | None) -> None:
+    if not may_work_on(p, owner_id, collective_id):
+        raise Forbidden(
+            f"provider {p.name} is not a member of run {run_id}'s collective; ask its owner or a hub admin"
+        )
+
+
+def may_read_ledger_of(p: Principal, provider_id: str) -> bool:
+    return p.is_admin or provider_id == p.provider_id or provider_id in p.collectives

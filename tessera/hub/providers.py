@@ -1,0 +1,159 @@
+"""Providers, collectives and API tokens: who is asking, and what they may do (see auth.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tessera.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from tessera.hub.auth import Principal, require_admin
+from tessera.hub.schemas import CreatedProvider, ProviderInfo, TokenReply
+from tessera.hub.state import ApiToken, Membership, Provider, State
+
+TOKEN_PREFIX = "tsr_"
+KINDS = ("person", "company", "collective", "sponsor")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class ProviderService:
+    def __init__(self, state: State, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+
+    def bootstrap_admin(self, name: str = "admin") -> str | None:
+        """On a hub with no providers, create the first admin and return its token."""
+        try:
+            with self.state.transaction() as s:
+                if s.scalar(select(func.count()).select_from(Provider)):
+                    return None
+                provider = self._add_provider(s, name, "person", is_admin=True)
+                return self._add_token(s, provider.id, "bootstrap").token
+        except IntegrityError:  # another hub process on this database bootstrapped first
+            return None
+
+    def principal(self, token: str | None) -> Principal:
+        """The provider behind a token; 401 for a missing, unknown or revoked token."""
+        if not token:
+            raise Unauthorized(
+                "this request needs `Authorization: Bearer <token>`; ask the hub's admin for one"
+            )
+        with self.state.transaction() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+            if (
+                row is None
+                or row.revoked_at is not None
+                or not hmac.compare_digest(row.token_hash, hash_token(token))
+            ):
+                raise Unauthorized("token unknown or revoked; ask the hub's admin for a new one")
+            provider = s.get(Provider, row.provider_id)
+            assert provider is not None  # tokens reference providers by foreign key
+            collectives = s.scalars(
+                select(Membership.collective_id).where(Membership.member_id == provider.id)
+            ).all()
+            return Principal(provider.id, provider.name, provider.is_admin, frozenset(collectives))
+
+    def create_provider(self, actor: Principal, name: str, kind: str, is_admin: bool) -> CreatedProvider:
+        require_admin(actor, "creating providers")
+        if kind not in KINDS:
+            raise ConfigError(f"provider kind {kind!r} unknown: use one of {list(KINDS)}")
+        with self.state.transaction() as s:
+            if s.scalar(select(Provider).where(Provider.name == name)) is not None:
+                raise ConfigError(f"a provider named {name!r} exists already; choose another name")
+            provider = self._add_provider(s, name, kind, is_admin)
+            token = self._add_token(s, provider.id, "created with the provider")
+            return CreatedProvider(
+                provider=self._info(s, provider), token_id=token.token_id, token=token.token
+            )
+
+    def add_member(self, actor: Principal, collective_id: str, member_id: str) -> ProviderInfo:
+        require_admin(actor, "changing a collective's members")
+        with self.state.transaction() as s:
+            collective, member = self._provider(s, collective_id), self._provider(s, member_id)
+            if collective.kind != "collective":
+                raise ConfigError(f"{collective.name} is a {collective.kind}, not a collective")
+            if s.get(Membership, (collective.id, member.id)) is None:
+                s.add(Membership(collective_id=collective.id, member_id=member.id))
+                s.flush()
+            return self._info(s, member)
+
+    def create_token(self, actor: Principal, provider_id: str, label: str) -> TokenReply:
+        if provider_id != actor.provider_id:
+            require_admin(actor, "creating tokens for another provider")
+        with self.state.transaction() as s:
+            self._provider(s, provider_id)
+            return self._add_token(s, provider_id, label)
+
+    def revoke_token(self, actor: Principal, token_id: str) -> None:
+        with self.state.transaction() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id} not found")
+            if row.provider_id != actor.provider_id and not actor.is_admin:
+                raise Forbidden("revoking another provider's token needs a hub admin's token")
+            if row.revoked_at is None:
+                row.revoked_at = self.clock()
+
+    def describe(self, actor: Principal, provider_id: str) -> ProviderInfo:
+        if provider_id != actor.provider_id:
+            require_admin(actor, "reading another provider")
+        with self.state.transaction() as s:
+            return self._info(s, self._provider(s, provider_id))
+
+    def find(self, name_or_id: str) -> str:
+        """A provider's id from its name or id."""
+        with self.state.transaction() as s:
+            row = s.get(Provider, name_or_id) or s.scalar(select(Provider).where(Provider.name == name_or_id))
+            if row is None:
+                raise NotFound(f"no provider named {name_or_id!r}")
+            return row.id
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _add_provider(self, s: Session, name: str, kind: str, is_admin: bool) -> Provider:
+        provider = Provider(
+            id=uuid.uuid4().hex, name=name, kind=kind, is_admin=is_admin, created_at=self.clock()
+        )
+        s.add(provider)
+        s.flush()
+        return provider
+
+    def _add_token(self, s: Session, provider_id: str, label: str) -> TokenReply:
+        token = new_token()
+        row = ApiToken(
+            id=uuid.uuid4().hex,
+            provider_id=provider_id,
+            token_hash=hash_token(token),
+            label=label,
+            created_at=self.clock(),
+        )
+        s.add(row)
+        return TokenReply(token_id=row.id, token=token)
+
+    @staticmethod
+    def _provider(s: Session, provider_id: str) -> Provider:
+        provider = s.get(Provider, provider_id)
+        if provider is None:
+            raise NotFound(f"provider {provider_id} not found")
+        return provider
+
+    @staticmethod
+    def _info(s: Session, p: Provider) -> ProviderInfo:
+        collectives = s.scalars(select(Membership.collective_id).where(Membership.member_id == p.id)).all()
+        return ProviderInfo(
+            provider_id=p.id, name=p.name, kind=p.kind, is_admin=p.is_admin, collectives=sorted(collectives)
+        )

@@ -1,0 +1,56 @@
+"""One of four workers is hostile; validation and robust aggregation keep the run on course."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tessera.hub.service import HubService
+from tessera.hub.state import State
+from tessera.hub.store import FileBlobStore
+from tessera.worker.adversary import Attack, lockstep_run
+from tests.conftest import FakeClock, tiny_recipe
+
+pytestmark = pytest.mark.timeout(300)
+ROBUST = """
+[validation]
+norm_bound = 3.0
+probe = true
+probe_tolerance = 0.05
+[aggregation]
+method = "trimmed_mean"
+trim_fraction = 0.25
+clip_multiple = 2.0
+min_cosine = 0.1
+"""
+
+
+def run_with(tmp: Path, corpus: Path, attacks: list[Attack | None]) -> tuple[float, list[list[str]]]:
+    """Final held-out loss, and per worker what the hub finally made of each upload."""
+    tmp.mkdir(parents=True)
+    clock = FakeClock()
+    service = HubService(State(f"sqlite:///{tmp / 'hub.sqlite'}"), FileBlobStore(tmp / "blobs"), clock)
+    recipe = tiny_recipe(corpus, rounds=4, quorum=len(attacks), inner_steps=25, extra=ROBUST)
+    admin = service.providers.principal(service.providers.bootstrap_admin())
+    created = service.create_run(admin, recipe.replace("num_shards = 2", "num_shards = 4"))
+    workers = lockstep_run(service, admin, created.run_id, attacks, tmp / "workers", clock.advance)
+    loss = service.status(created.run_id, admin).latest_version.val_loss
+    records = service.contributions(created.run_id, admin)
+    service.state.close()
+    assert loss is not None
+    final = [
+        [c.status for c in records if c.worker_id == w.loop.identity.worker_id]
+        + ["refused"] * w.outcome.statuses.count("refused")
+        for w in workers
+    ]
+    return loss, final
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "noise", "nan"])
+def test_one_hostile_worker_of_four(tmp_path: Path, corpus_dir: Path, attack: Attack) -> None:
+    clean, honest = run_with(tmp_path / "clean", corpus_dir, [None, None, None])
+    attacked, outcomes = run_with(tmp_path / attack, corpus_dir, [None, None, None, attack])
+    assert all(s == "accepted" for statuses in honest + outcomes[:3] for s in statuses), outcomes
+    assert abs(attacked - clean) <= 0.05 * clean, (clean, attacked)
+    assert len(outcomes[3]) == 4 and all(s in ("rejected", "refused") for s in outcomes[3]), outcomes[3]
