@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tessera.errors import TesseraError
-from tessera.hub.schemas import RoundMetrics, RunStatus, VersionInfo
+from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus, VersionInfo
 
 if TYPE_CHECKING:
     from tessera.demo import DemoSummary
@@ -213,6 +213,7 @@ class RunReader(Protocol):
     def version(self, run_id: str, number: int | None = None) -> VersionInfo: ...
     def blob(self, run_id: str, sha: str) -> bytes: ...
     def run_ids(self) -> list[str]: ...
+    def ledger(self) -> LedgerReport: ...
 
 
 class LocalReader:
@@ -242,6 +243,9 @@ class LocalReader:
     def run_ids(self) -> list[str]:
         return self.service.run_ids(self.who)
 
+    def ledger(self) -> LedgerReport:
+        return self.service.ledger.report(self.who)
+
 
 class RemoteReader:
     def __init__(self, url: str, token: str | None) -> None:
@@ -249,6 +253,7 @@ class RemoteReader:
 
         self.client = HubClient.connect(url, token, retry_s=5.0)
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
+        self.ledger = self.client.ledger
 
     def blob(self, run_id: str, sha: str) -> bytes:
         return self.client.blob(sha, run_id)
@@ -323,6 +328,25 @@ def sample(
     console.print(bytes(out.tolist()).decode("utf-8", errors="replace"), markup=False, highlight=False)
 
 
+@app.command()
+def ledger(
+    hub_url: HubOpt = None,
+    home: HomeOpt = HOME / "demo",
+    token: Annotated[str | None, typer.Option(envvar="TESSERA_TOKEN", help="API token (with --hub)")] = None,
+) -> None:
+    """Credited compute (PFLOP) per provider and per collective."""
+    print_ledger(reader(hub_url, token, home).ledger())
+
+
+def print_ledger(report: LedgerReport) -> None:
+    table = Table(title="ledger: credited training compute")
+    for col in ("provider", "kind", "PFLOP", "tokens", "contributions"):
+        table.add_column(col, justify="left" if col in ("provider", "kind") else "right")
+    for b in [*report.providers, *report.collectives]:
+        table.add_row(b.name, b.kind, f"{b.pflop:.4f}", str(b.tokens), str(b.contributions))
+    console.print(table)
+
+
 def fmt_loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -388,6 +412,7 @@ def demo(
 
         run = run_demo(settings, started, show)
     print_run(run.status, run.rounds)
+    print_ledger(run.ledger)
     summary = summarize(run, workers)
     print_demo_summary(summary, home, run.run_id)
     if compare:

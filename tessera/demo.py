@@ -24,7 +24,7 @@ import uvicorn
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
 from tessera.hub.app import admin_token, create_app, open_service
-from tessera.hub.schemas import RoundMetrics, RunStatus
+from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
 from tessera.worker.client import HubClient
@@ -229,6 +229,7 @@ class DemoRun:
     status: RunStatus
     rounds: list[RoundMetrics]
     wall_s: float
+    ledger: LedgerReport
 
 
 def run_demo(
@@ -258,7 +259,10 @@ def run_demo(
         finally:
             stop_workers(procs)
         rounds = client.rounds(created.run_id)
-    return DemoRun(created.run_id, run_dir, final, rounds, time.perf_counter() - start)
+        ledger = client.ledger()
+    ledger.providers = [b for b in ledger.providers if b.name.startswith(collective)]
+    ledger.collectives = [b for b in ledger.collectives if b.name == collective]
+    return DemoRun(created.run_id, run_dir, final, rounds, time.perf_counter() - start, ledger)
 
 
 @dataclass

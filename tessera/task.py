@@ -68,3 +68,13 @@ def loss_of(recipe: Recipe) -> LossFn:
 def model_tensors(model: nn.Module) -> TensorDict:
     """The tensors that make up a version: the model's full state dict, on CPU."""
     return clone_tensors(model.state_dict())
+
+
+def training_flops_per_token(model: nn.Module) -> float:
+    """FLOPs to train on one target element: the reference LM's formula (6N plus attention),
+    else 6 x trainable parameters (forward 2N, backward 4N)."""
+    from tessera.models.lm import ByteLM, flops_per_token
+
+    if isinstance(model, ByteLM):
+        return float(flops_per_token(model.cfg))
+    return 6.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -89,6 +89,10 @@ ACTIONS: dict[str, tuple[Action, dict[str, int]]] = {
         lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/contributions"),
         {"admin": 200, "owner": 200, "member": 200, "outsider": 403, "revoked": 401, "none": 401},
     ),
+    "read the ledger (contents: tests/test_ledger.py)": (
+        lambda w, r: w.call(r, "GET", "/v1/ledger"),
+        {"admin": 200, "owner": 200, "member": 200, "outsider": 200, "revoked": 401, "none": 401},
+    ),
     "create own token": (
         lambda w, r: w.call(r, "POST", f"/v1/providers/{r}/tokens", json={}),
         {"admin": 201, "owner": 201, "member": 201, "outsider": 201, "revoked": 401, "none": 401},

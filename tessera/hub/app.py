@@ -27,6 +27,7 @@ from tessera.hub.schemas import (
     CreateRunReply,
     LeaseReply,
     LeaseRequest,
+    LedgerReport,
     MemberRequest,
     ProviderInfo,
     RegisterReply,
@@ -218,6 +219,12 @@ def add_worker_routes(app: FastAPI, service: HubService) -> None:
 
 
 def add_provider_routes(app: FastAPI, providers: ProviderService) -> None:
+    @app.get("/v1/ledger", response_model=LedgerReport)
+    def ledger(request: Request, who: Who) -> LedgerReport:
+        """Credited compute per provider and per collective that the caller may read."""
+        service: HubService = request.app.state.service
+        return service.ledger.report(who)
+
     @app.get("/v1/whoami", response_model=ProviderInfo)
     def whoami(who: Who) -> ProviderInfo:
         return providers.describe(who, who.provider_id)

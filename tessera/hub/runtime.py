@@ -14,7 +14,7 @@ from tessera.core.inner import Batch, LossFn, evaluate
 from tessera.core.outer import OuterOptimizer, outer_optimizer
 from tessera.core.tensors import TensorDict, check_compatible, model_float_tensors
 from tessera.recipe import Recipe
-from tessera.task import build_model, load_data, loss_of
+from tessera.task import build_model, load_data, loss_of, training_flops_per_token
 
 SAFETENSORS_HEADER_ALLOWANCE = 4096
 HEADER_BYTES_PER_TENSOR = 256
@@ -29,6 +29,7 @@ class RunRuntime:
     reference: TensorDict
     shards: list[str]
     outer: OuterOptimizer
+    flops_per_token: float
 
     @classmethod
     def build(cls, recipe: Recipe) -> RunRuntime:
@@ -42,6 +43,7 @@ class RunRuntime:
             reference=model_float_tensors(model),
             shards=data.shard_names(),
             outer=outer_optimizer(recipe.outer),
+            flops_per_token=training_flops_per_token(model),
         )
 
     def evaluate(self, tensors: TensorDict) -> float:

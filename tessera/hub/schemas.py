@@ -159,6 +159,22 @@ class RunStatus(Message):
     recipe: str
 
 
+class Balance(Message):
+    provider_id: str
+    name: str
+    kind: str
+    pflop: float = Field(description="credited training compute, in PFLOP (10^15 FLOPs)")
+    tokens: int
+    contributions: int
+
+
+class LedgerReport(Message):
+    """Balances per provider and per collective (a collective's is the sum of its members')."""
+
+    providers: list[Balance]
+    collectives: list[Balance]
+
+
 class ErrorBody(Message):
     error: str
     detail: str

@@ -24,6 +24,7 @@ from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
 from tessera.core.validation import norm_verdict, probe_verdict
 from tessera.errors import ConfigError, Forbidden, LeaseError, NotFound
 from tessera.hub.auth import Principal, may_work_on, require_participant
+from tessera.hub.ledger import Ledger, credit_compute
 from tessera.hub.providers import ProviderService
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.schemas import (
@@ -88,6 +89,7 @@ class HubService:
         self._runtimes: dict[str, RunRuntime] = {}
         self._probe_base: dict[str, float] = {}  # version id -> probe loss
         self.providers = ProviderService(state, clock)
+        self.ledger = Ledger(state)
 
     # --- runs -------------------------------------------------------------------------
 
@@ -426,6 +428,8 @@ class HubService:
             created_at=now,
         )
         s.add(version)
+        s.flush()
+        credit_compute(s, run.id, version.id, contributions, runtime.flops_per_token, now)
         run.outer_state_sha = self.store.put(to_bytes(new_state)) if new_state else None
         record.closed_at, record.close_reason, record.version_id = now, reason, version.id
         record.val_loss = version.val_loss

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 3  # raise on every change of the tables below
+SCHEMA_VERSION = 4  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -178,6 +178,26 @@ class Contribution(Base):
     weight: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LedgerEntry(Base):
+    """Append-only: rows are only ever inserted. One compute credit per committed contribution.
+
+    ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token).
+    """
+
+    __tablename__ = "ledger"
+    __table_args__ = (UniqueConstraint("run_id", "contribution_id", "kind"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    contribution_id: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # compute
+    tokens: Mapped[int] = mapped_column(Integer)
+    flops_per_token: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
 
 

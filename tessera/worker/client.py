@@ -35,6 +35,7 @@ from tessera.hub.schemas import (
     CreatedProvider,
     CreateRunReply,
     LeaseReply,
+    LedgerReport,
     ProviderInfo,
     RegisterReply,
     RoundMetrics,
@@ -179,6 +180,9 @@ class HubClient:
         )
         self.bytes_up += len(body)
         return reply
+
+    def ledger(self) -> LedgerReport:
+        return self._json(LedgerReport, "GET", "/v1/ledger")
 
     def whoami(self) -> ProviderInfo:
         return self._json(ProviderInfo, "GET", "/v1/whoami")
