@@ -25,20 +25,7 @@ from tessera.demo import DemoSettings, demo_recipe
 from tessera.hub.service import HubService
 from tessera.hub.state import State
 from tessera.hub.store import FileBlobStore
-from tessera.worker.adversary import Attack, lockstep_run
-
-ROBUST = """
-[validation]
-norm_bound = 3.0
-probe = true
-probe_tolerance = 0.05
-
-[aggregation]
-method = "trimmed_mean"
-trim_fraction = 0.25
-clip_multiple = 2.0
-min_cosine = 0.1
-"""
+from tessera.worker.adversary import ROBUST_SECTIONS, Attack, lockstep_run
 
 
 class ManualClock:
@@ -88,7 +75,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = demo_recipe(DemoSettings(workers=4, rounds=args.rounds, inner_steps=args.inner_steps)) + ROBUST
+    recipe = (
+        demo_recipe(DemoSettings(workers=4, rounds=args.rounds, inner_steps=args.inner_steps))
+        + ROBUST_SECTIONS
+    )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         clean = run(recipe, [None, None, None], Path(tmp) / "clean")
@@ -112,7 +102,7 @@ def main() -> None:
             "rounds": args.rounds,
             "inner_steps": args.inner_steps,
             "honest_workers": 3,
-            "robust_recipe": ROBUST.strip(),
+            "robust_recipe": ROBUST_SECTIONS.strip(),
         },
         "wall_s": time.perf_counter() - start,
         "machine": {

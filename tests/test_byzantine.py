@@ -9,21 +9,10 @@ import pytest
 from tessera.hub.service import HubService
 from tessera.hub.state import State
 from tessera.hub.store import FileBlobStore
-from tessera.worker.adversary import Attack, lockstep_run
+from tessera.worker.adversary import ROBUST_SECTIONS, Attack, lockstep_run
 from tests.conftest import FakeClock, tiny_recipe
 
 pytestmark = pytest.mark.timeout(300)
-ROBUST = """
-[validation]
-norm_bound = 3.0
-probe = true
-probe_tolerance = 0.05
-[aggregation]
-method = "trimmed_mean"
-trim_fraction = 0.25
-clip_multiple = 2.0
-min_cosine = 0.1
-"""
 
 
 def run_with(tmp: Path, corpus: Path, attacks: list[Attack | None]) -> tuple[float, list[list[str]]]:
@@ -31,7 +20,7 @@ def run_with(tmp: Path, corpus: Path, attacks: list[Attack | None]) -> tuple[flo
     tmp.mkdir(parents=True)
     clock = FakeClock()
     service = HubService(State(f"sqlite:///{tmp / 'hub.sqlite'}"), FileBlobStore(tmp / "blobs"), clock)
-    recipe = tiny_recipe(corpus, rounds=4, quorum=len(attacks), inner_steps=25, extra=ROBUST)
+    recipe = tiny_recipe(corpus, rounds=4, quorum=len(attacks), inner_steps=25, extra=ROBUST_SECTIONS)
     admin = service.providers.principal(service.providers.bootstrap_admin())
     created = service.create_run(admin, recipe.replace("num_shards = 2", "num_shards = 4"))
     workers = lockstep_run(service, admin, created.run_id, attacks, tmp / "workers", clock.advance)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from tessera.core.tensors import from_bytes, to_bytes
-from tessera.errors import LeaseError, NotFound, Unauthorized
+from tessera.errors import LeaseError, NotFound, TesseraError, Unauthorized
 from tessera.hub.schemas import ContributionMeta, LeaseGrant
 from tessera.hub.service import HubService
 from tessera.hub.state import Contribution, Lease, RoundRecord, Version
@@ -239,7 +239,9 @@ def test_expired_lease_wrong_run_and_wrong_token(
 def test_unknown_things_are_404(http: TestClient, admin: HubClient, run: str) -> None:
     run_id = run
     with pytest.raises(NotFound):
-        admin.status("nope")
+        admin.status("0" * 32)
+    with pytest.raises(TesseraError, match="should match pattern"):
+        admin.status("no-such-run")  # malformed ids are refused before any lookup
     with pytest.raises(NotFound):
         admin.version(run_id, 99)
     client = HubClient(http, admin.token, retry_s=0, run_id=run_id)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from tessera.errors import MalformedContribution, PayloadTooLarge, TesseraError
 from tessera.hub.auth import Principal
 from tessera.hub.providers import ProviderService
 from tessera.hub.schemas import (
+    NAME_PATTERN,
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 MAX_RECIPE_BYTES = 1 << 20
 META_HEADER = "X-Tessera-Contribution"
 Token = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+# Path parameters are checked here, so that no lookup ever sees control characters.
+HexId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="a 32-hex-digit id")]
+RunId = HexId
+Sha = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$", description="a blob's sha256")]
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=200, description="a provider's name or id")]
 
 
 def open_service(home: Path, database_url: str | None = None) -> HubService:
@@ -161,6 +168,8 @@ def add_run_routes(app: FastAPI, service: HubService) -> None:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise TesseraError("recipe must be UTF-8 TOML text") from exc
+        if "\x00" in text:
+            raise TesseraError("recipe contains a NUL character; send plain TOML text")
         return await run_in_threadpool(service.create_run, who, text)
 
     @app.get("/v1/runs", response_model=list[RunStatus])
@@ -168,44 +177,44 @@ def add_run_routes(app: FastAPI, service: HubService) -> None:
         return [service.status(run_id, who) for run_id in service.run_ids(who)]
 
     @app.get("/v1/runs/{run_id}", response_model=RunStatus)
-    def run_status(run_id: str, who: Who) -> RunStatus:
+    def run_status(run_id: RunId, who: Who) -> RunStatus:
         return service.status(run_id, who)
 
     @app.get("/v1/runs/{run_id}/rounds", response_model=list[RoundMetrics])
-    def run_rounds(run_id: str, who: Who) -> list[RoundMetrics]:
+    def run_rounds(run_id: RunId, who: Who) -> list[RoundMetrics]:
         return service.rounds(run_id, who)
 
     @app.get("/v1/runs/{run_id}/contributions", response_model=list[ContributionInfo])
-    def contributions(run_id: str, who: Who, round: int | None = None) -> list[ContributionInfo]:
+    def contributions(run_id: RunId, who: Who, round: int | None = None) -> list[ContributionInfo]:
         """Contributions with status and rejection reasons (optionally of one round)."""
         return service.contributions(run_id, who, round)
 
     @app.get("/v1/runs/{run_id}/versions/latest", response_model=VersionInfo)
-    def latest_version(run_id: str, who: Who) -> VersionInfo:
+    def latest_version(run_id: RunId, who: Who) -> VersionInfo:
         return service.version(run_id, who)
 
     @app.get("/v1/runs/{run_id}/versions/{number}", response_model=VersionInfo)
-    def version(run_id: str, number: int, who: Who) -> VersionInfo:
+    def version(run_id: RunId, number: int, who: Who) -> VersionInfo:
         return service.version(run_id, who, number)
 
 
 def add_worker_routes(app: FastAPI, service: HubService) -> None:
     @app.get("/v1/runs/{run_id}/blobs/{sha}", response_class=Response)
-    def blob(run_id: str, sha: str, who: Who) -> Response:
+    def blob(run_id: RunId, sha: Sha, who: Who) -> Response:
         """Download a version's safetensors blob."""
         return Response(service.download(run_id, who, sha), media_type="application/octet-stream")
 
     @app.post("/v1/runs/{run_id}/workers", status_code=201, response_model=RegisterReply)
-    def register(run_id: str, req: RegisterRequest, who: Who) -> RegisterReply:
+    def register(run_id: RunId, req: RegisterRequest, who: Who) -> RegisterReply:
         return service.register(run_id, who, req.name)
 
     @app.post("/v1/runs/{run_id}/leases", response_model=LeaseReply)
-    def lease(run_id: str, req: LeaseRequest, who: Who) -> LeaseReply:
+    def lease(run_id: RunId, req: LeaseRequest, who: Who) -> LeaseReply:
         return service.lease(run_id, who, req.worker_id, req.wait_s)
 
     @app.post("/v1/runs/{run_id}/contributions", response_model=ContributionReply)
     async def contribute(
-        run_id: str,
+        run_id: RunId,
         request: Request,
         who: Who,
         meta_header: Annotated[str | None, Header(alias=META_HEADER)] = None,
@@ -235,14 +244,14 @@ def add_provider_routes(app: FastAPI, providers: ProviderService) -> None:
         return providers.create_provider(who, req.name, req.kind, req.is_admin)
 
     @app.post("/v1/providers/{collective}/members", response_model=ProviderInfo)
-    def add_member(collective: str, req: MemberRequest, who: Who) -> ProviderInfo:
+    def add_member(collective: Name, req: MemberRequest, who: Who) -> ProviderInfo:
         return providers.add_member(who, providers.find(collective), providers.find(req.member))
 
     @app.post("/v1/providers/{provider}/tokens", status_code=201, response_model=TokenReply)
-    def create_token(provider: str, req: TokenRequest, who: Who) -> TokenReply:
+    def create_token(provider: Name, req: TokenRequest, who: Who) -> TokenReply:
         return providers.create_token(who, providers.find(provider), req.label)
 
     @app.delete("/v1/tokens/{token_id}", status_code=204, response_class=Response)
-    def revoke_token(token_id: str, who: Who) -> Response:
+    def revoke_token(token_id: HexId, who: Who) -> Response:
         providers.revoke_token(who, token_id)
         return Response(status_code=204)

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ID = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+NAME_PATTERN = r"^[A-Za-z0-9_.@ -]+$"
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL text refuses NUL)
 
 
 class Message(BaseModel):
@@ -26,7 +28,7 @@ class ProviderInfo(Message):
 
 
 class CreateProviderRequest(Message):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.@ -]+$")
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     kind: Literal["person", "company", "collective", "sponsor"] = "person"
     is_admin: bool = False
 
@@ -43,15 +45,15 @@ class CreatedProvider(Message):
 
 
 class TokenRequest(Message):
-    label: str = Field(default="", max_length=200)
+    label: str = Field(default="", max_length=200, pattern=PRINTABLE)
 
 
 class MemberRequest(Message):
-    member: str = Field(min_length=1, max_length=200, description="provider id or name")
+    member: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN, description="provider id or name")
 
 
 class RegisterRequest(Message):
-    name: str = Field(default="worker", min_length=1, max_length=200)
+    name: str = Field(default="worker", min_length=1, max_length=200, pattern=PRINTABLE)
 
 
 class RegisterReply(Message):
@@ -92,8 +94,8 @@ class ContributionMeta(Message):
     worker_id: str = ID
     tokens: int = Field(ge=1)
     steps: int = Field(ge=1)
-    train_loss: float
-    compute_s: float = Field(ge=0.0)
+    train_loss: float = Field(allow_inf_nan=False)
+    compute_s: float = Field(ge=0.0, allow_inf_nan=False)
 
 
 class ContributionReply(Message):

@@ -28,6 +28,20 @@ from tessera.worker.loop import WorkerSettings, WorkLoop, contribution_meta
 
 Attack = Literal["sign_flip", "noise", "nan"]
 
+# Recipe sections of the robust setting that tests/test_byzantine.py and bench/byzantine.py run.
+ROBUST_SECTIONS = """
+[validation]
+norm_bound = 3.0
+probe = true
+probe_tolerance = 0.05
+
+[aggregation]
+method = "trimmed_mean"
+trim_fraction = 0.25
+clip_multiple = 2.0
+min_cosine = 0.1
+"""
+
 
 def corrupt(delta: TensorDict, attack: Attack, generator: torch.Generator) -> TensorDict:
     if attack == "sign_flip":
