@@ -274,3 +274,11 @@ def test_contribution_id_of_another_worker_is_refused(http: TestClient, admin: H
     a.submit(meta(ga, wa), to_bytes(zero_update(a, ga)))
     with pytest.raises(LeaseError, match="taken"):
         b.submit(meta(gb, wb, cid=ga.lease_id), to_bytes(zero_update(b, gb)))
+
+
+def test_an_expired_lease_is_reissued(http: TestClient, admin: HubClient, clock: FakeClock, run: str) -> None:
+    a, wa = join(http, admin, run, "a")
+    first = work(a, wa)
+    clock.advance(first.deadline - clock.now + 1)
+    second = work(a, wa)
+    assert second.lease_id != first.lease_id and second.round == first.round and second.deadline > clock.now
