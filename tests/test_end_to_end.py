@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tessera.demo import embedded_hub
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkLoop
 from tests.conftest import tiny_recipe
+from tests.test_two_hubs import run_loops
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,13 +111,10 @@ def test_own_model_and_data_through_the_real_hub(tmp_path: Path) -> None:
         tokens = [admin.create_provider(f"lab-{i}").token for i in range(2)]
         clients = [HubClient.connect(url, t, run_id=created.run_id) for t in tokens]
         loops = [WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}")) for i, c in enumerate(clients)]
-        threads = [threading.Thread(target=loop.run) for loop in loops]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=180)
+        errors = run_loops(loops)
         for c in clients:
             c.close()
+        assert not errors, errors
         status, rounds = admin.status(created.run_id), admin.rounds(created.run_id)
     assert status.status == "finished" and len(rounds) == 3
     losses = [status.initial_val_loss] + [r.val_loss for r in rounds]

@@ -22,7 +22,7 @@ from tessera.hub.schemas import ContributionMeta
 from tessera.hub.state import LedgerEntry, State, Version
 from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
-from tests.test_two_hubs import ROOT, free_port, wait_until_up
+from tests.test_two_hubs import ROOT, free_port, start_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 WORKER_KILLS = 24
@@ -40,23 +40,7 @@ class Cluster:
         self.worker_args: dict[int, list[str]] = {}
 
     def start_hub(self) -> subprocess.Popen[bytes]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "tessera",
-            "hub",
-            "--home",
-            str(self.home / "hub"),
-            "--port",
-            str(self.port),
-            "--database",
-            self.database_url,
-            "--threads",
-            "1",
-        ]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until_up(self.url, proc)
-        return proc
+        return start_hub(self.home / "hub", self.port, self.database_url)
 
     def kill_hub(self) -> None:
         self.hub.send_signal(signal.SIGKILL)

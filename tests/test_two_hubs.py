@@ -43,6 +43,45 @@ def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
     raise TimeoutError(f"hub at {url} did not come up")
 
 
+def start_hub(home: Path, port: int, database_url: str) -> subprocess.Popen[bytes]:
+    """A `tessera hub` process on 127.0.0.1:port, returned once it answers."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tessera",
+        "hub",
+        "--home",
+        str(home),
+        "--port",
+        str(port),
+        "--database",
+        database_url,
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until_up(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def run_loops(loops: list[WorkLoop], timeout: float = 180) -> list[BaseException]:
+    """Run work loops in threads until they end; return what any of them raised."""
+    errors: list[BaseException] = []
+
+    def work(loop: WorkLoop) -> None:
+        try:
+            loop.run()
+        except BaseException as exc:  # returned to the test, which asserts on it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(loop,)) for loop in loops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return errors
+
+
 @pytest.fixture
 def database_url() -> str:
     return postgres_url()  # several hub processes on one database: PostgreSQL only
@@ -51,25 +90,10 @@ def database_url() -> str:
 @pytest.fixture
 def two_hubs(database_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
     procs, urls = [], []
-    for _ in range(2):
+    for _ in range(2):  # one after the other: the first creates the admin
         port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "tessera",
-            "hub",
-            "--home",
-            str(tmp_path / "hub"),
-            "--port",
-            str(port),
-            "--database",
-            database_url,
-            "--threads",
-            "1",
-        ]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(start_hub(tmp_path / "hub", port, database_url))
         urls.append(f"http://127.0.0.1:{port}")
-        wait_until_up(urls[-1], procs[-1])  # one after the other: the first creates the admin
     try:
         yield urls[0], urls[1]
     finally:
@@ -91,19 +115,7 @@ def test_concurrent_uploads_through_two_hubs(
     loops = [
         WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
     ]
-    errors: list[BaseException] = []
-
-    def work(loop: WorkLoop) -> None:
-        try:
-            loop.run()
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(loop,)) for loop in loops]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
+    errors = run_loops(loops)
     for c in clients:
         c.close()
     assert not errors, errors
