@@ -84,14 +84,21 @@ def create_run(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file")],
     token: TokenOpt,
     hub_url: HubUrl = "http://127.0.0.1:8700",
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="A plan from `tessera plan`: per-worker inner steps")
+    ] = None,
 ) -> None:
     """Create a run on a hub from a recipe; you become its owner."""
-    from tessera.recipe import load_recipe
+    from tessera.cli_plan import planned_steps
+    from tessera.recipe import load_recipe, with_plan
     from tessera.worker.client import HubClient
 
     load_recipe(recipe)  # fail here, with the file's name, before asking the hub
+    text = recipe.read_text()
+    if plan is not None:
+        text = with_plan(text, *planned_steps(plan))
     with HubClient.connect(hub_url, token) as client:
-        reply = client.create_run(recipe.read_text())
+        reply = client.create_run(text)
     console.print(f"run: {reply.run_id}", soft_wrap=True)
     console.print(
         f"providers join with: tessera worker --hub {hub_url} --token THEIR_TOKEN --run {reply.run_id}",
@@ -178,25 +185,39 @@ def token_revoke(token_id: str, token: TokenOpt, hub_url: HubUrl = "http://127.0
 def worker(
     hub_url: HubUrl,
     token: TokenOpt,
-    run: Annotated[str, typer.Option("--run", help="Run id")],
+    run: Annotated[
+        str, typer.Option("--run", "--run-id", envvar="TESSERA_RUN", help="Run id (--run-id under torchrun)")
+    ],
     data: Annotated[str | None, typer.Option(help="Folder of your own text files to train on")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the worker keeps identity and blobs")] = None,
     name: str = "worker",
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     verbose: bool = True,
 ) -> None:
-    """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes."""
+    """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes.
+
+    Under torchrun the whole group is one worker: all ranks train with DDP, rank 0 talks to the hub."""
     from tessera.worker.client import HubClient
+    from tessera.worker.group import Group, GroupWorkLoop, follow, in_torchrun
     from tessera.worker.loop import WorkerSettings, WorkLoop
 
     setup_logging(verbose)
     set_threads(threads)
     state = state_dir or HOME / "workers" / f"{run}-{name}"
+    settings = WorkerSettings(state_dir=state, name=name, data_path=data)
+    group = Group() if in_torchrun() else None
+    if group is not None and group.rank > 0:
+        follow(group, data)
+        group.close()
+        return
     client = HubClient.connect(hub_url, token, run_id=run)
     try:
-        summary = WorkLoop(client, WorkerSettings(state_dir=state, name=name, data_path=data)).run()
+        loop = WorkLoop(client, settings) if group is None else GroupWorkLoop(client, settings, group)
+        summary = loop.run()
     finally:
         client.close()
+        if group is not None:
+            group.close()
     accepted = sum(c.status == "accepted" for c in summary.contributions)
     console.print(
         f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
@@ -444,6 +465,17 @@ def print_demo_summary(summary: DemoSummary, home: Path, run_id: str) -> None:
         f"run data, versions and worker logs: {home.resolve()} (database hub.sqlite, blobs/, runs/{run_id}/)"
     )
     console.print("see it again with `tessera status`; generate text with `tessera sample`")
+
+
+def add_planning_commands() -> None:
+    from tessera import cli_plan
+
+    app.command("plan")(cli_plan.plan)
+    app.command("simulate")(cli_plan.simulate_command)
+    app.command("probe")(cli_plan.probe)
+
+
+add_planning_commands()
 
 
 def main() -> None:

@@ -7,10 +7,13 @@
 [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
 [outer]  kind = "nesterov" | "average", lr, momentum
 [eval]   batch_size, batches
+[plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`; others use train.inner_steps),
+         topology = "name of the planned topology"
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,6 +73,29 @@ class EvalSettings:
             raise ConfigError("eval.batch_size and eval.batches must be at least 1")
 
 
+MAX_PLANNED_STEPS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PlanSection:
+    """Inner steps per worker name, so fast and slow workers finish a round together."""
+
+    topology: str = ""
+    inner_steps: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner_steps, dict):
+            raise ConfigError("plan.inner_steps must be a table of worker name = steps")
+        for name, steps in self.inner_steps.items():
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_PLANNED_STEPS:
+                raise ConfigError(
+                    f"plan.inner_steps.{name} must be an integer from 1 to {MAX_PLANNED_STEPS}, got {steps!r}"
+                )
+
+    def steps_for(self, worker_name: str, default: int) -> int:
+        return self.inner_steps.get(worker_name, default)
+
+
 @dataclass(frozen=True)
 class Recipe:
     run: RunSettings = field(default_factory=RunSettings)
@@ -80,6 +106,7 @@ class Recipe:
     eval: EvalSettings = field(default_factory=EvalSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    plan: PlanSection = field(default_factory=PlanSection)
     seed: int = 0
 
 
@@ -92,6 +119,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSettings,
     "validation": ValidationSettings,
     "aggregation": AggregationSettings,
+    "plan": PlanSection,
 }
 
 
@@ -130,3 +158,15 @@ def load_recipe(path: Path) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe file {path} not found")
     return parse_recipe(path.read_text())
+
+
+def with_plan(recipe_text: str, topology: str, inner_steps: dict[str, int]) -> str:
+    """The recipe with a [plan] section appended (refused if it has one already)."""
+    if "plan" in tomllib.loads(recipe_text):
+        raise ConfigError("the recipe has a [plan] section already; remove it or leave out --plan")
+    steps = ", ".join(f"{json.dumps(name)} = {int(h)}" for name, h in inner_steps.items())
+    text = (
+        f"{recipe_text.rstrip()}\n\n[plan]\ntopology = {json.dumps(topology)}\ninner_steps = {{ {steps} }}\n"
+    )
+    parse_recipe(text)
+    return text

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -31,6 +31,7 @@ from tessera.hub.schemas import (
     LeaseRequest,
     LedgerReport,
     MemberRequest,
+    ProbeReply,
     ProviderInfo,
     RegisterReply,
     RegisterRequest,
@@ -46,6 +47,7 @@ from tessera.hub.store import FileBlobStore
 
 log = logging.getLogger(__name__)
 MAX_RECIPE_BYTES = 1 << 20
+MAX_PROBE_BYTES = 64 << 20
 META_HEADER = "X-Tessera-Contribution"
 Token = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 # Path parameters are checked here, so that no lookup ever sees control characters.
@@ -233,6 +235,16 @@ def add_provider_routes(app: FastAPI, providers: ProviderService) -> None:
         """Credited compute per provider and per collective that the caller may read."""
         service: HubService = request.app.state.service
         return service.ledger.report(who)
+
+    @app.get("/v1/probe", response_class=Response)
+    def probe_download(who: Who, nbytes: Annotated[int, Query(ge=0, le=MAX_PROBE_BYTES)] = 0) -> Response:
+        """``nbytes`` zero bytes, for ``tessera probe`` to time latency and download bandwidth."""
+        return Response(bytes(nbytes), media_type="application/octet-stream")
+
+    @app.post("/v1/probe", response_model=ProbeReply)
+    async def probe_upload(request: Request, who: Who) -> ProbeReply:
+        """Read and discard the body, for ``tessera probe`` to time upload bandwidth."""
+        return ProbeReply(nbytes=len(await read_limited(request, MAX_PROBE_BYTES)))
 
     @app.get("/v1/whoami", response_model=ProviderInfo)
     def whoami(who: Who) -> ProviderInfo:

@@ -180,3 +180,7 @@ class LedgerReport(Message):
 class ErrorBody(Message):
     error: str
     detail: str
+
+
+class ProbeReply(Message):
+    nbytes: int

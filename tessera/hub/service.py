@@ -212,7 +212,7 @@ class HubService:
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
             lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
             if lease is None:
-                lease = self._new_lease(s, run, worker_id, now)
+                lease = self._new_lease(s, run, worker, now)
             version = s.get(Version, lease.version_id)
             assert version is not None  # written in the same transaction as the round
             return LeaseReply(
@@ -230,16 +230,17 @@ class HubService:
                 ),
             )
 
-    def _new_lease(self, s: Session, run: Run, worker_id: str, now: float) -> Lease:
+    def _new_lease(self, s: Session, run: Run, worker: Worker, now: float) -> Lease:
+        """A lease on the current version; a planned worker (by name) gets its planned H."""
         recipe = self.runtime(run.id).recipe
         version = self._version(s, run.id, run.current_round)
         lease = Lease(
             id=new_id(),
             run_id=run.id,
-            worker_id=worker_id,
+            worker_id=worker.id,
             round=run.current_round,
             version_id=version.id,
-            inner_steps=recipe.train.inner_steps,
+            inner_steps=recipe.plan.steps_for(worker.name, recipe.train.inner_steps),
             issued_at=now,
             deadline=now + recipe.run.lease_timeout_s,
             state="open",

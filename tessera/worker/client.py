@@ -36,6 +36,7 @@ from tessera.hub.schemas import (
     CreateRunReply,
     LeaseReply,
     LedgerReport,
+    ProbeReply,
     ProviderInfo,
     RegisterReply,
     RoundMetrics,
@@ -180,6 +181,12 @@ class HubClient:
         )
         self.bytes_up += len(body)
         return reply
+
+    def probe_download(self, nbytes: int) -> int:
+        return len(self._request("GET", "/v1/probe", params={"nbytes": nbytes}).content)
+
+    def probe_upload(self, nbytes: int) -> int:
+        return self._json(ProbeReply, "POST", "/v1/probe", content=bytes(nbytes)).nbytes
 
     def ledger(self) -> LedgerReport:
         return self._json(LedgerReport, "GET", "/v1/ledger")

@@ -1,0 +1,1 @@
+"""Planning: topology, model profiles, cost model, planner and simulator."""
