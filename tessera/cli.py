@@ -23,6 +23,7 @@ from rich.table import Table
 
 from tessera.errors import TesseraError
 from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus, VersionInfo
+from tessera.task import configure_torch
 
 if TYPE_CHECKING:
     from tessera.demo import DemoSummary
@@ -45,11 +46,6 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-
-
 # --- hub -------------------------------------------------------------------------------
 
 
@@ -68,7 +64,7 @@ def hub(
     from tessera.hub.app import admin_token, create_app, open_service
 
     setup_logging(verbose)
-    set_threads(threads)
+    configure_torch(threads)
     service = open_service(home, database)
     if admin_token(service, home) is not None:
         console.print(f"admin token in {home / 'admin.token'} (create providers and tokens with it)")
@@ -202,7 +198,7 @@ def worker(
     from tessera.worker.loop import WorkerSettings, WorkLoop
 
     setup_logging(verbose)
-    set_threads(threads)
+    configure_torch(threads)
     state = state_dir or HOME / "workers" / f"{run}-{name}"
     settings = WorkerSettings(state_dir=state, name=name, data_path=data)
     group = Group() if in_torchrun() else None

@@ -12,10 +12,11 @@ from rich.table import Table
 
 from tessera.errors import ConfigError
 from tessera.plan.planner import Plan, PlanSettings, Workload, make_plan
-from tessera.plan.profile import ModelProfile, profile_recipe
+from tessera.plan.profile import WIRE_FORMATS, ModelProfile, profile_recipe
 from tessera.plan.simulator import ChurnEvent, SimResult, SimSettings, simulate
 from tessera.plan.topology import Topology, load_topology, parse_window
 from tessera.recipe import Recipe, load_recipe
+from tessera.task import configure_torch
 
 console = Console()
 MAX_LINK_ROWS = 10
@@ -23,6 +24,14 @@ MAX_LINK_ROWS = 10
 TopologyArg = Annotated[Path, typer.Argument(help="Topology TOML file")]
 RecipeOpt = Annotated[Path, typer.Option("--recipe", help="Run recipe TOML")]
 TargetOpt = Annotated[float, typer.Option(help="Target compute utilization (0-1)")]
+WireOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--wire-format",
+        help="A wire format the plan may use, least lossy first (repeat); default fp32, the format "
+        f"contributions travel in today. Known: {', '.join(WIRE_FORMATS)}",
+    ),
+]
 EfficiencyOpt = Annotated[
     float, typer.Option(help="Share of matmul FLOP/s a training step reaches (tessera probe --recipe)")
 ]
@@ -50,9 +59,15 @@ def plan(
     efficiency: EfficiencyOpt = 0.3,
     max_inner_steps: Annotated[int, typer.Option(help="Largest H the planner may choose")] = 1000,
     measure_flops: Annotated[bool, typer.Option(help="Count FLOPs with PyTorch instead of 6N")] = False,
+    wire_format: WireOpt = None,
 ) -> None:
     """Choose how each level of TOPOLOGY trains RECIPE; predict time, utilization and bytes."""
-    settings = PlanSettings(target_utilization=target, efficiency=efficiency, max_inner_steps=max_inner_steps)
+    settings = PlanSettings(
+        target_utilization=target,
+        efficiency=efficiency,
+        max_inner_steps=max_inner_steps,
+        wire_formats=tuple(wire_format or ["fp32"]),
+    )
     _, _, result = build_plan(topology, recipe, settings, measure_flops)
     print_plan(result)
     json_path.write_text(json.dumps(result.to_json(), indent=2))
@@ -213,6 +228,7 @@ def probe(
     from tessera.worker.client import HubClient
     from tessera.worker.probe import device, device_kind, matmul_flops, measure_link, measure_step, memory_gb
 
+    configure_torch(None)
     dev = device()
     flops = matmul_flops(dev)
     link = "{ latency_ms = 0.1, bandwidth_mbit = 1000 }  # not measured: pass --hub"

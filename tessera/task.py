@@ -78,3 +78,12 @@ def training_flops_per_token(model: nn.Module) -> float:
     if isinstance(model, ByteLM):
         return float(flops_per_token(model.cfg))
     return 6.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def configure_torch(threads: int | None) -> None:
+    """Process-wide torch settings of the hub and workers: thread count, and denormal floats
+    flushed to zero (on CPUs, denormals in the optimizer state slowed inner steps ~30% over a
+    few rounds: bench/plan_accuracy.py measured it)."""
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)

@@ -203,9 +203,9 @@ def plan_for(text: str, settings: PlanSettings = SETTINGS, workload: Workload = 
 def test_fast_machine_trains_synchronously_and_slow_links_get_diloco() -> None:
     # step: 1000 tokens * 6e6 FLOPs / 1e12 FLOP/s = 6 ms; a 4 MB gradient over 100 Gbit/s: < 1 ms
     text = topo(
-        groups=group("box", lat=1, bw=100),
+        groups=group("box", lat=1, bw=10000),
         nodes=node("gpu", group="box", lat=0.001, bw=1e5, extra="count = 2")
-        + node("far", lat=50, bw=20, flops=5e11),
+        + node("far", lat=50, bw=1000, flops=5e11),
     )
     p = plan_for(text)
     levels = {lv.group: lv for lv in p.levels}
@@ -224,11 +224,13 @@ def test_fast_machine_trains_synchronously_and_slow_links_get_diloco() -> None:
 
 
 def test_planner_picks_the_smallest_h_and_compresses_only_when_needed() -> None:
-    # 6 ms steps; 4 MB over 1 Gbit/s each way plus 4 x 20 ms: 0.144 s; H >= 9 * 0.144 / 0.006 = 216
+    # 6 ms steps; 4 MB over 1 Gbit/s each way plus 6 x 20 ms: 0.184 s; H >= 9 * 0.184 / 0.006 = 276
     text = topo(nodes=node("a", lat=20, bw=1000) + node("b", lat=20, bw=1000))
     p = plan_for(text)
-    assert (p.wire_format, p.inner_steps) == ("fp32", 216)
-    tight = plan_for(text, PlanSettings(target_utilization=0.9, efficiency=1.0, max_inner_steps=215))
+    assert (p.wire_format, p.inner_steps) == ("fp32", 276)
+    assert plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275)).wire_format == "fp32"  # default
+    formats = ("fp32", "bf16", "int8", "int4")
+    tight = plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275, wire_formats=formats))
     assert tight.wire_format == "bf16" and tight.utilization == pytest.approx(0.9)
     loose = plan_for(text, PlanSettings(target_utilization=0.5, efficiency=1.0))
     assert loose.inner_steps < p.inner_steps
@@ -237,7 +239,7 @@ def test_planner_picks_the_smallest_h_and_compresses_only_when_needed() -> None:
 def test_slow_sync_group_becomes_diloco_and_hopeless_link_trains_a_module() -> None:
     text = topo(
         groups=group("slowbox", lat=1, bw=1000),
-        nodes=node("x", group="slowbox", lat=5, bw=20, extra="count = 2")  # 20 Mbit between GPUs
+        nodes=node("x", group="slowbox", lat=5, bw=100, extra="count = 2")  # 100 Mbit between GPUs
         + node("fast", lat=1, bw=1000)
         + node("dialup", lat=300, bw=0.05),
     )

@@ -36,7 +36,7 @@ CLASSES = {
     DILOCO: ("high-latency", "linear"),
     MODULES: ("high-latency", "linear"),
 }
-ONE_WAY_TRIPS_PER_ROUND = 4  # lease reply, blob request and reply, upload (see sync_s)
+ONE_WAY_TRIPS_PER_ROUND = 6  # see sync_s
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class PlanSettings:
     target_utilization: float = 0.9
     max_inner_steps: int = 1000
     efficiency: float = 0.3  # share of matmul FLOP/s a training step reaches (calibrate: probe)
-    wire_formats: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")  # least lossy first
+    # Formats the planner may choose, least lossy first. Only fp32 travels today; list others
+    # (WIRE_FORMATS) to ask what they would change.
+    wire_formats: tuple[str, ...] = ("fp32",)
     min_unit_utilization: float = 0.5  # below this even at the chosen H: train a module instead
     min_window_overlap: float = 0.75  # a sync group's shared hours / its members' fewest hours
 
@@ -168,6 +170,7 @@ class Plan:
     links: list[LinkReport]
     nodes: list[NodeReport]
     modules: list[ModuleReport]
+    sync_bytes: dict[str, int]  # one contribution (or version) in each wire format
     warnings: list[str]
 
     @property
@@ -281,9 +284,10 @@ class Planner:
     # --- DiLoCo across the units --------------------------------------------------------
 
     def sync_s(self, unit: Unit, units: Sequence[Unit], wire_format: str) -> float:
-        """Round-trip traffic of one round: lease reply, blob request and reply, upload.
-
-        A link shared by k units carries k blobs each way in the same window."""
+        """Traffic of one round: six one-way trips (the reply to the last upload, which the hub sends
+        after closing the round; the next lease request and reply; the blob request and reply;
+        the upload) and the version down and contribution up. A link shared by k units carries
+        k blobs each way in the same window."""
         nbytes = self.profile.sync_bytes(wire_format)
         latency = sum(link.latency_s for _, link in unit.path)
         if not unit.path:
@@ -387,6 +391,7 @@ class Planner:
             links=self.link_report(diloco, fmt, round_s),
             nodes=self.node_report(units, diloco),
             modules=self.module_report(),
+            sync_bytes={fmt: self.profile.sync_bytes(fmt) for fmt in WIRE_FORMATS},
             warnings=self.warnings + self.memory_warnings(units),
         )
 

@@ -126,10 +126,11 @@ class WorkLoop:
         meta = contribution_meta(lease, self.identity.worker_id, result)
         reply = self.client.submit(meta, to_bytes(delta))
         log.info(
-            "round %s: %s contribution (%d tokens, train loss %.4f)%s",
+            "round %s: %s contribution (%d tokens in %.2f s of compute, train loss %.4f)%s",
             lease.round,
             reply.status,
             result.tokens,
+            result.compute_s,
             result.mean_loss,
             f": {reply.reason}" if reply.reason else "",
         )
