@@ -154,6 +154,7 @@ class DelayProxy:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, name=f"delay-proxy-{listen[1]}", daemon=True)
         self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
 
     def __enter__(self) -> DelayProxy:
         self.thread.start()
@@ -164,8 +165,18 @@ class DelayProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        """Stop listening and close every open connection."""
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.writers):
+            writer.close()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -177,7 +188,6 @@ class DelayProxy:
             self.ready.set()
         if self.server is not None:
             self.loop.run_forever()
-            self.server.close()
 
     async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -185,7 +195,11 @@ class DelayProxy:
         except OSError:
             client_w.close()
             return
-        await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+        self.writers.update((client_w, server_w))
+        try:
+            await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+        finally:
+            self.writers.difference_update((client_w, server_w))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read as fast as data comes; write each chunk ``delay_s`` after it was read."""

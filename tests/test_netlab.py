@@ -46,8 +46,9 @@ def server() -> Iterator[tuple[str, int]]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield "127.0.0.1", httpd.server_address[1]
+    yield "127.0.0.1", int(httpd.server_address[1])
     httpd.shutdown()
+    httpd.server_close()
 
 
 def free_port() -> int:
