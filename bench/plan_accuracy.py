@@ -18,18 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import torch
+from hubproc import free_port, start_hub
 
 from tessera.cli_plan import workload
 from tessera.netlab import LinkSpec, check_available, emulated_node
@@ -79,26 +77,6 @@ def bench_recipe(rounds: int, quorum: int) -> str:
     text = text.replace("rounds = 12", f"rounds = {rounds}").replace("quorum = 4", f"quorum = {quorum}")
     parse_recipe(text)
     return text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_hub(home: Path, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tessera", "hub", "--home", str(home), "--port", str(port), "--threads", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/runs", timeout=1).status_code == 401:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("hub did not start")
 
 
 def run_for_real(bench: BenchTopology, plan: Plan, rounds: int, work: Path, index: int) -> list[float]:
