@@ -1,0 +1,220 @@
+"""Codecs: how a pseudo-gradient or a version change travels. Pure tensor code, no I/O.
+
+A codec turns a dict of float tensors into a dict of wire tensors (safetensors-ready: names
+get a suffix, ".q", ".scale", ".idx", ".val") and back, given the original shapes. Sizes match
+``tessera.plan.profile.WIRE_FORMATS``, which the planner uses:
+
+- ``fp32``: as is; ``bf16``, ``fp16``: cast.
+- ``int8``: blockwise absmax quantization, blocks of 256 values, one fp32 scale per block.
+- ``int4``, ``int2``: 4 or 2 bits per value in blocks of 64 with one fp32 scale, packed into
+  bytes; int4 uses the 15 levels -7..7, int2 the 4 levels -1.5, -0.5, 0.5, 1.5 (times the scale).
+- ``topk1``..: the largest 1% (``topk<p>`` for p%) of each tensor by magnitude: int32 indices and
+  fp16 values.
+
+Every lossy codec is biased for a single message; ``ErrorFeedback`` keeps what was not sent on
+the sender and adds it to the next message, so over rounds everything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from tessera.core.tensors import TensorDict
+from tessera.errors import ConfigError, MalformedContribution
+
+TOPK = re.compile(r"^topk(\d+(?:\.\d+)?)$")
+
+
+class Codec:
+    """Identity on float32; subclasses encode and decode one tensor."""
+
+    name = "fp32"
+    lossless = True
+
+    def encode(self, tensors: Mapping[str, torch.Tensor]) -> TensorDict:
+        wire: TensorDict = {}
+        for name, tensor in tensors.items():
+            for suffix, part in self.encode_one(tensor.detach().float().reshape(-1)).items():
+                wire[name + suffix] = part
+        return wire
+
+    def decode(self, wire: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size]) -> TensorDict:
+        """Float32 tensors of ``shapes`` from their wire parts; MalformedContribution if they do not fit."""
+        expected = {name + suffix for name in shapes for suffix in self.suffixes}
+        if set(wire) != expected:
+            missing, extra = sorted(expected - set(wire))[:3], sorted(set(wire) - expected)[:3]
+            raise MalformedContribution(
+                f"{self.name} payload does not match the model: missing {missing}, unexpected {extra}"
+            )
+        out: TensorDict = {}
+        for name, shape in shapes.items():
+            parts = {suffix: wire[name + suffix] for suffix in self.suffixes}
+            flat = self.decode_one(parts, math.prod(shape), name)
+            out[name] = flat.reshape(shape)
+        return out
+
+    suffixes: tuple[str, ...] = ("",)
+
+    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"": flat.clone()}
+
+    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+        value = parts[""]
+        check(value.dtype == torch.float32 and value.numel() == numel, name, "float32 values")
+        return value.float()
+
+
+def check(ok: bool, name: str, what: str) -> None:
+    if not ok:
+        raise MalformedContribution(f"tensor {name}: expected {what}; encode with the run's codec")
+
+
+class Cast(Codec):
+    lossless = False
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name = name
+        self.dtype = dtype
+
+    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"": flat.to(self.dtype)}
+
+    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+        value = parts[""]
+        check(value.dtype == self.dtype and value.numel() == numel, name, f"{numel} {self.name} values")
+        return value.float()
+
+
+def blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
+    """``flat`` zero-padded to whole blocks, shaped (blocks, block)."""
+    pad = (-flat.numel()) % block
+    return torch.nn.functional.pad(flat, (0, pad)).reshape(-1, block)
+
+
+class Quantized(Codec):
+    """Symmetric blockwise quantization to ``bits`` with one fp32 absmax scale per block."""
+
+    suffixes = (".q", ".scale")
+    lossless = False
+
+    def __init__(self, name: str, bits: int, block: int) -> None:
+        self.name = name
+        self.bits = bits
+        self.block = block
+        # the largest level: int8 127 (-127..127), int4 7 (-7..7), int2 1.5 (-1.5, -0.5, 0.5, 1.5)
+        self.half = 1.5 if bits == 2 else float(2 ** (bits - 1) - 1)
+
+    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        grid = blocks(flat, self.block)
+        scale = grid.abs().amax(dim=1) / self.half
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        x = grid / safe[:, None]
+        if self.bits == 2:  # levels -1.5, -0.5, 0.5, 1.5 -> codes 0..3
+            codes = torch.clamp(torch.floor(x + 2.0), 0, 3).to(torch.uint8)
+        else:
+            codes = (torch.clamp(torch.round(x), -self.half, self.half) + self.half).to(torch.uint8)
+        return {".q": pack(codes.reshape(-1)[: flat.numel()], self.bits), ".scale": scale.float()}
+
+    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+        n_blocks = math.ceil(numel / self.block)
+        q, scale = parts[".q"], parts[".scale"]
+        check(scale.dtype == torch.float32 and scale.shape == (n_blocks,), name, f"{n_blocks} fp32 scales")
+        size = packed_size(numel, self.bits)
+        check(q.dtype == torch.uint8 and q.numel() == size, name, f"{size} bytes of {self.bits}-bit codes")
+        codes = blocks(unpack(q, self.bits, numel).float(), self.block)
+        values = (codes - (1.5 if self.bits == 2 else self.half)) * scale[:, None]
+        if not torch.isfinite(values).all():
+            raise MalformedContribution(f"tensor {name}: scales are not finite")
+        return values.reshape(-1)[:numel]
+
+
+def packed_size(count: int, bits: int) -> int:
+    return math.ceil(count * bits / 8)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes below 2**bits, packed little-end first into bytes."""
+    if bits == 8:
+        return codes.to(torch.uint8)
+    per_byte = 8 // bits
+    padded = torch.nn.functional.pad(codes, (0, (-codes.numel()) % per_byte)).reshape(-1, per_byte)
+    shifts = torch.arange(per_byte, dtype=torch.uint8) * bits
+    return (padded << shifts).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    if bits == 8:
+        return packed[:count]
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.uint8) * bits
+    codes = (packed[:, None] >> shifts) & (2**bits - 1)
+    return codes.reshape(-1)[:count]
+
+
+class TopK(Codec):
+    """The ``fraction`` of largest-magnitude values of each tensor (at least one), as fp16."""
+
+    suffixes = (".idx", ".val")
+    lossless = False
+
+    def __init__(self, name: str, fraction: float) -> None:
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"codec {name}: the kept fraction must be in (0, 100] percent")
+        self.name = name
+        self.fraction = fraction
+
+    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        k = max(1, math.ceil(flat.numel() * self.fraction))
+        idx = flat.abs().topk(k, sorted=False).indices.sort().values
+        return {".idx": idx.to(torch.int32), ".val": flat[idx].to(torch.float16)}
+
+    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+        k = max(1, math.ceil(numel * self.fraction))
+        idx, val = parts[".idx"], parts[".val"]
+        check(idx.dtype == torch.int32 and idx.shape == (k,), name, f"{k} int32 indices")
+        check(val.dtype == torch.float16 and val.shape == (k,), name, f"{k} fp16 values")
+        check(bool(((idx >= 0) & (idx < numel)).all()), name, f"indices below {numel}")
+        out = torch.zeros(numel)
+        out[idx.long()] = val.float()
+        return out
+
+
+def codec(name: str) -> Codec:
+    """The codec called ``name``; ConfigError listing the choices otherwise."""
+    fixed: dict[str, Codec] = {
+        "fp32": Codec(),
+        "bf16": Cast("bf16", torch.bfloat16),
+        "fp16": Cast("fp16", torch.float16),
+        "int8": Quantized("int8", 8, 256),
+        "int4": Quantized("int4", 4, 64),
+        "int2": Quantized("int2", 2, 64),
+    }
+    if name in fixed:
+        return fixed[name]
+    match = TOPK.match(name)
+    if match:
+        return TopK(name, float(match.group(1)) / 100)
+    raise ConfigError(f"codec {name!r} unknown: use one of {sorted(fixed)} or topk<percent> (e.g. topk1)")
+
+
+@dataclass
+class ErrorFeedback:
+    """What a lossy codec left out, kept by the sender and added to its next message."""
+
+    codec: Codec
+    residual: TensorDict | None = None
+
+    def encode(self, update: Mapping[str, torch.Tensor]) -> tuple[TensorDict, TensorDict]:
+        """Encode ``update`` plus the residual; returns (wire tensors, what the receiver decodes)."""
+        total = {
+            k: v.detach().float() + (self.residual[k] if self.residual else 0.0) for k, v in update.items()
+        }
+        wire = self.codec.encode(total)
+        sent = self.codec.decode(wire, {k: v.shape for k, v in total.items()})
+        self.residual = {k: total[k] - sent[k] for k in total}
+        return wire, sent
