@@ -7,8 +7,12 @@ K workers train the reference task inside one process, each on its own domain sh
   mean pseudo-gradient goes through the hub's outer optimizer (tessera.core, as the hub does).
 Both see the same tokens per worker. Bytes per worker count what one worker sends plus
 receives (parameter-server style, the way the hub measures it): a gradient up and the
-averaged gradient down per step for the baseline; a pseudo-gradient up and the new version
-down per round for DiLoCo, at their real safetensors sizes.
+averaged gradient down per step for the baseline; for DiLoCo per round a pseudo-gradient up
+and the version's change down, at their real safetensors sizes (neither counts the initial
+weights, which every worker builds from the recipe's seed).
+``--codecs`` runs DiLoCo again per codec pair UP/DOWN (contributions / version changes, with
+error feedback on both sides, as the hub and workers do) and reports each one's held-out loss
+and bytes against data parallel ("bytes_ratio") and fp32 DiLoCo ("loss_vs_diloco").
 
     python bench/communication.py --json bench/results/communication.json
 """
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 
 from tessera.core.aggregation import WeightedMean
+from tessera.core.codecs import CommunicationSettings, ErrorFeedback, codec, publish
 from tessera.core.inner import Batch, InnerTrainer, evaluate
 from tessera.core.outer import OuterSettings, outer_optimizer
 from tessera.core.pseudo_gradient import pseudo_gradient
@@ -59,29 +64,44 @@ def data_parallel(recipe: Recipe, shards: list, val: list[Batch], steps: int) ->
     }
 
 
-def diloco(recipe: Recipe, shards: list, val: list[Batch], rounds: int) -> dict[str, float]:
+def diloco(
+    recipe: Recipe, shards: list, val: list[Batch], rounds: int, wire: CommunicationSettings | None = None
+) -> dict[str, float]:
+    """DiLoCo as the hub and workers run it: contributions and version changes in the run's codecs,
+    with error feedback on both sides (tessera.core.codecs)."""
+    wire = wire or CommunicationSettings()
     global_model = build_model(recipe)
     params = model_float_tensors(global_model)
     workers = [build_model(recipe) for _ in shards]
     trainers = [InnerTrainer(m, recipe.train) for m in workers]
-    outer, state = outer_optimizer(recipe.outer), {}
-    sent = 0
+    feedback = [ErrorFeedback(codec(wire.codec)) for _ in shards]
+    outer, state, residual = outer_optimizer(recipe.outer), {}, None
+    sent = 0  # version 0: workers build it from the recipe's seed (tessera.worker.loop.initial_version)
     for _ in range(rounds):
-        version_bytes = len(to_bytes(global_model.state_dict()))
         mean = WeightedMean()
-        for model, trainer, it in zip(workers, trainers, shards, strict=True):
+        for model, trainer, it, fb in zip(workers, trainers, shards, feedback, strict=True):
             model.load_state_dict(params, strict=False)
             result = trainer.train(it, recipe.train.inner_steps)
             delta = pseudo_gradient(params, float_tensors(model.state_dict()))
-            sent += len(to_bytes(delta)) + version_bytes
-            mean.add(delta, result.tokens)
-        params, state = outer.step(params, mean.result(), state)
+            encoded, decoded = fb.encode(delta)
+            sent += len(to_bytes(encoded))
+            mean.add(decoded, result.tokens)
+        new_params, state = outer.step(params, mean.result(), state)
+        published = publish(params, new_params, codec(wire.download_codec), residual)
+        params, residual = published.tensors, published.residual
+        sent += len(to_bytes(published.change)) * len(shards)  # every worker downloads the change
         global_model.load_state_dict(params, strict=False)
     return {
         "val_loss": evaluate(global_model, val, loss_of(recipe)),
         "bytes_per_worker": float(sent / len(shards)),
         "H": recipe.train.inner_steps,
     }
+
+
+def parse_codec_pair(spec: str) -> CommunicationSettings:
+    """UP or UP/DOWN, e.g. int4/int8: contributions in UP, version changes in DOWN (default UP)."""
+    up, _, down = spec.partition("/")
+    return CommunicationSettings(codec=up, download_codec=down or up)
 
 
 def main() -> None:
@@ -94,6 +114,12 @@ def main() -> None:
     parser.add_argument("--outer-lr", type=float, default=0.7)
     parser.add_argument("--outer-momentum", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--codecs",
+        nargs="*",
+        default=["bf16", "int8", "int4", "int2", "topk1/int4"],
+        help="codec pairs UP[/DOWN] to run besides fp32 DiLoCo",
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,10 +138,20 @@ def main() -> None:
     baseline = data_parallel(recipe, shard_iters(), val, args.rounds * args.inner_steps)
     baseline_s = time.perf_counter() - start
     low_comm = diloco(recipe, shard_iters(), val, args.rounds)
+    codecs = {}
+    for spec in args.codecs:
+        run = diloco(recipe, shard_iters(), val, args.rounds, parse_codec_pair(spec))
+        codecs[spec] = {
+            **run,
+            "bytes_ratio": baseline["bytes_per_worker"] / run["bytes_per_worker"],
+            "loss_vs_diloco": run["val_loss"] / low_comm["val_loss"] - 1,
+        }
+        print(spec, json.dumps(codecs[spec]), flush=True)
     result = {
         "baseline": baseline,
         "diloco": low_comm,
         "bytes_ratio": baseline["bytes_per_worker"] / low_comm["bytes_per_worker"],
+        "codecs": codecs,
         "settings": {
             "workers": args.workers,
             "rounds": args.rounds,
@@ -137,7 +173,7 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("baseline", "diloco", "bytes_ratio")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("baseline", "diloco", "bytes_ratio", "codecs")}, indent=2))
 
 
 if __name__ == "__main__":

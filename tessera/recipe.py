@@ -1,12 +1,14 @@
 """Run recipes: a TOML file naming the model, the data and the algorithm settings.
 
-[run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness,
+[run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness, balance_steps,
          staleness_decay
 [model]  factory = "package.module:function", options = {...}
 [data]   source = "package.module:function", path = "...", options = {...}
 [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
 [outer]  kind = "nesterov" | "average", lr, momentum
 [eval]   batch_size, batches
+[communication]  codec = "fp32" | "bf16" | "fp16" | "int8" | "int4" | "int2" | "topk<percent>",
+         error_feedback = true
 [plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`; others use train.inner_steps),
          topology = "name of the planned topology"
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tessera.core.codecs import CommunicationSettings
 from tessera.core.inner import InnerSettings
 from tessera.core.outer import OuterSettings
 from tessera.core.robust import AggregationSettings
@@ -36,6 +39,7 @@ class RunSettings:
     lease_timeout_s: float = 1800.0
     max_staleness: int = 1
     staleness_decay: float = 0.5
+    balance_steps: bool = False  # size each worker's H from its measured step time
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -106,6 +110,7 @@ class Recipe:
     eval: EvalSettings = field(default_factory=EvalSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    communication: CommunicationSettings = field(default_factory=CommunicationSettings)
     plan: PlanSection = field(default_factory=PlanSection)
     seed: int = 0
 
@@ -119,6 +124,7 @@ SECTIONS: dict[str, type] = {
     "eval": EvalSettings,
     "validation": ValidationSettings,
     "aggregation": AggregationSettings,
+    "communication": CommunicationSettings,
     "plan": PlanSection,
 }
 

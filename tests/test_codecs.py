@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from starlette.testclient import TestClient
 
-from tessera.core.codecs import ErrorFeedback, codec, pack, unpack
-from tessera.core.tensors import from_bytes, to_bytes
-from tessera.errors import ConfigError, MalformedContribution
+from tessera.core.codecs import ErrorFeedback, apply_change, codec, pack, publish, unpack
+from tessera.core.tensors import from_bytes, model_float_tensors, to_bytes
+from tessera.errors import ConfigError, ContributionRejected, MalformedContribution
 from tessera.plan.profile import WIRE_FORMATS
+from tessera.worker.client import HubClient
+from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
+from tests.conftest import tiny_recipe
+from tests.test_hub_api import join, meta, work, zero_update
+from tests.test_two_hubs import run_loops
 
 NAMES = ["fp32", "bf16", "fp16", "int8", "int4", "int2", "topk1"]
 
@@ -123,3 +131,123 @@ def test_unknown_codec_and_bad_payloads() -> None:
         top.decode(wire, shapes(t))
     with pytest.raises(MalformedContribution, match="fp16 values"):
         top.decode(dict(top.encode(t), **{"b.val": torch.zeros(1)}), shapes(t))
+
+
+# --- through the hub ------------------------------------------------------------------------
+
+
+def codec_run(admin: HubClient, corpus_dir: Path, name: str, rounds: int = 2) -> str:
+    extra = f'\n[communication]\ncodec = "{name}"\n'
+    return admin.create_run(tiny_recipe(corpus_dir, rounds=rounds, quorum=2, extra=extra)).run_id
+
+
+@pytest.mark.parametrize("name", ["int8", "topk10"])
+def test_workers_send_encoded_contributions_and_the_run_learns(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path, name: str
+) -> None:
+    run_id = codec_run(admin, corpus_dir, name, rounds=3)
+    clients = [
+        HubClient(http, admin.create_provider(f"{name}-{i}").token, retry_s=0, run_id=run_id)
+        for i in range(2)
+    ]
+    loops = [
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+    ]
+    assert not run_loops(loops)
+    rounds = admin.rounds(run_id)
+    assert [r.accepted for r in rounds] == [2, 2, 2]
+    fp32 = len(to_bytes(model_float_tensors(loops[0].model)))
+    assert all(r.bytes_in < 0.6 * 2 * fp32 for r in rounds)  # int8 ~1/4, top-10% ~0.15 of fp32
+    assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
+    assert loops[0].feedback.residual is not None  # error feedback kept what was not sent
+
+
+def test_hub_refuses_a_payload_in_another_codec(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
+    run_id = codec_run(admin, corpus_dir, "int8")
+    client, worker_id = join(http, admin, run_id, "w")
+    grant = work(client, worker_id)
+    delta = zero_update(client, grant)
+    before = admin.contributions(run_id)
+    with pytest.raises(ContributionRejected, match="this run's codec is 'int8'"):
+        client.submit(meta(grant, worker_id), to_bytes(delta))  # fp32 body, fp32 declared
+    wrong = meta(grant, worker_id).model_copy(update={"codec": "int8"})
+    with pytest.raises(ContributionRejected, match="int8 payload: tensor names do not match"):
+        client.submit(wrong, to_bytes(delta))  # fp32 body declared int8
+    assert admin.contributions(run_id) == before
+    good = client.submit(wrong, to_bytes(codec("int8").encode(delta)))
+    assert good.status == "accepted"
+
+
+# --- version changes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8", "int4"])
+def test_published_version_is_rebuilt_exactly_from_the_change(name: str) -> None:
+    old = {**update(1), "step": torch.tensor([3])}  # an integer buffer travels unchanged
+    residual = None
+    for seed in range(3):
+        new = {k: (v + update(seed + 10)[k] if v.is_floating_point() else v) for k, v in old.items()}
+        published = publish(old, new, codec(name), residual)
+        wire = from_bytes(to_bytes(published.change))
+        shapes = {k: v.shape for k, v in old.items() if v.is_floating_point()}
+        rebuilt = apply_change(old, codec(name).decode(wire, shapes))
+        assert to_bytes(rebuilt) == to_bytes(published.tensors)  # bit for bit
+        assert torch.equal(published.tensors["step"], old["step"])
+        # what was left out stays with the hub for the next change: nothing is lost
+        for k in shapes:
+            before = residual[k] if residual else 0.0
+            assert torch.allclose(published.tensors[k] + published.residual[k], new[k] + before, atol=1e-5)
+        old, residual = published.tensors, published.residual
+
+
+def test_workers_rebuild_versions_from_compressed_changes(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    extra = '\n[communication]\ncodec = "int8"\ndownload_codec = "int8"\n'
+    run_id = admin.create_run(tiny_recipe(corpus_dir, rounds=4, quorum=2, extra=extra)).run_id
+    clients = [
+        HubClient(http, admin.create_provider(f"dl-{i}").token, retry_s=0, run_id=run_id) for i in range(2)
+    ]
+    loops = [
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+    ]
+    assert not run_loops(loops)
+    versions = [admin.version(run_id, n) for n in range(5)]
+    assert versions[0].change_sha256 is None
+    assert all(v.change_nbytes is not None and v.change_nbytes < 0.4 * v.nbytes for v in versions[1:])
+    # each worker built version 0 itself (same seed, same bytes), then downloaded only changes
+    for loop, client in zip(loops, clients, strict=True):
+        assert loop.held is not None and loop.held.number == 3 and loop.held.sha == versions[3].blob_sha256
+        assert client.bytes_down == sum(v.change_nbytes or 0 for v in versions[1:4])
+    rounds = admin.rounds(run_id)
+    assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
+
+
+# --- overlapped rounds ----------------------------------------------------------------------
+
+
+def test_overlapped_workers_train_on_while_rounds_travel(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    extra = '\n[communication]\ncodec = "int8"\ndownload_codec = "int8"\noverlap = true\n'
+    run_id = admin.create_run(tiny_recipe(corpus_dir, rounds=4, quorum=2, inner_steps=4, extra=extra)).run_id
+    clients = [
+        HubClient(http, admin.create_provider(f"ov-{i}").token, retry_s=0, run_id=run_id) for i in range(2)
+    ]
+    loops = [
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+    ]
+    summaries: list[WorkerSummary] = []
+    assert not run_loops(loops, on_done=summaries.append)
+    rounds = admin.rounds(run_id)
+    assert len(rounds) == 4 and all(r.accepted == 2 for r in rounds)
+    assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
+    for loop in loops:
+        shifts = loop.overlapped.shifts
+        # each published version was applied once, in order, with the progress made meanwhile kept
+        assert [s.version_number for s in shifts] == [1, 2, 3]
+        assert max(s.drift for s in shifts) < 1e-5
+        assert loop.held is not None and loop.held.sha == admin.version(run_id, 3).blob_sha256
+    contributions = admin.contributions(run_id)
+    assert all(c.tokens >= 4 * 4 * 16 for c in contributions)  # at least H steps of batch 4 x 16
+    assert all(0 < s.utilization <= 1 and s.compute_s > 0 for s in summaries)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from tessera.cli import app
 from tessera.core.inner import mse
+from tessera.core.tensors import to_bytes
 from tessera.errors import ConfigError
 from tessera.plan.cost import (
     bytes_per_hour,
@@ -35,7 +36,7 @@ from tessera.recipe import parse_recipe, with_plan
 from tessera.worker.client import HubClient
 from tessera.worker.probe import matmul_flops, measure_link
 from tests.conftest import tiny_recipe
-from tests.test_hub_api import join, work
+from tests.test_hub_api import join, meta, work, zero_update
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples" / "topologies").glob("*.toml"))
@@ -412,3 +413,19 @@ def test_cli_plan_reports_a_bad_topology(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "bandwidth_mbit must be a positive number" in " ".join(result.stdout.split())
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_hub_sizes_inner_steps_from_measured_step_times(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
+    recipe = tiny_recipe(corpus_dir, quorum=2, inner_steps=30, extra_run="balance_steps = true")
+    run_id = admin.create_run(recipe).run_id
+    workers = {name: join(http, admin, run_id, name) for name in ("fast", "slow")}
+    for name, (client, worker_id) in workers.items():
+        grant = work(client, worker_id)
+        assert grant.inner_steps == 30  # nothing measured yet
+        step_s = 0.1 if name == "fast" else 0.3
+        m = meta(grant, worker_id).model_copy(update={"steps": 30, "compute_s": 30 * step_s})
+        assert client.submit(m, to_bytes(zero_update(client, grant))).status == "accepted"
+    steps = {name: work(client, worker_id).inner_steps for name, (client, worker_id) in workers.items()}
+    assert steps == {"fast": 30, "slow": 10}  # both about 3 s of compute

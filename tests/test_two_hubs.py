@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from tessera.hub.state import Contribution, State, Version
 from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkLoop
+from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
 from tests.conftest import postgres_url, tiny_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -64,13 +64,17 @@ def start_hub(home: Path, port: int, database_url: str) -> subprocess.Popen[byte
     return proc
 
 
-def run_loops(loops: list[WorkLoop], timeout: float = 180) -> list[BaseException]:
+def run_loops(
+    loops: list[WorkLoop], timeout: float = 180, on_done: Callable[[WorkerSummary], None] | None = None
+) -> list[BaseException]:
     """Run work loops in threads until they end; return what any of them raised."""
     errors: list[BaseException] = []
 
     def work(loop: WorkLoop) -> None:
         try:
-            loop.run()
+            summary = loop.run()
+            if on_done is not None:
+                on_done(summary)
         except BaseException as exc:  # returned to the test, which asserts on it
             errors.append(exc)
 

@@ -39,7 +39,7 @@ class Codec:
     def encode(self, tensors: Mapping[str, torch.Tensor]) -> TensorDict:
         wire: TensorDict = {}
         for name, tensor in tensors.items():
-            for suffix, part in self.encode_one(tensor.detach().float().reshape(-1)).items():
+            for suffix, part in self.encode_one(tensor.detach().float()).items():
                 wire[name + suffix] = part
         return wire
 
@@ -49,29 +49,36 @@ class Codec:
         if set(wire) != expected:
             missing, extra = sorted(expected - set(wire))[:3], sorted(set(wire) - expected)[:3]
             raise MalformedContribution(
-                f"{self.name} payload does not match the model: missing {missing}, unexpected {extra}"
+                f"{self.name} payload: tensor names do not match the model: missing {missing}, "
+                f"unexpected {extra}"
             )
         out: TensorDict = {}
         for name, shape in shapes.items():
             parts = {suffix: wire[name + suffix] for suffix in self.suffixes}
-            flat = self.decode_one(parts, math.prod(shape), name)
-            out[name] = flat.reshape(shape)
+            out[name] = self.decode_one(parts, shape, name).reshape(shape)
         return out
 
     suffixes: tuple[str, ...] = ("",)
 
-    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"": flat.clone()}
+    def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"": tensor.clone()}
 
-    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
-        value = parts[""]
-        check(value.dtype == torch.float32 and value.numel() == numel, name, "float32 values")
-        return value.float()
+    def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+        return plain(parts[""], shape, torch.float32, name)
 
 
 def check(ok: bool, name: str, what: str) -> None:
     if not ok:
         raise MalformedContribution(f"tensor {name}: expected {what}; encode with the run's codec")
+
+
+def plain(value: torch.Tensor, shape: torch.Size, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """A tensor sent as is: its dtype and shape must be the model's."""
+    check(value.dtype == dtype, name, f"dtype {dtype}, got {value.dtype}")
+    check(
+        value.shape in (shape, (math.prod(shape),)), name, f"shape {tuple(shape)}, got {tuple(value.shape)}"
+    )
+    return value.float()
 
 
 class Cast(Codec):
@@ -81,13 +88,11 @@ class Cast(Codec):
         self.name = name
         self.dtype = dtype
 
-    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"": flat.to(self.dtype)}
+    def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"": tensor.to(self.dtype)}
 
-    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
-        value = parts[""]
-        check(value.dtype == self.dtype and value.numel() == numel, name, f"{numel} {self.name} values")
-        return value.float()
+    def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+        return plain(parts[""], shape, self.dtype, name)
 
 
 def blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
@@ -109,7 +114,8 @@ class Quantized(Codec):
         # the largest level: int8 127 (-127..127), int4 7 (-7..7), int2 1.5 (-1.5, -0.5, 0.5, 1.5)
         self.half = 1.5 if bits == 2 else float(2 ** (bits - 1) - 1)
 
-    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = tensor.reshape(-1)
         grid = blocks(flat, self.block)
         scale = grid.abs().amax(dim=1) / self.half
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -120,7 +126,8 @@ class Quantized(Codec):
             codes = (torch.clamp(torch.round(x), -self.half, self.half) + self.half).to(torch.uint8)
         return {".q": pack(codes.reshape(-1)[: flat.numel()], self.bits), ".scale": scale.float()}
 
-    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+    def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+        numel = math.prod(shape)
         n_blocks = math.ceil(numel / self.block)
         q, scale = parts[".q"], parts[".scale"]
         check(scale.dtype == torch.float32 and scale.shape == (n_blocks,), name, f"{n_blocks} fp32 scales")
@@ -168,12 +175,14 @@ class TopK(Codec):
         self.name = name
         self.fraction = fraction
 
-    def encode_one(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = tensor.reshape(-1)
         k = max(1, math.ceil(flat.numel() * self.fraction))
         idx = flat.abs().topk(k, sorted=False).indices.sort().values
         return {".idx": idx.to(torch.int32), ".val": flat[idx].to(torch.float16)}
 
-    def decode_one(self, parts: dict[str, torch.Tensor], numel: int, name: str) -> torch.Tensor:
+    def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+        numel = math.prod(shape)
         k = max(1, math.ceil(numel * self.fraction))
         idx, val = parts[".idx"], parts[".val"]
         check(idx.dtype == torch.int32 and idx.shape == (k,), name, f"{k} int32 indices")
@@ -218,3 +227,50 @@ class ErrorFeedback:
         sent = self.codec.decode(wire, {k: v.shape for k, v in total.items()})
         self.residual = {k: total[k] - sent[k] for k in total}
         return wire, sent
+
+
+@dataclass(frozen=True)
+class CommunicationSettings:
+    """The ``[communication]`` section of a recipe: how contributions travel."""
+
+    codec: str = "fp32"  # contributions, worker to hub
+    download_codec: str = "fp32"  # each version's change, hub to worker
+    error_feedback: bool = True  # keep what a lossy codec left out and send it next time
+    overlap: bool = False  # train on while uploading and downloading (tessera.worker.overlap)
+
+    def __post_init__(self) -> None:
+        codec(self.codec)
+        codec(self.download_codec)
+        if not isinstance(self.overlap, bool):
+            raise ConfigError("communication.overlap must be true or false")
+        if not isinstance(self.error_feedback, bool):
+            raise ConfigError("communication.error_feedback must be true or false")
+
+
+def apply_change(held: Mapping[str, torch.Tensor], change: Mapping[str, torch.Tensor]) -> TensorDict:
+    """``held`` plus a decoded change, float32 addition: the hub and every worker compute the
+    same bits, so a worker rebuilds a version exactly from the one before and the change."""
+    return {k: held[k] + change[k] if k in change else held[k].clone() for k in held}
+
+
+@dataclass(frozen=True)
+class Published:
+    tensors: TensorDict  # the version, as workers will rebuild it
+    change: TensorDict  # wire tensors of the change from the previous version
+    residual: TensorDict  # what the download codec left out, for the next version
+
+
+def publish(
+    old: Mapping[str, torch.Tensor],
+    new: Mapping[str, torch.Tensor],
+    download: Codec,
+    residual: TensorDict | None,
+    error_feedback: bool = True,
+) -> Published:
+    """The next version as ``old`` plus the encoded change towards ``new`` (plus what earlier
+    encodings left out, with error feedback), so that the change alone can travel."""
+    update = {k: new[k] - old[k] for k in new if new[k].is_floating_point()}
+    feedback = ErrorFeedback(download, residual if error_feedback else None)
+    wire, sent = feedback.encode(update)
+    assert feedback.residual is not None  # set by encode
+    return Published(apply_change(old, sent), wire, feedback.residual if error_feedback else {})

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from tessera.core.codecs import codec
 from tessera.core.inner import Batch, LossFn, evaluate
 from tessera.core.outer import OuterOptimizer, outer_optimizer
 from tessera.core.tensors import TensorDict, check_compatible, model_float_tensors
+from tessera.errors import MalformedContribution
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of, training_flops_per_token
 
@@ -56,11 +58,21 @@ class RunRuntime:
         self.model.load_state_dict(tensors)
         return evaluate(self.model, self.validation[: self.recipe.validation.probe_batches], self.loss_fn)
 
-    def check(self, contribution: TensorDict) -> None:
-        """Names, shapes, dtypes and finiteness against the model (MalformedContribution)."""
-        check_compatible(contribution, self.reference)
+    def decode(self, wire: TensorDict, codec_name: str) -> TensorDict:
+        """The float32 pseudo-gradient in an upload, checked against the model (MalformedContribution)."""
+        if codec_name != self.recipe.communication.codec:
+            raise MalformedContribution(
+                f"contribution encoded with {codec_name!r}, but this run's codec is "
+                f"{self.recipe.communication.codec!r}; encode with the run's codec"
+            )
+        tensors = codec(codec_name).decode(wire, {k: v.shape for k, v in self.reference.items()})
+        check_compatible(tensors, self.reference)
+        return tensors
 
     def upload_limit(self) -> int:
-        """Largest acceptable contribution body: the tensors plus a generous header."""
+        """Largest acceptable contribution body: the fp32 tensors (top-k of a one-value tensor
+        takes 6 bytes: hence 1.5x), two wire parts per tensor, and a generous header."""
         data = sum(t.numel() * t.element_size() for t in self.reference.values())
-        return data + HEADER_BYTES_PER_TENSOR * len(self.reference) + SAFETENSORS_HEADER_ALLOWANCE
+        return (
+            int(1.5 * data) + 2 * HEADER_BYTES_PER_TENSOR * len(self.reference) + SAFETENSORS_HEADER_ALLOWANCE
+        )

@@ -96,6 +96,7 @@ class ContributionMeta(Message):
     steps: int = Field(ge=1)
     train_loss: float = Field(allow_inf_nan=False)
     compute_s: float = Field(ge=0.0, allow_inf_nan=False)
+    codec: str = Field(default="fp32", max_length=16, pattern=r"^[a-z0-9.]+$")
 
 
 class ContributionReply(Message):
@@ -125,6 +126,8 @@ class VersionInfo(Message):
     number: int
     blob_sha256: str
     nbytes: int
+    change_sha256: str | None = None  # the change from the parent, in the run's download codec
+    change_nbytes: int | None = None
     parent_id: str | None
     contributions: list[str]
     val_loss: float | None

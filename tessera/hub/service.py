@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
+from tessera.core.codecs import Published, codec, publish
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
@@ -63,6 +64,14 @@ class Verdict:
 
     norm: float
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An accepted upload: the float32 safetensors the hub keeps, and the bytes that travelled."""
+
+    blob: bytes
+    wire_bytes: int
 
 
 WAIT_RETRY_S = 1.0
@@ -240,13 +249,40 @@ class HubService:
             worker_id=worker.id,
             round=run.current_round,
             version_id=version.id,
-            inner_steps=recipe.plan.steps_for(worker.name, recipe.train.inner_steps),
+            inner_steps=self._inner_steps(s, run, worker),
             issued_at=now,
             deadline=now + recipe.run.lease_timeout_s,
             state="open",
         )
         s.add(lease)
         return lease
+
+    def _inner_steps(self, s: Session, run: Run, worker: Worker) -> int:
+        """H for this worker: the plan's, if it names the worker; with ``run.balance_steps``, the
+        recipe's H scaled by the fastest worker's measured step time over this worker's, so that
+        fast and slow workers finish a round together; else the recipe's H."""
+        recipe = self.runtime(run.id).recipe
+        default = recipe.plan.steps_for(worker.name, recipe.train.inner_steps)
+        if worker.name in recipe.plan.inner_steps or not recipe.run.balance_steps:
+            return default
+        times = self._step_times(s, run)
+        if worker.id not in times:
+            return default
+        return max(1, round(recipe.train.inner_steps * min(times.values()) / times[worker.id]))
+
+    @staticmethod
+    def _step_times(s: Session, run: Run) -> dict[str, float]:
+        """Seconds per inner step of each worker, from its latest contribution of the last two rounds."""
+        rows = s.execute(
+            select(Contribution.worker_id, Contribution.compute_s, Contribution.steps)
+            .where(
+                Contribution.run_id == run.id,
+                Contribution.round >= run.current_round - 2,
+                Contribution.compute_s > 0,
+            )
+            .order_by(Contribution.pk)
+        ).all()
+        return {worker_id: compute_s / steps for worker_id, compute_s, steps in rows}
 
     # --- contributions -----------------------------------------------------------------
 
@@ -262,13 +298,13 @@ class HubService:
                 previous = self._check_submission(s, run_id, who, meta)
             if previous is not None:
                 return previous
-            tensors = from_bytes(body)
-            runtime.check(tensors)
+            tensors = runtime.decode(from_bytes(body), meta.codec)
             verdict = self._validate(run_id, meta, tensors)
+            upload = Upload(body if meta.codec == "fp32" else to_bytes(tensors), len(body))
             with self.state.transaction() as s:  # again under the run's row lock: another hub
                 self._run(s, run_id, lock=True)  # process may have taken the lease meanwhile
                 reply = self._check_submission(s, run_id, who, meta) or self._record(
-                    s, run_id, meta, body, verdict
+                    s, run_id, meta, upload, verdict
                 )
             if reply.status == "accepted" and not reply.duplicate:
                 self._maybe_close(run_id)
@@ -325,7 +361,7 @@ class HubService:
         return probe_verdict(self._probe_base[base.id], candidate, runtime.recipe.validation)
 
     def _record(
-        self, s: Session, run_id: str, meta: ContributionMeta, body: bytes, verdict: Verdict
+        self, s: Session, run_id: str, meta: ContributionMeta, upload: Upload, verdict: Verdict
     ) -> ContributionReply:
         run = self._run(s, run_id)
         recipe = self.runtime(run_id).recipe
@@ -341,9 +377,10 @@ class HubService:
             lease_id=lease.id,
             round=run.current_round,
             base_version_number=lease.round,
-            nbytes=len(body),
+            nbytes=upload.wire_bytes,
             tokens=meta.tokens,
             steps=meta.steps,
+            compute_s=meta.compute_s,
             train_loss=meta.train_loss,
             norm=verdict.norm,
             created_at=self.clock(),
@@ -364,12 +401,12 @@ class HubService:
         else:
             contribution.status = "accepted"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
-            contribution.blob_sha = self.store.put(body)
+            contribution.blob_sha = self.store.put(upload.blob)
             record.accepted += 1
             record.tokens += meta.tokens
         if contribution.status == "rejected":
             record.rejected += 1
-        record.bytes_in += len(body)
+        record.bytes_in += upload.wire_bytes
         s.add(contribution)
         return contribution_reply(contribution)
 
@@ -413,9 +450,11 @@ class HubService:
         contributions = self._drop_misaligned(record, contributions, combined.dropped)
         base = self._version(s, run.id, record.number)
         params = from_bytes(self.store.get(base.blob_sha))
-        outer_state = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
+        stored = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
+        outer_state, residual = split_state(stored)
         new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
-        blob = to_bytes(new_params)
+        published = self._publish(runtime, params, new_params, residual)
+        blob, change = to_bytes(published.tensors), to_bytes(published.change)
         now = self.clock()
         version = Version(
             id=new_id(),
@@ -423,15 +462,18 @@ class HubService:
             number=record.number + 1,
             blob_sha=self.store.put(blob),
             nbytes=len(blob),
+            change_sha=self.store.put(change),
+            change_nbytes=len(change),
             parent_id=base.id,
             contributions=[c.id for c in contributions],
-            val_loss=runtime.evaluate(new_params),
+            val_loss=runtime.evaluate(published.tensors),
             created_at=now,
         )
         s.add(version)
         s.flush()
         credit_compute(s, run.id, version.id, contributions, runtime.flops_per_token, now)
-        run.outer_state_sha = self.store.put(to_bytes(new_state)) if new_state else None
+        state = join_state(new_state, published.residual)
+        run.outer_state_sha = self.store.put(to_bytes(state)) if state else None
         record.closed_at, record.close_reason, record.version_id = now, reason, version.id
         record.val_loss = version.val_loss
         record.train_loss = sum(c.train_loss * c.tokens for c in contributions) / sum(
@@ -450,6 +492,12 @@ class HubService:
             len(contributions),
             version.val_loss,
         )
+
+    @staticmethod
+    def _publish(runtime: RunRuntime, old: TensorDict, new: TensorDict, residual: TensorDict) -> Published:
+        """The version workers can rebuild from the one before plus the change in the download codec."""
+        settings = runtime.recipe.communication
+        return publish(old, new, codec(settings.download_codec), residual or None, settings.error_feedback)
 
     def _aggregate(self, contributions: Sequence[Contribution], settings: AggregationSettings) -> Aggregate:
         """The round's combined pseudo-gradient; plain means stream from disk, one at a time."""
@@ -492,17 +540,17 @@ class HubService:
             return [contribution_info(c) for c in s.scalars(query.order_by(Contribution.pk))]
 
     def download(self, run_id: str, who: Principal, sha: str) -> bytes:
-        """A blob of one of this run's versions; its size counts as bytes out of the round."""
+        """A version's blob or its change from the parent; its size counts as bytes out of the round."""
         self.authorize(run_id, who)
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id)
             owned = s.scalar(
                 select(func.count())
                 .select_from(Version)
-                .where(Version.run_id == run_id, Version.blob_sha == sha)
+                .where(Version.run_id == run_id, or_(Version.blob_sha == sha, Version.change_sha == sha))
             )
             if not owned:
-                raise NotFound(f"blob {sha} is not a version of run {run_id}")
+                raise NotFound(f"blob {sha} is not a version (or version change) of run {run_id}")
             data = self.store.get(sha)
             if run.status == "active":  # an atomic increment: no lock, no lost update
                 s.execute(
@@ -620,12 +668,28 @@ def contribution_info(c: Contribution) -> ContributionInfo:
     )
 
 
+RESIDUAL = "download_residual."  # prefix of the download codec's residual in the outer-state blob
+
+
+def split_state(stored: TensorDict) -> tuple[TensorDict, TensorDict]:
+    """(outer optimizer state, download residual) from the run's state blob."""
+    outer = {k: v for k, v in stored.items() if not k.startswith(RESIDUAL)}
+    residual = {k.removeprefix(RESIDUAL): v for k, v in stored.items() if k.startswith(RESIDUAL)}
+    return outer, residual
+
+
+def join_state(outer: TensorDict, residual: TensorDict) -> TensorDict:
+    return {**outer, **{RESIDUAL + k: v for k, v in residual.items()}}
+
+
 def version_info(v: Version) -> VersionInfo:
     return VersionInfo(
         version_id=v.id,
         number=v.number,
         blob_sha256=v.blob_sha,
         nbytes=v.nbytes,
+        change_sha256=v.change_sha,
+        change_nbytes=v.change_nbytes,
         parent_id=v.parent_id,
         contributions=list(v.contributions),
         val_loss=v.val_loss,

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 4  # raise on every change of the tables below
+SCHEMA_VERSION = 5  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -104,6 +104,9 @@ class Version(Base):
     number: Mapped[int] = mapped_column(Integer)
     blob_sha: Mapped[str] = mapped_column(String(64))
     nbytes: Mapped[int] = mapped_column(Integer)
+    # the change from the parent version in the run's download codec (None for version 0)
+    change_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    change_nbytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributions: Mapped[list[str]] = mapped_column(JSON, default=list)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -173,6 +176,7 @@ class Contribution(Base):
     nbytes: Mapped[int] = mapped_column(Integer)
     tokens: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
+    compute_s: Mapped[float] = mapped_column(Float, default=0.0)  # the worker's inner-step time
     train_loss: Mapped[float] = mapped_column(Float)
     norm: Mapped[float] = mapped_column(Float)
     weight: Mapped[float] = mapped_column(Float)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tessera.core.inner import Batch, InnerResult, InnerTrainer
 from tessera.data.source import DataSource
+from tessera.errors import ConfigError
 from tessera.hub.schemas import ContributionReply, LeaseGrant
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, load_data
@@ -128,6 +129,11 @@ class GroupWorkLoop(WorkLoop):
 
     def __init__(self, client: HubAPI, settings: WorkerSettings, group: Group) -> None:
         super().__init__(client, settings)
+        if self.recipe.communication.overlap:
+            raise ConfigError(
+                "communication.overlap is not available to torchrun group workers yet; "
+                "set it to false for this run or use single-process workers"
+            )
         self.group = group
         group.broadcast_bytes(client.status(self.identity.run_id).recipe.encode())
         self.group_trainer = GroupTrainer(

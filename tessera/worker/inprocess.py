@@ -7,7 +7,14 @@ benchmarks run the hub's real validation and aggregation code at full speed.
 from __future__ import annotations
 
 from tessera.hub.auth import Principal
-from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseReply, RegisterReply, RunStatus
+from tessera.hub.schemas import (
+    ContributionMeta,
+    ContributionReply,
+    LeaseReply,
+    RegisterReply,
+    RunStatus,
+    VersionInfo,
+)
 from tessera.hub.service import HubService
 
 
@@ -36,6 +43,9 @@ class InProcessClient:
         data = self.service.download(self.run_id, self.who(), sha)
         self.bytes_down += len(data)
         return data
+
+    def version(self, run_id: str, number: int | None = None) -> VersionInfo:
+        return self.service.version(run_id, self.who(), number)
 
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply:
         reply = self.service.submit(self.run_id, self.who(), meta, body)

@@ -6,23 +6,26 @@ restarted worker picks up the run where it left: it gets its open lease back, or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from tessera.core.codecs import ErrorFeedback, apply_change, codec
 from tessera.core.inner import InnerResult, InnerTrainer
 from tessera.core.pseudo_gradient import pseudo_gradient
-from tessera.core.tensors import TensorDict, from_bytes, model_float_tensors, to_bytes
+from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
 from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.hub.store import FileBlobStore
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, load_data
+from tessera.task import build_model, load_data, model_tensors
 from tessera.worker.client import HubAPI
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,22 @@ class WorkerSummary:
     contributions: list[ContributionReply] = field(default_factory=list)
     bytes_up: int = 0
     bytes_down: int = 0
+    compute_s: float = 0.0  # inner steps only
+    wall_s: float = 0.0
+
+    @property
+    def utilization(self) -> float:
+        """Share of the worker's wall time spent in inner steps."""
+        return self.compute_s / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass(frozen=True)
+class Held:
+    """The version a worker holds, to rebuild newer ones from their changes."""
+
+    number: int
+    sha: str
+    tensors: TensorDict
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,8 @@ class WorkLoop:
         self.data: DataSource = load_data(self.recipe, settings.data_path)
         self.trainer = InnerTrainer(self.model, self.recipe.train)
         self.blobs = BlobCache(settings.state_dir / "blobs", client)
+        self.feedback = ErrorFeedback(codec(self.recipe.communication.codec))  # residual: in memory only
+        self.held: Held | None = initial_version(self.model)
 
     def _identity(self) -> Identity:
         path = self.settings.state_dir / "identity.json"
@@ -103,28 +124,45 @@ class WorkLoop:
         on_contribution: Callable[[ContributionReply], None] | None = None,
     ) -> WorkerSummary:
         """Work until the run finishes (or ``stop`` is set)."""
-        summary = WorkerSummary()
+        start, summary = time.perf_counter(), WorkerSummary()
+        if self.recipe.communication.overlap:
+            from tessera.worker.overlap import Overlapped
+
+            self.overlapped = Overlapped(self)
+            self.overlapped.run(summary, stop, on_contribution)
+        else:
+            self.rounds(summary, stop, on_contribution)
+        summary.wall_s = time.perf_counter() - start
+        summary.bytes_up, summary.bytes_down = self.client.bytes_up, self.client.bytes_down
+        return summary
+
+    def rounds(
+        self,
+        summary: WorkerSummary,
+        stop: threading.Event | None,
+        on_contribution: Callable[[ContributionReply], None] | None,
+    ) -> None:
+        """Lease, fetch, train H steps, upload; then the same for the next round."""
         while stop is None or not stop.is_set():
             lease = self.client.lease(self.identity.worker_id, wait_s=self.settings.wait_s)
             if lease.status == "done":
                 break
             if lease.lease is None:  # wait: the round has our contribution already
                 continue
-            reply = self.work(lease.lease)
+            reply, result = self.work(lease.lease)
             summary.contributions.append(reply)
+            summary.compute_s += result.compute_s
             if on_contribution is not None:
                 on_contribution(reply)
-        summary.bytes_up, summary.bytes_down = self.client.bytes_up, self.client.bytes_down
-        return summary
 
-    def work(self, lease: LeaseGrant) -> ContributionReply:
+    def work(self, lease: LeaseGrant) -> tuple[ContributionReply, InnerResult]:
         """Train on one lease and upload the pseudo-gradient."""
         self.model.load_state_dict(self.tensors_of(lease))
         base = model_float_tensors(self.model)
         result = self.train(lease)
         delta = pseudo_gradient(base, self.model.state_dict())
-        meta = contribution_meta(lease, self.identity.worker_id, result)
-        reply = self.client.submit(meta, to_bytes(delta))
+        meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name)
+        reply = self.client.submit(meta, to_bytes(self.encode(delta)))
         log.info(
             "round %s: %s contribution (%d tokens in %.2f s of compute, train loss %.4f)%s",
             lease.round,
@@ -134,11 +172,53 @@ class WorkLoop:
             result.mean_loss,
             f": {reply.reason}" if reply.reason else "",
         )
-        return reply
+        return reply, result
+
+    def encode(self, delta: TensorDict) -> TensorDict:
+        """The run's wire format; with error feedback, what the codec leaves out goes next round."""
+        if self.recipe.communication.error_feedback:
+            return self.feedback.encode(delta)[0]
+        return self.feedback.codec.encode(delta)
 
     def tensors_of(self, lease: LeaseGrant) -> TensorDict:
-        """The leased version's tensors, downloaded only if not held yet."""
-        return from_bytes(self.blobs.get(lease.blob_sha256))
+        """The leased version: the one held, or rebuilt from it and the changes since (when they
+        are smaller than the whole), else the whole blob (cached by sha256)."""
+        held = self.held
+        if held is not None and held.number < lease.version_number:
+            rebuilt = self.rebuild(held, lease)
+            if rebuilt is not None:
+                held = rebuilt
+        if held is None or held.sha != lease.blob_sha256:
+            held = Held(
+                lease.version_number, lease.blob_sha256, from_bytes(self.blobs.get(lease.blob_sha256))
+            )
+        self.held = held
+        return clone_tensors(held.tensors)
+
+    def rebuild(self, held: Held, lease: LeaseGrant) -> Held | None:
+        """The leased version from the held one plus each version's change; None if the changes
+        are not smaller than the whole or the result does not match the version's sha256."""
+        numbers = range(held.number + 1, lease.version_number + 1)
+        infos = [self.client.version(self.identity.run_id, n) for n in numbers]
+        sizes = [info.change_nbytes for info in infos]
+        if any(n is None for n in sizes) or sum(n or 0 for n in sizes) >= infos[-1].nbytes:
+            return None
+        download = codec(self.recipe.communication.download_codec)
+        tensors = held.tensors
+        for info in infos:
+            assert info.change_sha256 is not None  # checked with the sizes
+            wire = from_bytes(self.client.blob(info.change_sha256))
+            shapes = {k: v.shape for k, v in tensors.items() if v.is_floating_point()}
+            tensors = apply_change(tensors, download.decode(wire, shapes))
+        blob = to_bytes(tensors)
+        if hashlib.sha256(blob).hexdigest() != lease.blob_sha256:
+            log.warning(
+                "version %d rebuilt from changes does not match its sha256; downloading it whole",
+                lease.version_number,
+            )
+            return None
+        self.blobs.store.put(blob)
+        return Held(lease.version_number, lease.blob_sha256, tensors)
 
     def train(self, lease: LeaseGrant) -> InnerResult:
         shard = lease.shard if self.settings.data_path is None else None
@@ -146,7 +226,16 @@ class WorkLoop:
         return self.trainer.train(batches, lease.inner_steps)
 
 
-def contribution_meta(lease: LeaseGrant, worker_id: str, result: InnerResult) -> ContributionMeta:
+def initial_version(model: nn.Module) -> Held:
+    """Version 0 as built here from the recipe's seed: when its sha256 matches the hub's, it is
+    never downloaded (on another platform the bytes may differ; then it is)."""
+    tensors = model_tensors(model)
+    return Held(0, hashlib.sha256(to_bytes(tensors)).hexdigest(), tensors)
+
+
+def contribution_meta(
+    lease: LeaseGrant, worker_id: str, result: InnerResult, codec_name: str = "fp32"
+) -> ContributionMeta:
     """One contribution per lease: its id is the lease id, so a retried upload is idempotent."""
     return ContributionMeta(
         contribution_id=lease.lease_id,
@@ -156,4 +245,5 @@ def contribution_meta(lease: LeaseGrant, worker_id: str, result: InnerResult) ->
         steps=result.steps,
         train_loss=result.mean_loss,
         compute_s=result.compute_s,
+        codec=codec_name,
     )

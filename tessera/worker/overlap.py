@@ -1,0 +1,189 @@
+"""Overlapped rounds: the worker keeps training while its contribution uploads and the next
+version downloads, so compute waits on the network only at the start of the run.
+
+Eager application of the outer update (``[communication] overlap = true``): after H steps from
+version v (local model v + p), the worker uploads -p in the background and trains on; a
+background thread then leases the next round and fetches its version w. At the next step
+boundary the worker moves its model by w minus the point it had reached at the upload, so the
+model becomes w plus the progress made since: the outer update arrives one to a few steps late
+(the steps it took the network), never lost. The next contribution is based on w, like any
+other, and counts every step since the upload. If H steps are done before w has arrived, the
+worker trains on rather than wait, and the contribution counts those steps too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from tessera.core.inner import Batch, InnerResult
+from tessera.core.pseudo_gradient import pseudo_gradient
+from tessera.core.tensors import TensorDict, model_float_tensors, to_bytes
+from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
+from tessera.worker.loop import WorkerSummary, WorkLoop, contribution_meta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Next:
+    """What the background thread brings: the next lease and its version, or the run's end."""
+
+    lease: LeaseGrant | None = None
+    tensors: TensorDict | None = None
+    reply: ContributionReply | None = None
+    error: BaseException | None = None
+
+
+class Prefetch(threading.Thread):
+    """Upload the finished contribution (if any), then lease the next round and fetch its version."""
+
+    def __init__(self, loop: WorkLoop, upload: tuple[ContributionMeta, bytes] | None) -> None:
+        super().__init__(name="tessera-prefetch", daemon=True)
+        self.loop = loop
+        self.upload = upload
+        self.result = Next()
+        self.ready = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            if self.upload is not None:
+                self.result.reply = self.loop.client.submit(*self.upload)
+            while True:
+                reply = self.loop.client.lease(self.loop.identity.worker_id, wait_s=self.loop.settings.wait_s)
+                if reply.status == "done":
+                    break
+                if reply.lease is not None:
+                    self.result.lease = reply.lease
+                    self.result.tensors = self.loop.tensors_of(reply.lease)
+                    break
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self.result.error = exc
+        finally:
+            self.ready.set()
+
+    def take(self, block: bool) -> Next | None:
+        if not self.ready.wait(None if block else 0):
+            return None
+        if self.result.error is not None:
+            raise self.result.error
+        return self.result
+
+
+@dataclass
+class Shift:
+    """One eager application: the version the model moved onto, and how far the progress made
+    since the upload drifted in the move (float rounding only)."""
+
+    version_number: int
+    drift: float
+
+
+@dataclass
+class Progress:
+    """Steps since the last upload: what the next contribution counts."""
+
+    steps: int = 0
+    tokens: int = 0
+    compute_s: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    def result(self) -> InnerResult:
+        return InnerResult(
+            self.steps, self.tokens, sum(self.losses) / len(self.losses), self.losses[-1], self.compute_s
+        )
+
+
+class Overlapped:
+    """Runs a work loop's rounds with their communication overlapped with training."""
+
+    def __init__(self, loop: WorkLoop) -> None:
+        self.loop = loop
+        self.model = loop.model
+        self.shifts: list[Shift] = []
+
+    def run(
+        self,
+        summary: WorkerSummary,
+        stop: threading.Event | None = None,
+        on_contribution: Callable[[ContributionReply], None] | None = None,
+    ) -> WorkerSummary:
+        first = Prefetch(self.loop, None).take(block=True)  # the only wait on the network
+        if first is None or first.lease is None or first.tensors is None:
+            return summary
+        self.model.load_state_dict(first.tensors)
+        lease, anchor, pending = first.lease, model_float_tensors(self.model), None
+        batches, progress = self.batches_for(lease), Progress()
+        while stop is None or not stop.is_set():
+            if pending is not None and (arrived := pending.take(block=False)) is not None:
+                record(arrived.reply, summary, on_contribution)
+                if arrived.lease is None or arrived.tensors is None:
+                    return summary  # the run is done; progress since the last upload is not needed
+                lease, anchor = arrived.lease, self.move_onto(arrived.tensors, anchor, arrived.lease)
+                batches, pending = self.batches_for(lease), None
+            self.step(next(batches), progress, summary)
+            if pending is None and progress.steps >= lease.inner_steps:
+                pending = Prefetch(self.loop, self.contribution(lease, anchor, progress))
+                anchor, progress = model_float_tensors(self.model), Progress()
+        if pending is not None and (arrived := pending.take(block=True)) is not None:
+            record(arrived.reply, summary, on_contribution)
+        return summary
+
+    def step(self, batch: Batch, progress: Progress, summary: WorkerSummary) -> None:
+        begin = time.perf_counter()
+        loss, n = self.loop.trainer.step(batch)
+        spent = time.perf_counter() - begin
+        progress.steps, progress.tokens, progress.compute_s = (
+            progress.steps + 1,
+            progress.tokens + n,
+            progress.compute_s + spent,
+        )
+        progress.losses.append(loss)
+        summary.compute_s += spent
+
+    def batches_for(self, lease: LeaseGrant) -> Iterator[Batch]:
+        shard = lease.shard if self.loop.settings.data_path is None else None
+        return self.loop.data.train_batches(shard, self.loop.recipe.train.batch_size, lease.seed)
+
+    @torch.no_grad()
+    def move_onto(self, version: TensorDict, reached: TensorDict, lease: LeaseGrant) -> TensorDict:
+        """Model := version + (model - reached): the outer update applied, the progress kept."""
+        drift = 0.0
+        state = self.model.state_dict()
+        for name, base in version.items():
+            if not base.is_floating_point():
+                state[name].copy_(base)
+                continue
+            progress = state[name] - reached[name]
+            state[name].copy_(base + progress)
+            drift = max(drift, float(((state[name] - base) - progress).abs().max()))
+        self.shifts.append(Shift(lease.version_number, drift))
+        return {k: v.clone() for k, v in version.items() if v.is_floating_point()}
+
+    def contribution(
+        self, lease: LeaseGrant, anchor: TensorDict, progress: Progress
+    ) -> tuple[ContributionMeta, bytes]:
+        delta = pseudo_gradient(anchor, self.model.state_dict())
+        meta = contribution_meta(
+            lease, self.loop.identity.worker_id, progress.result(), self.loop.feedback.codec.name
+        )
+        return meta, to_bytes(self.loop.encode(delta))
+
+
+def record(
+    reply: ContributionReply | None,
+    summary: WorkerSummary,
+    on_contribution: Callable[[ContributionReply], None] | None,
+) -> None:
+    if reply is None:
+        return
+    summary.contributions.append(reply)
+    log.info("overlapped round: %s contribution%s", reply.status, f": {reply.reason}" if reply.reason else "")
+    if on_contribution is not None:
+        on_contribution(reply)
