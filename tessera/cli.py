@@ -189,6 +189,9 @@ def worker(
     name: str = "worker",
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     verbose: bool = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the worker's summary as JSON")
+    ] = None,
 ) -> None:
     """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes.
 
@@ -217,8 +220,20 @@ def worker(
     accepted = sum(c.status == "accepted" for c in summary.contributions)
     console.print(
         f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
-        f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down"
+        f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down, "
+        f"computing {summary.utilization:.0%} of {summary.wall_s:.0f} s"
     )
+    if json_path is not None:
+        report = {
+            "contributions": len(summary.contributions),
+            "accepted": accepted,
+            "bytes_up": summary.bytes_up,
+            "bytes_down": summary.bytes_down,
+            "compute_s": summary.compute_s,
+            "wall_s": summary.wall_s,
+            "utilization": summary.utilization,
+        }
+        json_path.write_text(json.dumps(report, indent=2))
 
 
 # --- reading runs ----------------------------------------------------------------------
