@@ -98,10 +98,12 @@ def diloco(
     }
 
 
-def parse_codec_pair(spec: str) -> CommunicationSettings:
-    """UP or UP/DOWN, e.g. int4/int8: contributions in UP, version changes in DOWN (default UP)."""
-    up, _, down = spec.partition("/")
-    return CommunicationSettings(codec=up, download_codec=down or up)
+def parse_spec(spec: str, inner_steps: int) -> tuple[CommunicationSettings, int]:
+    """UP[/DOWN][@H], e.g. int4/int8@200: contributions in UP, version changes in DOWN (default
+    UP), H inner steps per round (default --inner-steps; rounds scale so tokens stay equal)."""
+    pair, _, h = spec.partition("@")
+    up, _, down = pair.partition("/")
+    return CommunicationSettings(codec=up, download_codec=down or up), int(h or inner_steps)
 
 
 def main() -> None:
@@ -138,13 +140,19 @@ def main() -> None:
     baseline = data_parallel(recipe, shard_iters(), val, args.rounds * args.inner_steps)
     baseline_s = time.perf_counter() - start
     low_comm = diloco(recipe, shard_iters(), val, args.rounds)
+    fp32 = {args.inner_steps: low_comm}  # uncompressed DiLoCo per H, the reference of each codec
     codecs = {}
+    total_steps = args.rounds * args.inner_steps
     for spec in args.codecs:
-        run = diloco(recipe, shard_iters(), val, args.rounds, parse_codec_pair(spec))
+        wire, h = parse_spec(spec, args.inner_steps)
+        at_h = replace(recipe, train=replace(recipe.train, inner_steps=h))
+        if h not in fp32:
+            fp32[h] = diloco(at_h, shard_iters(), val, total_steps // h)
+        run = diloco(at_h, shard_iters(), val, total_steps // h, wire)
         codecs[spec] = {
             **run,
             "bytes_ratio": baseline["bytes_per_worker"] / run["bytes_per_worker"],
-            "loss_vs_diloco": run["val_loss"] / low_comm["val_loss"] - 1,
+            "loss_vs_diloco": run["val_loss"] / fp32[h]["val_loss"] - 1,  # fp32 DiLoCo at the same H
         }
         print(spec, json.dumps(codecs[spec]), flush=True)
     result = {
@@ -152,6 +160,7 @@ def main() -> None:
         "diloco": low_comm,
         "bytes_ratio": baseline["bytes_per_worker"] / low_comm["bytes_per_worker"],
         "codecs": codecs,
+        "diloco_fp32_by_h": {str(h): run for h, run in fp32.items()},
         "settings": {
             "workers": args.workers,
             "rounds": args.rounds,

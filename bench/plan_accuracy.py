@@ -82,7 +82,7 @@ def bench_recipe(rounds: int, quorum: int) -> str:
 def run_for_real(bench: BenchTopology, plan: Plan, rounds: int, work: Path, index: int) -> list[float]:
     """Hub plus one emulated node per DiLoCo unit of the plan; returns the hub's round wall times."""
     planned = plan.worker_inner_steps
-    recipe_text = with_plan(bench_recipe(rounds, len(planned)), bench.name, planned)
+    recipe_text = with_plan(bench_recipe(rounds, len(planned)), bench.name, planned, plan.wire_format)
     port = free_port()
     hub = start_hub(work / "hub", port)
     try:

@@ -85,14 +85,14 @@ def create_run(
     ] = None,
 ) -> None:
     """Create a run on a hub from a recipe; you become its owner."""
-    from tessera.cli_plan import planned_steps
+    from tessera.cli_plan import read_plan
     from tessera.recipe import load_recipe, with_plan
     from tessera.worker.client import HubClient
 
     load_recipe(recipe)  # fail here, with the file's name, before asking the hub
     text = recipe.read_text()
     if plan is not None:
-        text = with_plan(text, *planned_steps(plan))
+        text = with_plan(text, *read_plan(plan))
     with HubClient.connect(hub_url, token) as client:
         reply = client.create_run(text)
     console.print(f"run: {reply.run_id}", soft_wrap=True)
@@ -231,6 +231,7 @@ def worker(
             "bytes_down": summary.bytes_down,
             "compute_s": summary.compute_s,
             "wall_s": summary.wall_s,
+            "started_at": summary.started_at,
             "utilization": summary.utilization,
         }
         json_path.write_text(json.dumps(report, indent=2))

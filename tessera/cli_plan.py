@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tessera.errors import ConfigError
-from tessera.plan.planner import Plan, PlanSettings, Workload, make_plan
+from tessera.plan.planner import DEFAULT_WIRE_FORMATS, Plan, PlanSettings, Workload, make_plan
 from tessera.plan.profile import WIRE_FORMATS, ModelProfile, profile_recipe
 from tessera.plan.simulator import ChurnEvent, SimResult, SimSettings, simulate
 from tessera.plan.topology import Topology, load_topology, parse_window
@@ -28,8 +28,8 @@ WireOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--wire-format",
-        help="A wire format the plan may use, least lossy first (repeat); default fp32, the format "
-        f"contributions travel in today. Known: {', '.join(WIRE_FORMATS)}",
+        help="A wire format the plan may use, least lossy first (repeat); default: "
+        f"{', '.join(DEFAULT_WIRE_FORMATS)}. Known: {', '.join(WIRE_FORMATS)}",
     ),
 ]
 EfficiencyOpt = Annotated[
@@ -66,7 +66,7 @@ def plan(
         target_utilization=target,
         efficiency=efficiency,
         max_inner_steps=max_inner_steps,
-        wire_formats=tuple(wire_format or ["fp32"]),
+        wire_formats=tuple(wire_format or DEFAULT_WIRE_FORMATS),
     )
     _, _, result = build_plan(topology, recipe, settings, measure_flops)
     print_plan(result)
@@ -76,19 +76,22 @@ def plan(
     )
 
 
-def planned_steps(path: Path) -> tuple[str, dict[str, int]]:
-    """The topology name and per-worker inner steps of a plan JSON file."""
+def read_plan(path: Path) -> tuple[str, dict[str, int], str]:
+    """The topology name, per-worker inner steps and wire format of a plan JSON file."""
     try:
         data = json.loads(path.read_text())
-        steps = data["worker_inner_steps"]
-        topology = str(data["topology"])
+        steps, topology, wire_format = (
+            data["worker_inner_steps"],
+            str(data["topology"]),
+            str(data["wire_format"]),
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"{path} is not a plan written by `tessera plan` ({exc}); run tessera plan again"
         ) from exc
     if not isinstance(steps, dict):
         raise ConfigError(f"{path}: worker_inner_steps must be an object; run tessera plan again")
-    return topology, steps
+    return topology, steps, wire_format
 
 
 def print_plan(p: Plan) -> None:

@@ -166,13 +166,20 @@ def load_recipe(path: Path) -> Recipe:
     return parse_recipe(path.read_text())
 
 
-def with_plan(recipe_text: str, topology: str, inner_steps: dict[str, int]) -> str:
-    """The recipe with a [plan] section appended (refused if it has one already)."""
-    if "plan" in tomllib.loads(recipe_text):
+def with_plan(
+    recipe_text: str, topology: str, inner_steps: dict[str, int], wire_format: str | None = None
+) -> str:
+    """The recipe with a [plan] section appended (refused if it has one already), and, unless the
+    recipe chose its own [communication], the plan's wire format for both directions."""
+    doc = tomllib.loads(recipe_text)
+    if "plan" in doc:
         raise ConfigError("the recipe has a [plan] section already; remove it or leave out --plan")
     steps = ", ".join(f"{json.dumps(name)} = {int(h)}" for name, h in inner_steps.items())
     text = (
         f"{recipe_text.rstrip()}\n\n[plan]\ntopology = {json.dumps(topology)}\ninner_steps = {{ {steps} }}\n"
     )
+    if wire_format is not None and "communication" not in doc:
+        fmt = json.dumps(wire_format)
+        text += f"\n[communication]\ncodec = {fmt}\ndownload_codec = {fmt}\n"
     parse_recipe(text)
     return text

@@ -219,6 +219,7 @@ def test_workers_rebuild_versions_from_compressed_changes(
     for loop, client in zip(loops, clients, strict=True):
         assert loop.held is not None and loop.held.number == 3 and loop.held.sha == versions[3].blob_sha256
         assert client.bytes_down == sum(v.change_nbytes or 0 for v in versions[1:4])
+        assert len(list((loop.settings.state_dir / "blobs").glob("*/*"))) == 1  # only the newest is kept
     rounds = admin.rounds(run_id)
     assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
 

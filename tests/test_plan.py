@@ -229,9 +229,9 @@ def test_planner_picks_the_smallest_h_and_compresses_only_when_needed() -> None:
     text = topo(nodes=node("a", lat=20, bw=1000) + node("b", lat=20, bw=1000))
     p = plan_for(text)
     assert (p.wire_format, p.inner_steps) == ("fp32", 276)
-    assert plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275)).wire_format == "fp32"  # default
-    formats = ("fp32", "bf16", "int8", "int4")
-    tight = plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275, wire_formats=formats))
+    fp32_only = plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275, wire_formats=("fp32",)))
+    assert fp32_only.wire_format == "fp32" and fp32_only.utilization < 0.9
+    tight = plan_for(text, PlanSettings(efficiency=1.0, max_inner_steps=275))
     assert tight.wire_format == "bf16" and tight.utilization == pytest.approx(0.9)
     loose = plan_for(text, PlanSettings(target_utilization=0.5, efficiency=1.0))
     assert loose.inner_steps < p.inner_steps
@@ -348,9 +348,13 @@ def test_hub_gives_each_planned_worker_its_inner_steps(
 def test_recipe_plan_section_is_validated(corpus_dir: Path) -> None:
     with pytest.raises(ConfigError, match="plan.inner_steps.a must be an integer"):
         parse_recipe(tiny_recipe(corpus_dir) + "\n[plan]\ninner_steps = { a = 0 }\n")
-    planned = with_plan(tiny_recipe(corpus_dir), "lab", {"a": 5})
+    planned = with_plan(tiny_recipe(corpus_dir), "lab", {"a": 5}, "int8")
     with pytest.raises(ConfigError, match="has a \\[plan\\] section already"):
         with_plan(planned, "lab", {"a": 5})
+    recipe = parse_recipe(planned)  # the plan's wire format both ways, unless the recipe chose
+    assert (recipe.communication.codec, recipe.communication.download_codec) == ("int8", "int8")
+    own = tiny_recipe(corpus_dir, extra='[communication]\ncodec = "bf16"\n')
+    assert parse_recipe(with_plan(own, "lab", {"a": 5}, "int8")).communication.codec == "bf16"
 
 
 def test_probe_measures_flops_and_the_link(admin: HubClient) -> None:

@@ -74,6 +74,9 @@ class LeaseGrant(Message):
     version_id: str
     version_number: int
     blob_sha256: str
+    nbytes: int = 0  # of the whole version
+    change_sha256: str | None = None  # the version's change from its parent, if any
+    change_nbytes: int | None = None
     inner_steps: int
     deadline: float
     shard: str | None

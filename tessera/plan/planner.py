@@ -36,6 +36,7 @@ CLASSES = {
     DILOCO: ("high-latency", "linear"),
     MODULES: ("high-latency", "linear"),
 }
+DEFAULT_WIRE_FORMATS = ("fp32", "bf16", "int8", "int4")  # codecs (tessera.core.codecs) by loss
 ONE_WAY_TRIPS_PER_ROUND = 6  # see sync_s
 
 
@@ -44,9 +45,7 @@ class PlanSettings:
     target_utilization: float = 0.9
     max_inner_steps: int = 1000
     efficiency: float = 0.3  # share of matmul FLOP/s a training step reaches (calibrate: probe)
-    # Formats the planner may choose, least lossy first. Only fp32 travels today; list others
-    # (WIRE_FORMATS) to ask what they would change.
-    wire_formats: tuple[str, ...] = ("fp32",)
+    wire_formats: tuple[str, ...] = DEFAULT_WIRE_FORMATS  # the planner may choose, least lossy first
     min_unit_utilization: float = 0.5  # below this even at the chosen H: train a module instead
     min_window_overlap: float = 0.75  # a sync group's shared hours / its members' fewest hours
 

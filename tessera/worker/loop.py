@@ -46,6 +46,7 @@ class WorkerSummary:
     bytes_down: int = 0
     compute_s: float = 0.0  # inner steps only
     wall_s: float = 0.0
+    started_at: float = 0.0  # unix time when the loop began to work
 
     @property
     def utilization(self) -> float:
@@ -80,9 +81,12 @@ class BlobCache:
         if self.store.has(sha):
             return self.store.get(sha)
         data = self.client.blob(sha)
-        self.store.put(data)
-        self.prune(keep=sha)
+        self.keep(data)
         return data
+
+    def keep(self, data: bytes) -> None:
+        """Hold ``data`` (a version's blob) instead of any other."""
+        self.prune(keep=self.store.put(data))
 
     def prune(self, keep: str) -> None:
         for path in self.store.root.glob("*/*"):
@@ -124,7 +128,7 @@ class WorkLoop:
         on_contribution: Callable[[ContributionReply], None] | None = None,
     ) -> WorkerSummary:
         """Work until the run finishes (or ``stop`` is set)."""
-        start, summary = time.perf_counter(), WorkerSummary()
+        start, summary = time.perf_counter(), WorkerSummary(started_at=time.time())
         if self.recipe.communication.overlap:
             from tessera.worker.overlap import Overlapped
 
@@ -198,16 +202,15 @@ class WorkLoop:
     def rebuild(self, held: Held, lease: LeaseGrant) -> Held | None:
         """The leased version from the held one plus each version's change; None if the changes
         are not smaller than the whole or the result does not match the version's sha256."""
-        numbers = range(held.number + 1, lease.version_number + 1)
-        infos = [self.client.version(self.identity.run_id, n) for n in numbers]
-        sizes = [info.change_nbytes for info in infos]
-        if any(n is None for n in sizes) or sum(n or 0 for n in sizes) >= infos[-1].nbytes:
+        changes = self.changes_since(held.number, lease)
+        sizes = [n for _, n in changes]
+        if any(n is None for n in sizes) or sum(n or 0 for n in sizes) >= lease.nbytes:
             return None
         download = codec(self.recipe.communication.download_codec)
         tensors = held.tensors
-        for info in infos:
-            assert info.change_sha256 is not None  # checked with the sizes
-            wire = from_bytes(self.client.blob(info.change_sha256))
+        for sha, _ in changes:
+            assert sha is not None  # checked with the sizes
+            wire = from_bytes(self.client.blob(sha))
             shapes = {k: v.shape for k, v in tensors.items() if v.is_floating_point()}
             tensors = apply_change(tensors, download.decode(wire, shapes))
         blob = to_bytes(tensors)
@@ -217,8 +220,17 @@ class WorkLoop:
                 lease.version_number,
             )
             return None
-        self.blobs.store.put(blob)
+        self.blobs.keep(blob)
         return Held(lease.version_number, lease.blob_sha256, tensors)
+
+    def changes_since(self, number: int, lease: LeaseGrant) -> list[tuple[str | None, int | None]]:
+        """(sha256, bytes) of the changes from version ``number`` to the leased one; the lease
+        names the last, so a worker one version behind asks nothing more."""
+        earlier = range(number + 1, lease.version_number)
+        infos = [self.client.version(self.identity.run_id, n) for n in earlier]
+        return [(i.change_sha256, i.change_nbytes) for i in infos] + [
+            (lease.change_sha256, lease.change_nbytes)
+        ]
 
     def train(self, lease: LeaseGrant) -> InnerResult:
         shard = lease.shard if self.settings.data_path is None else None

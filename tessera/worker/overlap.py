@@ -94,6 +94,12 @@ class Progress:
     compute_s: float = 0.0
     losses: list[float] = field(default_factory=list)
 
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.steps += 1
+        self.tokens += tokens
+        self.compute_s += seconds
+        self.losses.append(loss)
+
     def result(self) -> InnerResult:
         return InnerResult(
             self.steps, self.tokens, sum(self.losses) / len(self.losses), self.losses[-1], self.compute_s
@@ -139,12 +145,7 @@ class Overlapped:
         begin = time.perf_counter()
         loss, n = self.loop.trainer.step(batch)
         spent = time.perf_counter() - begin
-        progress.steps, progress.tokens, progress.compute_s = (
-            progress.steps + 1,
-            progress.tokens + n,
-            progress.compute_s + spent,
-        )
-        progress.losses.append(loss)
+        progress.add(loss, n, spent)
         summary.compute_s += spent
 
     def batches_for(self, lease: LeaseGrant) -> Iterator[Batch]:
