@@ -2,9 +2,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from tessera.errors import ConfigError
-from tessera.hub.state import Meta, State
+from tessera.hub.state import SCHEMA_VERSION, Meta, State
 
 
 def test_schema_is_created_then_reused(tmp_path: Path) -> None:
@@ -34,3 +35,27 @@ def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     state.close()
     with pytest.raises(ConfigError, match="tessera schema 1"):
         State(url)
+
+
+def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
+    """A hub database of the previous schema gains the new columns and keeps its rows."""
+    state = State(database_url)
+    with state.transaction() as s:
+        for table, column in (
+            ("versions", "change_sha"),
+            ("versions", "change_nbytes"),
+            ("contributions", "compute_s"),
+        ):
+            s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        row = s.get(Meta, "schema_version")
+        assert row is not None
+        row.value = "4"
+        s.add(Meta(key="kept", value="yes"))
+    state.close()
+    upgraded = State(database_url)
+    with upgraded.transaction() as s:
+        assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION)  # type: ignore[union-attr]
+        assert s.get(Meta, "kept") is not None
+        assert s.execute(text("SELECT change_sha, change_nbytes FROM versions")).all() == []
+        assert s.execute(text("SELECT compute_s FROM contributions")).all() == []
+    upgraded.close()

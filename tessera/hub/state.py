@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -28,6 +29,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from tessera.errors import ConfigError
 
 SCHEMA_VERSION = 5  # raise on every change of the tables below
+# Upgrades of older databases in place: added columns only (SQLite and PostgreSQL alike).
+MIGRATIONS = {
+    "4": [
+        "ALTER TABLE versions ADD COLUMN change_sha VARCHAR(64)",
+        "ALTER TABLE versions ADD COLUMN change_nbytes INTEGER",
+        "ALTER TABLE contributions ADD COLUMN compute_s FLOAT DEFAULT 0.0",
+    ]
+}
 
 
 class Base(DeclarativeBase):
@@ -240,6 +249,10 @@ class State:
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif row.value in MIGRATIONS:
+                for statement in MIGRATIONS[row.value]:
+                    s.execute(text(statement))
+                row.value = str(SCHEMA_VERSION)
             elif row.value != str(SCHEMA_VERSION):
                 raise ConfigError(
                     f"database {self.engine.url!r} has tessera schema {row.value}, this version needs "
