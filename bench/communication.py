@@ -40,28 +40,40 @@ from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, load_data, loss_of
 
 
-def data_parallel(recipe: Recipe, shards: list, val: list[Batch], steps: int) -> dict[str, float]:
-    model = build_model(recipe)
-    trainer = InnerTrainer(model, recipe.train)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_bytes = len(to_bytes({n: p.detach() for n, p in model.named_parameters()}))
-    for _ in range(steps):
-        grads = [torch.zeros_like(p) for p in params]
-        for it in shards:
+class DataParallel:
+    """Per-step data parallel: the workers' gradients averaged, then one AdamW step (as DDP does)."""
+
+    def __init__(self, recipe: Recipe, shards: list) -> None:
+        self.recipe = recipe
+        self.shards = shards
+        self.model = build_model(recipe)
+        self.trainer = InnerTrainer(self.model, recipe.train)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_bytes = len(to_bytes({n: p.detach() for n, p in self.model.named_parameters()}))
+
+    def step(self) -> None:
+        grads = [torch.zeros_like(p) for p in self.params]
+        for it in self.shards:
             inputs, targets = next(it)
-            model.zero_grad(set_to_none=True)
-            trainer.loss_fn(model(inputs), targets).backward()
-            for g, p in zip(grads, params, strict=True):
-                g += p.grad / len(shards)  # type: ignore[operator]
-        for g, p in zip(grads, params, strict=True):
+            self.model.zero_grad(set_to_none=True)
+            self.trainer.loss_fn(self.model(inputs), targets).backward()
+            for g, p in zip(grads, self.params, strict=True):
+                g += p.grad / len(self.shards)  # type: ignore[operator]
+        for g, p in zip(grads, self.params, strict=True):
             p.grad = g
-        if recipe.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, recipe.train.grad_clip)
-        trainer.optimizer.step()
-    return {
-        "val_loss": evaluate(model, val, trainer.loss_fn),
-        "bytes_per_worker": float(2 * grad_bytes * steps),
-    }
+        if self.recipe.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.recipe.train.grad_clip)
+        self.trainer.optimizer.step()
+
+    def val_loss(self, val: list[Batch]) -> float:
+        return evaluate(self.model, val, self.trainer.loss_fn)
+
+
+def data_parallel(recipe: Recipe, shards: list, val: list[Batch], steps: int) -> dict[str, float]:
+    dp = DataParallel(recipe, shards)
+    for _ in range(steps):
+        dp.step()
+    return {"val_loss": dp.val_loss(val), "bytes_per_worker": float(2 * dp.grad_bytes * steps)}
 
 
 def diloco(

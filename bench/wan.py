@@ -33,16 +33,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from communication import DataParallel
 from hubproc import ROOT, free_port, start_hub
 
-from tessera.core.inner import InnerTrainer, evaluate
 from tessera.core.tensors import to_bytes
 from tessera.demo import DemoSettings, demo_recipe
 from tessera.netlab import LinkSpec, check_available, emulated_node
 from tessera.plan.cost import ring_allreduce_s
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, configure_torch, load_data, loss_of
+from tessera.task import build_model, configure_torch, load_data
 from tessera.worker.client import HubClient
 from tessera.worker.probe import measure_step
 
@@ -66,30 +65,18 @@ def recipe_text(rounds: int, inner_steps: int, codec: str, overlap: bool) -> str
 
 
 def data_parallel_curve(recipe: Recipe, steps: int, every: int) -> list[tuple[int, float]]:
-    """Held-out loss of per-step data parallel (gradients of 4 workers averaged) every ``every`` steps."""
+    """Held-out loss of per-step data parallel (4 workers' gradients averaged) every ``every`` steps."""
     data = load_data(recipe)
     val = data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
     shards = [
         data.train_batches(s, recipe.train.batch_size, seed=i) for i, s in enumerate(data.shard_names())
     ]
-    model = build_model(recipe)
-    trainer = InnerTrainer(model, recipe.train)
-    params = [p for p in model.parameters() if p.requires_grad]
+    dp = DataParallel(recipe, shards)
     curve = []
     for step in range(1, steps + 1):
-        grads = [torch.zeros_like(p) for p in params]
-        for it in shards:
-            inputs, targets = next(it)
-            model.zero_grad(set_to_none=True)
-            trainer.loss_fn(model(inputs), targets).backward()
-            for g, p in zip(grads, params, strict=True):
-                g += p.grad / len(shards)  # type: ignore[operator]
-        for g, p in zip(grads, params, strict=True):
-            p.grad = g
-        torch.nn.utils.clip_grad_norm_(params, recipe.train.grad_clip)
-        trainer.optimizer.step()
+        dp.step()
         if step % every == 0:
-            curve.append((step, evaluate(model, val, loss_of(recipe))))
+            curve.append((step, dp.val_loss(val)))
     return curve
 
 
