@@ -11,14 +11,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
 from tessera.core.codecs import ErrorFeedback, apply_change, codec
-from tessera.core.inner import InnerResult, InnerTrainer
+from tessera.core.inner import Batch, InnerResult, InnerTrainer
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
@@ -232,10 +232,13 @@ class WorkLoop:
             (lease.change_sha256, lease.change_nbytes)
         ]
 
-    def train(self, lease: LeaseGrant) -> InnerResult:
+    def batches(self, lease: LeaseGrant) -> Iterator[Batch]:
+        """The lease's batches: its shard of the recipe's data, or all of the worker's own data."""
         shard = lease.shard if self.settings.data_path is None else None
-        batches = self.data.train_batches(shard, self.recipe.train.batch_size, lease.seed)
-        return self.trainer.train(batches, lease.inner_steps)
+        return self.data.train_batches(shard, self.recipe.train.batch_size, lease.seed)
+
+    def train(self, lease: LeaseGrant) -> InnerResult:
+        return self.trainer.train(self.batches(lease), lease.inner_steps)
 
 
 def initial_version(model: nn.Module) -> Held:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -125,14 +125,14 @@ class Overlapped:
             return summary
         self.model.load_state_dict(first.tensors)
         lease, anchor, pending = first.lease, model_float_tensors(self.model), None
-        batches, progress = self.batches_for(lease), Progress()
+        batches, progress = self.loop.batches(lease), Progress()
         while stop is None or not stop.is_set():
             if pending is not None and (arrived := pending.take(block=False)) is not None:
                 record(arrived.reply, summary, on_contribution)
                 if arrived.lease is None or arrived.tensors is None:
                     return summary  # the run is done; progress since the last upload is not needed
                 lease, anchor = arrived.lease, self.move_onto(arrived.tensors, anchor, arrived.lease)
-                batches, pending = self.batches_for(lease), None
+                batches, pending = self.loop.batches(lease), None
             self.step(next(batches), progress, summary)
             if pending is None and progress.steps >= lease.inner_steps:
                 pending = Prefetch(self.loop, self.contribution(lease, anchor, progress))
@@ -147,10 +147,6 @@ class Overlapped:
         spent = time.perf_counter() - begin
         progress.add(loss, n, spent)
         summary.compute_s += spent
-
-    def batches_for(self, lease: LeaseGrant) -> Iterator[Batch]:
-        shard = lease.shard if self.loop.settings.data_path is None else None
-        return self.loop.data.train_batches(shard, self.loop.recipe.train.batch_size, lease.seed)
 
     @torch.no_grad()
     def move_onto(self, version: TensorDict, reached: TensorDict, lease: LeaseGrant) -> TensorDict:
