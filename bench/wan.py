@@ -9,13 +9,14 @@ its wall time, from `tessera worker --json`, mean of the 4) and the time from th
 start until the hub's held-out loss first reaches the target.
 
 The target is the held-out loss that per-step data parallel (4 workers, gradients averaged every
-step, same batch) reaches after --dp-steps steps, trained here in one process. Its time on the
-same link is its measured step time (one thread) plus a ring all-reduce of the fp32 gradients
-per step, 2(n-1)/n * S/B + 2(n-1) * latency (tessera.plan.cost): all-reduce peers connect to
-each other directly, which the delaying proxy cannot sit between, so that part is the cost
-model's, not a measurement.
+step, same batch) reaches after --dp-steps steps, trained here in one process (the loss curve
+does not depend on the link). Its time on each link is measured: 4 DDP ranks on gloo, one per
+namespace, every connection between them through the link's bandwidth (tbf) and latency (a
+transparent delaying proxy, netlab.PeerLinks), run for --dp-link-steps steps; time to target is
+--dp-steps times the measured mean step. The cost model's prediction for the same steps is
+written beside it.
 
-Needs root (namespaces, tc).
+Needs root (namespaces, tc, iptables).
 
     python bench/wan.py --json bench/results/wan.json
 """
@@ -38,7 +39,7 @@ from hubproc import ROOT, free_port, start_hub
 
 from tessera.core.tensors import to_bytes
 from tessera.demo import DemoSettings, demo_recipe
-from tessera.netlab import LinkSpec, check_available, emulated_node
+from tessera.netlab import LinkSpec, Namespace, PeerLinks, check_available, emulated_node
 from tessera.plan.cost import ring_allreduce_s
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, configure_torch, load_data
@@ -80,9 +81,34 @@ def data_parallel_curve(recipe: Recipe, steps: int, every: int) -> list[tuple[in
     return curve
 
 
-def dp_time_to_target(step_s: float, steps: int, grad_bytes: int, link: Wan) -> float:
+def dp_time_modelled(step_s: float, steps: int, grad_bytes: int, link: Wan) -> float:
     allreduce = ring_allreduce_s(grad_bytes, WORKERS, link.mbit * 1e6 / 8, link.latency_ms / 1000)
     return steps * (step_s + allreduce)
+
+
+def dp_step_on_link(link: Wan, text: str, steps: int, work: Path, index: int) -> float:
+    """Mean wall time of one data-parallel step (4 DDP ranks on gloo, each in its own namespace,
+    every connection between them through the link's latency and bandwidth)."""
+    recipe, report = work / "dp.toml", work / "dp.json"
+    recipe.write_text(text)
+    with ExitStack() as stack:
+        nodes = [
+            stack.enter_context(Namespace(f"tessera-dp{i}", index + i, link.mbit)) for i in range(WORKERS)
+        ]
+        stack.enter_context(PeerLinks(nodes, link.latency_ms / 1000))
+        master = f"{nodes[0].ns_ip}:{free_port()}"
+        procs = []
+        for rank, node in enumerate(nodes):
+            cmd = [*node.prefix(), "env", f"GLOO_SOCKET_IFNAME={node.veth[1]}", sys.executable,
+                   str(ROOT / "bench" / "dp_rank.py"), "--recipe", str(recipe), "--rank", str(rank),
+                   "--world", str(WORKERS), "--master", master, "--steps", str(steps),
+                   "--json", str(report)]  # fmt: skip
+            log = stack.enter_context((work / f"dp{rank}.log").open("w"))
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        for p in procs:
+            if p.wait(timeout=3600) != 0:
+                raise RuntimeError(f"a data-parallel rank exited with {p.returncode}; see {work}")
+    return float(json.loads(report.read_text())["step_s"])
 
 
 def run_tessera(link: Wan, text: str, target: float, work: Path, index: int) -> dict[str, object]:
@@ -139,11 +165,13 @@ def main() -> None:
     parser.add_argument("--inner-steps", type=int, default=50)
     parser.add_argument("--codec", default="int8")
     parser.add_argument("--dp-steps", type=int, default=200)
+    parser.add_argument("--dp-link-steps", type=int, default=30, help="data-parallel steps timed per link")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "wan.json")
     args = parser.parse_args()
     check_available()
     configure_torch(1)
-    base = parse_recipe(recipe_text(args.rounds, args.inner_steps, args.codec, False))
+    base_text = recipe_text(args.rounds, args.inner_steps, args.codec, False)
+    base = parse_recipe(base_text)
     curve = data_parallel_curve(base, args.dp_steps, max(1, args.dp_steps // 10))
     target = curve[-1][1]
     step = measure_step(base, flops=1.0, steps=10).step_s  # one DP rank's compute per step, one thread
@@ -160,7 +188,17 @@ def main() -> None:
             row.update({f"{name}_{key}": value for name, value in measured.items()})
             print(link.name, key, json.dumps(measured), flush=True)
         row["time_to_target_s"] = row["time_to_target_s_overlap"]
-        row["baseline_time_to_target_s"] = dp_time_to_target(step, args.dp_steps, grad_bytes, link)
+        with tempfile.TemporaryDirectory() as tmp:
+            dp_step = dp_step_on_link(link, base_text, args.dp_link_steps, Path(tmp), 100 + 10 * index)
+        row["baseline_step_s"] = dp_step
+        row["baseline_time_to_target_s"] = args.dp_steps * dp_step
+        row["baseline_time_to_target_modelled_s"] = dp_time_modelled(step, args.dp_steps, grad_bytes, link)
+        print(
+            link.name,
+            "data parallel",
+            json.dumps({k: v for k, v in row.items() if "baseline" in k}),
+            flush=True,
+        )
         rows.append(row)
     result = {
         "command": "python bench/wan.py " + " ".join(sys.argv[1:]),
@@ -177,7 +215,8 @@ def main() -> None:
             "curve": curve,
             "step_s": step,
             "grad_bytes": grad_bytes,
-            "time_on_link": "measured steps and step time; all-reduce from the cost model",
+            "link_steps": args.dp_link_steps,
+            "time_on_link": "dp steps x mean step of 4 gloo DDP ranks measured over the emulated link",
         },
         "links": rows,
     }

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 10_000  # short periods: a throttled step is slowed evenly, not in 100 ms lumps
 CHUNK = 64 * 1024
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 
 
 class NetlabUnavailable(RuntimeError):
@@ -144,9 +146,12 @@ class CpuLimit:
 
 
 class DelayProxy:
-    """A TCP proxy that delays every chunk by ``delay_s`` in each direction (order kept)."""
+    """A TCP proxy that delays every chunk by ``delay_s`` in each direction (order kept).
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], delay_s: float) -> None:
+    With ``target=None`` it is transparent: each connection goes on to the address it was sent
+    to before iptables redirected it here (``PeerLinks``)."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int] | None, delay_s: float) -> None:
         self.listen = listen
         self.target = target
         self.delay_s = delay_s
@@ -191,7 +196,8 @@ class DelayProxy:
 
     async def _connect(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
-            server_r, server_w = await asyncio.open_connection(*self.target)
+            target = self.target or original_destination(client_w)
+            server_r, server_w = await asyncio.open_connection(*target)
         except OSError:
             client_w.close()
             return
@@ -221,6 +227,60 @@ class DelayProxy:
                 writer.write(chunk)
                 await writer.drain()
         writer.close()
+
+
+def original_destination(writer: asyncio.StreamWriter) -> tuple[str, int]:
+    """Where a connection redirected by iptables was headed (SO_ORIGINAL_DST)."""
+    raw = writer.get_extra_info("socket").getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+
+class PeerLinks:
+    """Every TCP connection between the namespaces ``nodes`` goes through one transparent
+    ``DelayProxy`` on the host (iptables REDIRECT), so peers that connect to each other directly,
+    such as the ranks of a gloo all-reduce, see the link's latency; tbf on each namespace's veth
+    still limits its bandwidth. Needs iptables with the nat table."""
+
+    def __init__(self, nodes: list[Namespace], delay_s: float) -> None:
+        self.nodes = nodes
+        self.delay_s = delay_s
+        self.port = 0
+        self.rules: list[list[str]] = []
+        self.proxy: DelayProxy | None = None
+
+    def __enter__(self) -> PeerLinks:
+        if shutil.which("iptables") is None:
+            raise NetlabUnavailable("iptables is not installed (apt-get install iptables)")
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            self.port = s.getsockname()[1]
+        self.proxy = DelayProxy(("0.0.0.0", self.port), None, self.delay_s).__enter__()
+        try:
+            for node in self.nodes:
+                node.exec("ip", "route", "add", "10.77.0.0/16", "via", node.host_ip)
+                rule = [
+                    "PREROUTING",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    node.ns_ip,
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    str(self.port),
+                ]
+                run("iptables", "-t", "nat", "-A", *rule)
+                self.rules.append(rule)
+        except NetlabUnavailable:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for rule in self.rules:
+            subprocess.run(["iptables", "-t", "nat", "-D", *rule], capture_output=True)
+        if self.proxy is not None:
+            self.proxy.__exit__()
 
 
 @dataclass(frozen=True)

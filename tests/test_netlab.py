@@ -6,6 +6,7 @@ the emulated link); skipped where namespaces cannot be made (not root, no iprout
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tessera.netlab import CpuLimit, DelayProxy, LinkSpec, NetlabUnavailable, check_available, emulated_node
+from tessera.netlab import (
+    CpuLimit,
+    DelayProxy,
+    LinkSpec,
+    Namespace,
+    NetlabUnavailable,
+    PeerLinks,
+    check_available,
+    emulated_node,
+)
 
 pytestmark = pytest.mark.timeout(120)
 PAYLOAD = 1_000_000
@@ -57,6 +67,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVE = """
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = bytes(int(sys.argv[2]) if self.path == "/big" else 1)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+httpd = HTTPServer((sys.argv[1], 0), Handler)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"""
+
 GET = "import sys, time, urllib.request as r; s = time.perf_counter(); r.urlopen(sys.argv[1]).read(); print(time.perf_counter() - s)"  # noqa: E501
 
 
@@ -76,6 +101,30 @@ def test_emulated_link_adds_latency_and_limits_bandwidth(server: tuple[str, int]
     ):
         assert timed_get(prefix, f"{url}/small") >= 0.1  # one request: 2 x 50 ms
         assert timed_get(prefix, f"{url}/big") >= 0.1 + 0.8 * PAYLOAD * 8 / 8e6  # 1 MB at 8 Mbit/s: 1 s
+
+
+def test_peer_links_delay_connections_between_namespaces() -> None:
+    """A server in one namespace, a client in another: their direct connection is redirected
+    through the transparent delaying proxy and limited by both veths' tbf."""
+    netlab_or_skip()
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    with (
+        Namespace("tessera-t-peer-a", 241, 8) as a,
+        Namespace("tessera-t-peer-b", 242, 8) as b,
+        PeerLinks([a, b], 0.05),
+    ):
+        serve = [*a.prefix(), sys.executable, "-c", SERVE, a.ns_ip, str(PAYLOAD)]
+        with subprocess.Popen(serve, stdout=subprocess.PIPE, text=True) as httpd:
+            try:
+                port = int(httpd.stdout.readline())  # type: ignore[union-attr]
+                assert timed_get(b.prefix(), f"http://{a.ns_ip}:{port}/small") >= 0.1  # 2 x 50 ms
+                big = timed_get(b.prefix(), f"http://{a.ns_ip}:{port}/big")
+                assert big >= 0.1 + 0.8 * PAYLOAD * 8 / 8e6  # 1 MB at 8 Mbit/s: 1 s
+            finally:
+                httpd.terminate()
+    rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    assert a.ns_ip not in rules and b.ns_ip not in rules  # PeerLinks removed its rules
 
 
 def test_delay_proxy_keeps_bytes_and_order(server: tuple[str, int]) -> None:

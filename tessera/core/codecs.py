@@ -8,6 +8,8 @@ get a suffix, ".q", ".scale", ".idx", ".val") and back, given the original shape
 - ``int8``: blockwise absmax quantization, blocks of 256 values, one fp32 scale per block.
 - ``int4``, ``int2``: 4 or 2 bits per value in blocks of 64 with one fp32 scale, packed into
   bytes; int4 uses the 15 levels -7..7, int2 the 4 levels -1.5, -0.5, 0.5, 1.5 (times the scale).
+- ``int3``: 3 bits per value (the 7 levels -3..3) in blocks of 128 with one bf16 scale: 3.125
+  bits per value.
 - ``topk1``..: the largest 1% (``topk<p>`` for p%) of each tensor by magnitude: int32 indices and
   fp16 values.
 
@@ -107,34 +109,42 @@ class Quantized(Codec):
     suffixes = (".q", ".scale")
     lossless = False
 
-    def __init__(self, name: str, bits: int, block: int) -> None:
+    def __init__(self, name: str, bits: int, block: int, scale_dtype: torch.dtype = torch.float32) -> None:
         self.name = name
         self.bits = bits
         self.block = block
+        self.scale_dtype = scale_dtype
         # the largest level: int8 127 (-127..127), int4 7 (-7..7), int2 1.5 (-1.5, -0.5, 0.5, 1.5)
         self.half = 1.5 if bits == 2 else float(2 ** (bits - 1) - 1)
 
     def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
         flat = tensor.reshape(-1)
         grid = blocks(flat, self.block)
-        scale = grid.abs().amax(dim=1) / self.half
+        scale = (grid.abs().amax(dim=1) / self.half).to(self.scale_dtype).float()  # as decoded
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         x = grid / safe[:, None]
         if self.bits == 2:  # levels -1.5, -0.5, 0.5, 1.5 -> codes 0..3
             codes = torch.clamp(torch.floor(x + 2.0), 0, 3).to(torch.uint8)
         else:
             codes = (torch.clamp(torch.round(x), -self.half, self.half) + self.half).to(torch.uint8)
-        return {".q": pack(codes.reshape(-1)[: flat.numel()], self.bits), ".scale": scale.float()}
+        return {
+            ".q": pack(codes.reshape(-1)[: flat.numel()], self.bits),
+            ".scale": scale.to(self.scale_dtype),
+        }
 
     def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
         numel = math.prod(shape)
         n_blocks = math.ceil(numel / self.block)
         q, scale = parts[".q"], parts[".scale"]
-        check(scale.dtype == torch.float32 and scale.shape == (n_blocks,), name, f"{n_blocks} fp32 scales")
+        check(
+            scale.dtype == self.scale_dtype and scale.shape == (n_blocks,),
+            name,
+            f"{n_blocks} {self.scale_dtype} scales",
+        )
         size = packed_size(numel, self.bits)
         check(q.dtype == torch.uint8 and q.numel() == size, name, f"{size} bytes of {self.bits}-bit codes")
         codes = blocks(unpack(q, self.bits, numel).float(), self.block)
-        values = (codes - (1.5 if self.bits == 2 else self.half)) * scale[:, None]
+        values = (codes - (1.5 if self.bits == 2 else self.half)) * scale.float()[:, None]
         if not torch.isfinite(values).all():
             raise MalformedContribution(f"tensor {name}: scales are not finite")
         return values.reshape(-1)[:numel]
@@ -148,6 +158,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Unsigned codes below 2**bits, packed little-end first into bytes."""
     if bits == 8:
         return codes.to(torch.uint8)
+    if 8 % bits:  # e.g. 3 bits: the codes' bits in one stream, 8 to a byte
+        stream = ((codes[:, None] >> torch.arange(bits, dtype=torch.uint8)) & 1).reshape(-1)
+        return pack(stream, 1)
     per_byte = 8 // bits
     padded = torch.nn.functional.pad(codes, (0, (-codes.numel()) % per_byte)).reshape(-1, per_byte)
     shifts = torch.arange(per_byte, dtype=torch.uint8) * bits
@@ -157,6 +170,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     if bits == 8:
         return packed[:count]
+    if 8 % bits:
+        stream = unpack(packed, 1, count * bits).reshape(count, bits)
+        return (stream << torch.arange(bits, dtype=torch.uint8)).sum(dim=1, dtype=torch.int32).to(torch.uint8)
     per_byte = 8 // bits
     shifts = torch.arange(per_byte, dtype=torch.uint8) * bits
     codes = (packed[:, None] >> shifts) & (2**bits - 1)
@@ -201,6 +217,7 @@ def codec(name: str) -> Codec:
         "fp16": Cast("fp16", torch.float16),
         "int8": Quantized("int8", 8, 256),
         "int4": Quantized("int4", 4, 64),
+        "int3": Quantized("int3", 3, 128, torch.bfloat16),
         "int2": Quantized("int2", 2, 64),
     }
     if name in fixed:
