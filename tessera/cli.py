@@ -187,6 +187,9 @@ def worker(
     data: Annotated[str | None, typer.Option(help="Folder of your own text files to train on")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the worker keeps identity and blobs")] = None,
     name: str = "worker",
+    module: Annotated[
+        str | None, typer.Option(help="Of a modular run: the module to train (default: the hub picks)")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     verbose: bool = True,
     json_path: Annotated[
@@ -203,7 +206,7 @@ def worker(
     setup_logging(verbose)
     configure_torch(threads)
     state = state_dir or HOME / "workers" / f"{run}-{name}"
-    settings = WorkerSettings(state_dir=state, name=name, data_path=data)
+    settings = WorkerSettings(state_dir=state, name=name, data_path=data, module=module)
     group = Group() if in_torchrun() else None
     if group is not None and group.rank > 0:
         follow(group, data)
@@ -328,6 +331,12 @@ def status(
     print_run(source.status(run_id), source.rounds(run_id))
 
 
+ExpertOpt = Annotated[
+    list[str] | None,
+    typer.Option("--expert", help="Experts to use (repeat; default: all, routed); others are left out"),
+]
+
+
 @app.command()
 def sample(
     hub_url: HubOpt = None,
@@ -338,27 +347,68 @@ def sample(
     length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
     temperature: float = 0.7,
     seed: int = 0,
+    expert: ExpertOpt = None,
 ) -> None:
-    """Generate text from the run's latest version."""
-    from tessera.core.tensors import from_bytes
+    """Generate text from the run's latest version (of each module, for a modular run)."""
     from tessera.models.lm import ByteLM
-    from tessera.recipe import parse_recipe
-    from tessera.task import build_model
 
     source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
-    info = source.status(run_id)
-    model = build_model(parse_recipe(info.recipe))
+    model, versions = latest_model(source, run_id, expert)
     if not isinstance(model, ByteLM):
         raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
-    model.load_state_dict(from_bytes(source.blob(run_id, info.latest_version.blob_sha256)))
     ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
     out = model.generate(ids, length, temperature, torch.Generator().manual_seed(seed))
-    console.print(
-        f"[dim]run {run_id}, version {info.latest_version.number}, held-out loss "
-        f"{info.latest_version.val_loss:.3f}[/dim]"
-    )
+    console.print(f"[dim]run {run_id}, {versions}[/dim]")
     console.print(bytes(out.tolist()).decode("utf-8", errors="replace"), markup=False, highlight=False)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Argument(help="safetensors file to write")],
+    hub_url: HubOpt = None,
+    home: HomeOpt = HOME / "demo",
+    run: RunOpt = None,
+    token: Annotated[str | None, typer.Option(envvar="TESSERA_TOKEN", help="API token (with --hub)")] = None,
+    expert: ExpertOpt = None,
+) -> None:
+    """Write the run's latest model as one safetensors file; its metadata holds the recipe, the
+    versions and the experts kept (rebuild with tessera.task.assemble)."""
+    from tessera.core.tensors import to_bytes
+    from tessera.task import model_tensors
+
+    source = reader(hub_url, token, home)
+    run_id = pick_run(source, run)
+    model, versions = latest_model(source, run_id, expert)
+    metadata = {
+        "recipe": source.status(run_id).recipe,
+        "run_id": run_id,
+        "versions": versions,
+        "experts": json.dumps(expert),
+    }
+    out.write_bytes(to_bytes(model_tensors(model), metadata))
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): run {run_id}, {versions}")
+
+
+def latest_model(source: RunReader, run_id: str, experts: list[str] | None) -> tuple[torch.nn.Module, str]:
+    """The run's model from the latest version of each module, and which versions those are."""
+    from tessera.core.tensors import from_bytes
+    from tessera.recipe import parse_recipe
+    from tessera.task import assemble
+
+    info = source.status(run_id)
+    parts = info.modules or [info]
+    tensors = []
+    for part in parts:
+        assert part.latest_version is not None  # set for every run that is not modular
+        tensors.append(from_bytes(source.blob(part.run_id, part.latest_version.blob_sha256)))
+    model = assemble(parse_recipe(info.recipe), tensors, experts)
+    versions = ", ".join(
+        f"{p.module or 'version'} {v.number} (held-out loss {fmt_loss(v.val_loss)})"
+        for p in parts
+        if (v := p.latest_version) is not None
+    )
+    return model, versions
 
 
 @app.command()
@@ -385,6 +435,9 @@ def fmt_loss(value: float | None) -> str:
 
 
 def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
+    if info.modules:
+        print_modules(info)
+        return
     table = Table(
         title=f"run {info.run_id} ({info.name}): {info.status}, "
         f"{info.rounds_done}/{info.rounds_total} rounds, {info.workers} workers"
@@ -402,6 +455,24 @@ def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
             f"{r.bytes_in / 1e6:.2f}",
             f"{r.bytes_out / 1e6:.2f}",
             "-" if r.wall_s is None else f"{r.wall_s:.1f}",
+        )
+    console.print(table)
+
+
+def print_modules(info: RunStatus) -> None:
+    """A modular run: one row per module (`tessera status --run MODULE-RUN-ID` shows its rounds)."""
+    table = Table(title=f"run {info.run_id} ({info.name}): {info.status}, {info.workers} workers")
+    for col in ("module", "run id", "status", "rounds", "held-out loss (init -> latest)", "MB"):
+        table.add_column(col, justify="left" if col in ("module", "run id", "status") else "right")
+    for m in info.modules:
+        latest = m.latest_version
+        table.add_row(
+            m.module or "-",
+            m.run_id,
+            m.status,
+            f"{m.rounds_done}/{m.rounds_total}",
+            f"{fmt_loss(m.initial_val_loss)} -> {fmt_loss(latest.val_loss if latest else None)}",
+            f"{latest.nbytes / 1e6:.2f}" if latest else "-",
         )
     console.print(table)
 
@@ -440,7 +511,7 @@ def demo(
             bar.console.print(f"hub at {url}, run {run_id}, {workers} worker processes")
 
         def show(s: RunStatus) -> None:
-            loss = fmt_loss(s.latest_version.val_loss)
+            loss = fmt_loss(s.latest_version.val_loss if s.latest_version else None)
             bar.update(task, completed=s.rounds_done, description=f"held-out loss {loss}")
 
         run = run_demo(settings, started, show)

@@ -284,7 +284,7 @@ def summarize(run: DemoRun, workers: int) -> DemoSummary:
     status, rounds = run.status, run.rounds
     return DemoSummary(
         run_id=status.run_id,
-        final_val_loss=status.latest_version.val_loss,
+        final_val_loss=status.latest_version.val_loss if status.latest_version else None,
         initial_val_loss=status.initial_val_loss,
         rounds=status.rounds_done,
         workers=workers,

@@ -11,18 +11,21 @@
          error_feedback = true
 [plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`; others use train.inner_steps),
          topology = "name of the planned topology"
+[modules.<name>]  params = [patterns], depends, shards, owner, model_options, rounds, quorum,
+         inner_steps: separately versioned parts of the model (tessera.core.modules)
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tessera.core.codecs import CommunicationSettings
 from tessera.core.inner import InnerSettings
+from tessera.core.modules import ModuleSpec, parse_modules
 from tessera.core.outer import OuterSettings
 from tessera.core.robust import AggregationSettings
 from tessera.core.validation import ValidationSettings
@@ -112,7 +115,20 @@ class Recipe:
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     communication: CommunicationSettings = field(default_factory=CommunicationSettings)
     plan: PlanSection = field(default_factory=PlanSection)
+    modules: dict[str, ModuleSpec] = field(default_factory=dict)
     seed: int = 0
+
+    def for_module(self, name: str) -> Recipe:
+        """The recipe as module ``name`` trains: its rounds, quorum, H and model options."""
+        spec = self.modules[name]
+        return replace(
+            self,
+            run=replace(
+                self.run, rounds=spec.rounds or self.run.rounds, quorum=spec.quorum or self.run.quorum
+            ),
+            train=replace(self.train, inner_steps=spec.inner_steps or self.train.inner_steps),
+            model=replace(self.model, options={**self.model.options, **spec.model_options}),
+        )
 
 
 SECTIONS: dict[str, type] = {
@@ -150,14 +166,14 @@ def parse_recipe(text: str) -> Recipe:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe is not valid TOML: {exc}") from exc
-    unknown = sorted(set(doc) - set(SECTIONS) - {"seed"})
+    unknown = sorted(set(doc) - set(SECTIONS) - {"seed", "modules"})
     if unknown:
         raise ConfigError(f"unknown recipe sections {unknown}; allowed: {sorted(SECTIONS)}")
     parts = {name: _section(name, cls, doc.get(name, {})) for name, cls in SECTIONS.items()}
     seed = doc.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    return Recipe(seed=seed, **parts)
+    return Recipe(seed=seed, modules=parse_modules(doc.get("modules", {})), **parts)
 
 
 def load_recipe(path: Path) -> Recipe:

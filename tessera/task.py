@@ -7,7 +7,8 @@ user brings their own model and data without touching tessera's code.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -71,13 +72,37 @@ def model_tensors(model: nn.Module) -> TensorDict:
 
 
 def training_flops_per_token(model: nn.Module) -> float:
-    """FLOPs to train on one target element: the reference LM's formula (6N plus attention),
-    else 6 x trainable parameters (forward 2N, backward 4N)."""
+    """FLOPs to train on one target element: the reference LM's formula (6N plus attention; a
+    modular LM adds 6 x its experts' parameters), else 6 x trainable parameters (forward 2N,
+    backward 4N)."""
     from tessera.models.lm import ByteLM, flops_per_token
+    from tessera.models.modular import ModularLM
 
+    if isinstance(model, ModularLM):
+        experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+        return float(flops_per_token(model.cfg)) + 6.0 * experts
     if isinstance(model, ByteLM):
         return float(flops_per_token(model.cfg))
     return 6.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def assemble(recipe: Recipe, parts: Sequence[TensorDict], experts: Sequence[str] | None = None) -> nn.Module:
+    """A run's model from its versions' tensors (one per module of a modular run). With
+    ``experts`` only those experts are built and loaded: the others' tensors are left out (a data
+    owner's opt-out); without, a modular LM routes between all of them."""
+    if experts is not None:
+        known = recipe.model.options.get("experts")
+        if known is None:
+            raise ConfigError("choosing experts needs a model with experts (tessera.models.modular:build)")
+        unknown = sorted(set(experts) - set(known))
+        if unknown:
+            raise ConfigError(f"no experts {unknown} in this run; it has {list(known)}")
+        options = {**recipe.model.options, "experts": list(experts)}
+        recipe = replace(recipe, model=replace(recipe.model, options=options))
+    model = build_model(recipe)
+    wanted = set(model.state_dict())
+    model.load_state_dict({k: v for part in parts for k, v in part.items() if k in wanted})
+    return model
 
 
 def configure_torch(threads: int | None) -> None:

@@ -38,13 +38,16 @@ def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
-    """A hub database of the previous schema gains the new columns and keeps its rows."""
+    """A hub database of an older schema gains the new columns, step by step, and keeps its rows."""
     state = State(database_url)
     with state.transaction() as s:
+        s.execute(text("DROP INDEX ix_runs_parent_id"))
         for table, column in (
             ("versions", "change_sha"),
             ("versions", "change_nbytes"),
             ("contributions", "compute_s"),
+            ("runs", "parent_id"),
+            ("runs", "module"),
         ):
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         row = s.get(Meta, "schema_version")
@@ -58,4 +61,5 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.get(Meta, "kept") is not None
         assert s.execute(text("SELECT change_sha, change_nbytes FROM versions")).all() == []
         assert s.execute(text("SELECT compute_s FROM contributions")).all() == []
+        assert s.execute(text("SELECT parent_id, module FROM runs")).all() == []
     upgraded.close()

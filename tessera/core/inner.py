@@ -73,9 +73,8 @@ class InnerTrainer:
         self.model = model
         self.settings = settings
         self.loss_fn = loss_function(settings.loss)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a module's worker freezes the rest
+        self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
     def step(self, batch: Batch) -> tuple[float, int]:
         """One optimizer step; returns (loss, target elements seen)."""

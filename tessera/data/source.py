@@ -27,3 +27,9 @@ class DataSource(Protocol):
     def validation_batches(self, batch_size: int, count: int) -> list[Batch]:
         """A fixed list of held-out batches (the same on every call)."""
         ...
+
+
+class ShardedValidation(Protocol):
+    """A source that also holds out data per shard (modules are evaluated on their shards')."""
+
+    def shard_validation_batches(self, shard: str, batch_size: int, count: int) -> list[Batch]: ...

@@ -3,7 +3,8 @@
 The default corpus is the Python standard library's own source, read from the running
 interpreter (test folders and site-packages excluded), so nothing is downloaded. A domain is a
 top-level package (``email``, ``asyncio``, ...); single-file modules form the domain
-``modules``. Domains are packed into shards of similar size. A file belongs to the held-out
+``modules``. Domains are packed into shards of similar size, or, with ``domains=[...]``, only
+those domains are read and each is a shard of its own (held out per shard too). A file belongs to the held-out
 split when a hash of its relative path says so, so every process agrees without talking.
 """
 
@@ -51,6 +52,17 @@ def list_text_files(root: Path) -> list[Path]:
     return files
 
 
+def held_out_names(files: list[Path], fraction: float, only: tuple[str, ...]) -> set[str]:
+    """Files hashed into the held-out split; with ``only``, every domain of several files holds
+    out at least one (the one of smallest hash), so each shard can be evaluated on its own."""
+    names = {rel.as_posix() for rel in files if is_held_out(rel.as_posix(), fraction)}
+    for domain in only:
+        mine = [rel.as_posix() for rel in files if domain_of(rel) == domain]
+        if len(mine) > 1 and not names & set(mine):
+            names.add(min(mine, key=lambda n: hashlib.sha256(n.encode()).digest()))
+    return names
+
+
 def pack_domains(sizes: dict[str, int], num_shards: int) -> list[list[str]]:
     """Greedy largest-first packing of domains into ``num_shards`` bins of similar size."""
     bins: list[list[str]] = [[] for _ in range(num_shards)]
@@ -70,8 +82,10 @@ class TextCorpus:
     context: int
     held_out_fraction: float = 0.05
     num_shards: int = 4
+    only: tuple[str, ...] = ()  # the domains to read, one shard each; empty: all, packed
     domains: dict[str, np.ndarray] = field(default_factory=dict)
     held_out: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    held_out_domains: dict[str, np.ndarray] = field(default_factory=dict)
     shards: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,24 +95,33 @@ class TextCorpus:
 
     def _load(self) -> None:
         parts: dict[str, list[bytes]] = {}
-        held: list[bytes] = []
-        for path in list_text_files(self.root):
-            rel = path.relative_to(self.root)
-            data = path.read_bytes() + b"\n"
-            if is_held_out(rel.as_posix(), self.held_out_fraction):
-                held.append(data)
-            else:
-                parts.setdefault(domain_of(rel), []).append(data)
+        held: dict[str, list[bytes]] = {}
+        files = [(p, p.relative_to(self.root)) for p in list_text_files(self.root)]
+        if self.only:
+            files = [(p, rel) for p, rel in files if domain_of(rel) in self.only]
+        held_names = held_out_names([rel for _, rel in files], self.held_out_fraction, self.only)
+        for path, rel in files:
+            split = held if rel.as_posix() in held_names else parts
+            split.setdefault(domain_of(rel), []).append(path.read_bytes() + b"\n")
         if not parts:
             raise DataError(
                 f"no text files ({', '.join(TEXT_SUFFIXES)}) found under {self.root}; "
                 "pass --data with a folder that holds some"
             )
+        missing = sorted(set(self.only) - set(parts))
+        if missing:
+            raise DataError(f"domains {missing} not found under {self.root}; it has {sorted(parts)[:20]}")
         self.domains = {d: _as_array(chunks) for d, chunks in parts.items()}
-        self.held_out = _as_array(held) if held else self._fallback_held_out()
-        sizes = {d: len(a) for d, a in self.domains.items()}
-        packed = pack_domains(sizes, self.num_shards)
-        self.shards = {f"shard-{i}": domains for i, domains in enumerate(packed)}
+        self.held_out_domains = {d: _as_array(chunks) for d, chunks in held.items()}
+        self.held_out = (
+            np.concatenate(list(self.held_out_domains.values())) if held else self._fallback_held_out()
+        )
+        if self.only:
+            self.shards = {d: [d] for d in self.only}
+        else:
+            sizes = {d: len(a) for d, a in self.domains.items()}
+            packed = pack_domains(sizes, self.num_shards)
+            self.shards = {f"shard-{i}": domains for i, domains in enumerate(packed)}
 
     def _fallback_held_out(self) -> np.ndarray:
         """Tiny folders may hash no file into the held-out split: keep the tail of the largest."""
@@ -125,9 +148,19 @@ class TextCorpus:
             yield windows(data, rng.integers(0, len(data) - self.context - 1, batch_size), self.context)
 
     def validation_batches(self, batch_size: int, count: int) -> list[Batch]:
-        data = self.held_out
+        return self._held_out_batches(self.held_out, batch_size, count, "")
+
+    def shard_validation_batches(self, shard: str, batch_size: int, count: int) -> list[Batch]:
+        """Held-out batches of one shard's domains (files hashed into the held-out split)."""
+        if shard not in self.shards:
+            raise DataError(f"unknown shard {shard!r}; this corpus has {self.shard_names()}")
+        chunks = [self.held_out_domains[d] for d in self.shards[shard] if d in self.held_out_domains]
+        data = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint8)
+        return self._held_out_batches(data, batch_size, count, f" (shard {shard})")
+
+    def _held_out_batches(self, data: np.ndarray, batch_size: int, count: int, what: str) -> list[Batch]:
         if len(data) <= self.context + 1:
-            raise DataError(f"held-out split of {self.root} is too small for context {self.context}")
+            raise DataError(f"held-out split of {self.root}{what} is too small for context {self.context}")
         rng = np.random.default_rng(0)
         return [
             windows(data, rng.integers(0, len(data) - self.context - 1, batch_size), self.context)
@@ -145,7 +178,14 @@ def windows(data: np.ndarray, starts: np.ndarray, context: int) -> Batch:
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def load(path: str | None = None, context: int = 128, num_shards: int = 4, **options: Any) -> TextCorpus:
+def load(
+    path: str | None = None,
+    context: int = 128,
+    num_shards: int = 4,
+    domains: list[str] | None = None,
+    **options: Any,
+) -> TextCorpus:
     """Data factory named in recipes as ``tessera.data.text:load``; no path: the stdlib."""
     root = Path(path).expanduser() if path else stdlib_root()
-    return TextCorpus(root=root, context=context, num_shards=num_shards, **options)
+    only = tuple(domains or ())
+    return TextCorpus(root=root, context=context, num_shards=num_shards, only=only, **options)

@@ -208,7 +208,7 @@ def add_worker_routes(app: FastAPI, service: HubService) -> None:
 
     @app.post("/v1/runs/{run_id}/workers", status_code=201, response_model=RegisterReply)
     def register(run_id: RunId, req: RegisterRequest, who: Who) -> RegisterReply:
-        return service.register(run_id, who, req.name)
+        return service.register(run_id, who, req.name, req.module)
 
     @app.post("/v1/runs/{run_id}/leases", response_model=LeaseReply)
     def lease(run_id: RunId, req: LeaseRequest, who: Who) -> LeaseReply:

@@ -1,22 +1,26 @@
 """What the hub keeps in memory per run: model for evaluation, held-out batches, checks.
 
 Everything here is rebuilt from the recipe stored in the database, so a restarted hub needs
-nothing else.
+nothing else. A module's runtime holds the model as that module trains it (its recipe's
+``model_options``), the module's tensors as reference, the frozen modules it depends on, and
+the held-out data of its shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from tessera.core.codecs import codec
 from tessera.core.inner import Batch, LossFn, evaluate
+from tessera.core.modules import assign
 from tessera.core.outer import OuterOptimizer, outer_optimizer
-from tessera.core.tensors import TensorDict, check_compatible, model_float_tensors
-from tessera.errors import MalformedContribution
+from tessera.core.tensors import TensorDict, check_compatible, float_tensors
+from tessera.data.source import DataSource
+from tessera.errors import ConfigError, MalformedContribution
 from tessera.recipe import Recipe
-from tessera.task import build_model, load_data, loss_of, training_flops_per_token
+from tessera.task import build_model, load_data, loss_of, model_tensors, training_flops_per_token
 
 SAFETENSORS_HEADER_ALLOWANCE = 4096
 HEADER_BYTES_PER_TENSOR = 256
@@ -24,38 +28,77 @@ HEADER_BYTES_PER_TENSOR = 256
 
 @dataclass
 class RunRuntime:
-    recipe: Recipe
+    recipe: Recipe  # as the run (or module) trains: a module's overrides applied
     model: nn.Module
     loss_fn: LossFn
     validation: list[Batch]
-    reference: TensorDict
+    reference: TensorDict  # float tensors of a version: the whole model's, or the module's
     shards: list[str]
     outer: OuterOptimizer
     flops_per_token: float
+    initial: TensorDict  # version 0
+    module: str | None = None
+    frozen: TensorDict = field(default_factory=dict)  # the modules it depends on, at their versions
+    frozen_ids: tuple[str, ...] = ()  # ids of those versions
 
     @classmethod
-    def build(cls, recipe: Recipe) -> RunRuntime:
-        model = build_model(recipe)
+    def build(cls, recipe: Recipe, module: str | None = None) -> RunRuntime:
         data = load_data(recipe)
+        if module is None:
+            model = build_model(recipe)
+            initial = model_tensors(model)
+            return cls.of(recipe, model, data, initial, data.shard_names())
+        trains = recipe.for_module(module)
+        owner = assign(recipe.modules, model_tensors(build_model(recipe)))
+        model = build_model(trains)
+        mine = {k: v for k, v in model_tensors(model).items() if owner.get(k) == module}
+        spec = recipe.modules[module]
+        unknown = sorted(set(spec.shards) - set(data.shard_names()))
+        if unknown:
+            raise ConfigError(
+                f"modules.{module}.shards: no shards {unknown}; the data has {data.shard_names()}"
+            )
+        runtime = cls.of(trains, model, data, mine, list(spec.shards) or data.shard_names(), module)
+        for p_name, param in model.named_parameters():
+            param.requires_grad_(owner.get(p_name) == module)
+        runtime.flops_per_token = training_flops_per_token(model)
+        return runtime
+
+    @classmethod
+    def of(
+        cls,
+        recipe: Recipe,
+        model: nn.Module,
+        data: DataSource,
+        initial: TensorDict,
+        shards: list[str],
+        module: str | None = None,
+    ) -> RunRuntime:
         return cls(
             recipe=recipe,
             model=model,
             loss_fn=loss_of(recipe),
-            validation=data.validation_batches(recipe.eval.batch_size, recipe.eval.batches),
-            reference=model_float_tensors(model),
-            shards=data.shard_names(),
+            validation=held_out(recipe, data, shards if module else []),
+            reference=float_tensors(initial),
+            shards=shards,
             outer=outer_optimizer(recipe.outer),
             flops_per_token=training_flops_per_token(model),
+            initial=initial,
+            module=module,
         )
+
+    def load(self, tensors: TensorDict) -> None:
+        """The model with these weights (and a module's frozen dependencies)."""
+        self.model.load_state_dict({**self.frozen, **tensors}, strict=self.module is None)
 
     def evaluate(self, tensors: TensorDict) -> float:
         """Held-out loss of the model with these weights."""
-        self.model.load_state_dict(tensors)
+        self.load(tensors)
         return evaluate(self.model, self.validation, self.loss_fn)
 
     def probe_loss(self, tensors: TensorDict) -> float:
         """Held-out loss on the first ``validation.probe_batches`` batches (the quality probe)."""
-        self.model.load_state_dict(tensors)
+        self.load(tensors)
         return evaluate(self.model, self.validation[: self.recipe.validation.probe_batches], self.loss_fn)
 
     def decode(self, wire: TensorDict, codec_name: str) -> TensorDict:
@@ -76,3 +119,13 @@ class RunRuntime:
         return (
             int(1.5 * data) + 2 * HEADER_BYTES_PER_TENSOR * len(self.reference) + SAFETENSORS_HEADER_ALLOWANCE
         )
+
+
+def held_out(recipe: Recipe, data: DataSource, shards: list[str]) -> list[Batch]:
+    """The recipe's held-out batches; of the given shards only, when the source holds out per shard."""
+    size, count = recipe.eval.batch_size, recipe.eval.batches
+    per_shard = getattr(data, "shard_validation_batches", None)
+    if not shards or per_shard is None:
+        return data.validation_batches(size, count)
+    each = max(1, count // len(shards))
+    return [batch for shard in shards for batch in per_shard(shard, size, each)]

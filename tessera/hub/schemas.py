@@ -54,16 +54,29 @@ class MemberRequest(Message):
 
 class RegisterRequest(Message):
     name: str = Field(default="worker", min_length=1, max_length=200, pattern=PRINTABLE)
+    module: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
 
 
 class RegisterReply(Message):
     worker_id: str
     shard: str | None
+    run_id: str | None = None  # where the worker works: the run, or the module of a modular run
+    module: str | None = None
 
 
 class LeaseRequest(Message):
     worker_id: str = ID
     wait_s: float = Field(default=0.0, ge=0.0, le=30.0)
+
+
+class FrozenModule(Message):
+    """A module the leased one trains on top of, frozen at this version."""
+
+    module: str
+    run_id: str
+    version_number: int
+    blob_sha256: str
+    nbytes: int
 
 
 class LeaseGrant(Message):
@@ -81,6 +94,8 @@ class LeaseGrant(Message):
     deadline: float
     shard: str | None
     seed: int
+    module: str | None = None  # of a modular run: the module this lease trains
+    frozen: list[FrozenModule] = Field(default_factory=list)
 
 
 class LeaseReply(Message):
@@ -161,10 +176,13 @@ class RunStatus(Message):
     rounds_total: int
     rounds_done: int
     current_round: int
-    latest_version: VersionInfo
+    latest_version: VersionInfo | None  # None for a modular run: see its modules
     initial_val_loss: float | None
     workers: int
     recipe: str
+    module: str | None = None  # a module of the run ``parent_id``
+    parent_id: str | None = None
+    modules: list[RunStatus] = Field(default_factory=list)  # of a modular run, dependencies first
 
 
 class Balance(Message):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
 from tessera.core.codecs import Published, codec, publish
+from tessera.core.modules import closure, training_order
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
@@ -26,6 +27,7 @@ from tessera.core.validation import norm_verdict, probe_verdict
 from tessera.errors import ConfigError, Forbidden, LeaseError, NotFound
 from tessera.hub.auth import Principal, may_work_on, require_participant
 from tessera.hub.ledger import Ledger, credit_compute
+from tessera.hub.modules import check_module, frozen_versions, modules_of
 from tessera.hub.providers import ProviderService
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.schemas import (
@@ -33,6 +35,7 @@ from tessera.hub.schemas import (
     ContributionMeta,
     ContributionReply,
     CreateRunReply,
+    FrozenModule,
     LeaseGrant,
     LeaseReply,
     RegisterReply,
@@ -52,8 +55,7 @@ from tessera.hub.state import (
     new_round,
 )
 from tessera.hub.store import BlobStore
-from tessera.recipe import parse_recipe
-from tessera.task import model_tensors
+from tessera.recipe import Recipe, parse_recipe
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +105,33 @@ class HubService:
     # --- runs -------------------------------------------------------------------------
 
     def create_run(self, who: Principal, recipe_text: str) -> CreateRunReply:
+        """A run with version 0 of its model; a modular run gets one child run per module,
+        each with version 0 of that module's tensors (its own versions, rounds and lineage)."""
         recipe = parse_recipe(recipe_text)
         collective_id = self._collective_id(recipe.run.collective)
-        runtime = RunRuntime.build(recipe)
-        tensors = model_tensors(runtime.model)
-        blob = to_bytes(tensors)
-        sha = self.store.put(blob)
-        val_loss = runtime.evaluate(tensors)
-        run_id, version_id, now = new_id(), new_id(), self.clock()
+        modules = self._module_runtimes(recipe)
+        runtime = None if modules else RunRuntime.build(recipe)
+        run_id, now = new_id(), self.clock()
         with self._lock, self.state.transaction() as s:
-            s.add(
-                Run(
-                    id=run_id,
-                    name=recipe.run.name,
+            run = Run(
+                id=run_id,
+                name=recipe.run.name,
+                recipe=recipe_text,
+                owner_id=who.provider_id,
+                collective_id=collective_id,
+                status="active",
+                current_round=0,
+                workers_registered=0,
+                created_at=now,
+            )
+            s.add(run)
+            s.flush()  # the run row first: versions and rounds refer to it
+            if runtime is not None:
+                self._start(s, run, runtime)
+            for name, module_runtime in modules.items():
+                child = Run(
+                    id=new_id(),
+                    name=f"{recipe.run.name}/{name}",
                     recipe=recipe_text,
                     owner_id=who.provider_id,
                     collective_id=collective_id,
@@ -123,33 +139,69 @@ class HubService:
                     current_round=0,
                     workers_registered=0,
                     created_at=now,
+                    parent_id=run_id,
+                    module=name,
                 )
-            )
-            s.flush()  # the run row first: versions and rounds refer to it
-            s.add(
-                Version(
-                    id=version_id,
-                    run_id=run_id,
-                    number=0,
-                    blob_sha=sha,
-                    nbytes=len(blob),
-                    parent_id=None,
-                    contributions=[],
-                    val_loss=val_loss,
-                    created_at=now,
-                )
-            )
-            s.add(new_round(run_id, 0, version_id, now))
-            self._runtimes[run_id] = runtime
-        log.info("created run %s (%s), initial held-out loss %.4f", run_id, recipe.run.name, val_loss)
+                s.add(child)
+                s.flush()
+                self._start(s, child, module_runtime)
+        log.info(
+            "created run %s (%s)%s", run_id, recipe.run.name, f", modules {list(modules)}" if modules else ""
+        )
         return CreateRunReply(run_id=run_id)
+
+    def _start(self, s: Session, run: Run, runtime: RunRuntime) -> None:
+        """Version 0 and the open round 0 of a run or module; version 0 is evaluated now unless
+        the module depends on others (then once they have finished)."""
+        blob = to_bytes(runtime.initial)
+        waits = runtime.module is not None and bool(runtime.recipe.modules[runtime.module].depends)
+        version = Version(
+            id=new_id(),
+            run_id=run.id,
+            number=0,
+            blob_sha=self.store.put(blob),
+            nbytes=len(blob),
+            parent_id=None,
+            contributions=[],
+            val_loss=None if waits else runtime.evaluate(runtime.initial),
+            created_at=run.created_at,
+        )
+        s.add(version)
+        s.add(new_round(run.id, 0, version.id, run.created_at))
+        self._runtimes[run.id] = runtime
+
+    def _module_runtimes(self, recipe: Recipe) -> dict[str, RunRuntime]:
+        """One runtime per module, dependencies first, after checking the module map (ConfigError)."""
+        if not recipe.modules:
+            return {}
+        runtimes = {name: RunRuntime.build(recipe, name) for name in training_order(recipe.modules)}
+        for name, runtime in runtimes.items():
+            check_module(
+                recipe, name, runtime, {m: runtimes[m].initial for m in closure(recipe.modules, name)}
+            )
+            owner = recipe.modules[name].owner
+            if owner is not None:
+                try:
+                    self.providers.find(owner)
+                except NotFound as exc:
+                    raise ConfigError(
+                        f"modules.{name}.owner: no provider named {owner!r} on this hub"
+                    ) from exc
+        return runtimes
 
     def runtime(self, run_id: str) -> RunRuntime:
         with self._lock:
             if run_id not in self._runtimes:
                 with self.state.transaction() as s:
-                    recipe_text = self._run(s, run_id).recipe
-                self._runtimes[run_id] = RunRuntime.build(parse_recipe(recipe_text))
+                    run = self._run(s, run_id)
+                    recipe_text, module = run.recipe, run.module
+                recipe = parse_recipe(recipe_text)
+                if recipe.modules and module is None:
+                    raise ConfigError(
+                        f"run {run_id} is modular: work on one of its modules "
+                        f"({', '.join(recipe.modules)}); `tessera worker --module` picks one"
+                    )
+                self._runtimes[run_id] = RunRuntime.build(recipe, module)
             return self._runtimes[run_id]
 
     def _collective_id(self, name: str | None) -> str | None:
@@ -170,17 +222,30 @@ class HubService:
 
     # --- workers and leases ------------------------------------------------------------
 
-    def register(self, run_id: str, who: Principal, name: str) -> RegisterReply:
+    def register(self, run_id: str, who: Principal, name: str, module: str | None = None) -> RegisterReply:
+        """A new worker of the run; on a modular run, of ``module`` (or of the module with the
+        fewest workers among those ``who`` may train)."""
         self.authorize(run_id, who)
-        shards = self.runtime(run_id).shards
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            family = modules_of(s, run)
+            if family:
+                run = self._module_to_join(family, who, module)
+            elif module is not None:
+                raise ConfigError(f"run {run_id} has no modules; leave out --module")
+            target, module = run.id, run.module
+        spec = self.runtime(target).recipe.modules.get(module or "")
+        if spec is not None and not self._may_train(who, spec.owner):
+            raise Forbidden(f"module {module} trains only on {spec.owner}'s nodes (its data stays there)")
+        shards = self.runtime(target).shards
         with self._lock, self.state.transaction() as s:
-            run = self._run(s, run_id, lock=True)
+            run = self._run(s, target, lock=True)
             index = run.workers_registered
             shard = shards[index % len(shards)]
             run.workers_registered += 1
             worker = Worker(
                 id=new_id(),
-                run_id=run_id,
+                run_id=target,
                 provider_id=who.provider_id,
                 name=name,
                 index=index,
@@ -189,8 +254,30 @@ class HubService:
                 last_seen_at=self.clock(),
             )
             s.add(worker)
-        log.info("run %s: worker %s (%s) registered, shard %s", run_id, worker.id, name, shard)
-        return RegisterReply(worker_id=worker.id, shard=shard)
+        log.info("run %s: worker %s (%s) registered, shard %s", target, worker.id, name, shard)
+        return RegisterReply(worker_id=worker.id, shard=shard, run_id=target, module=module)
+
+    def _module_to_join(self, family: dict[str, Run], who: Principal, module: str | None) -> Run:
+        if module is not None:
+            if module not in family:
+                raise NotFound(f"no module {module!r} in this run; its modules: {', '.join(family)}")
+            return family[module]
+        recipe = self.runtime(next(iter(family.values())).id).recipe
+        open_ = [
+            r
+            for name, r in family.items()
+            if r.status == "active" and self._may_train(who, recipe.modules[name].owner)
+        ]
+        if not open_:
+            raise Forbidden("no module of this run is open to your nodes; the run may have finished")
+        return min(open_, key=lambda r: r.workers_registered)
+
+    def _may_train(self, who: Principal, owner: str | None) -> bool:
+        """A module with an owner trains only on the owner's nodes or its collective's members'."""
+        if owner is None:
+            return True
+        owner_id = self.providers.find(owner)
+        return who.provider_id == owner_id or owner_id in who.collectives
 
     def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         """A lease on the current round; if the worker already contributed, wait up to wait_s."""
@@ -219,6 +306,11 @@ class HubService:
             ).all()
             if any(lease.state == "used" for lease in leases):
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
+            frozen = frozen_versions(s, run, self.runtime(run_id).recipe)
+            if frozen is None:  # a module waits for the final versions of those it depends on
+                return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
+            if frozen and run.current_round == 0:
+                self._evaluate_start(s, run, frozen)
             lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
             if lease is None:
                 lease = self._new_lease(s, run, worker, now)
@@ -239,6 +331,8 @@ class HubService:
                     deadline=lease.deadline,
                     shard=worker.shard,
                     seed=lease_seed(self.runtime(run_id).recipe.seed, worker.index, lease.round),
+                    module=run.module,
+                    frozen=[frozen_module(name, dep, v) for name, dep, v in frozen],
                 ),
             )
 
@@ -453,6 +547,7 @@ class HubService:
         contributions = self._drop_misaligned(record, contributions, combined.dropped)
         base = self._version(s, run.id, record.number)
         params = from_bytes(self.store.get(base.blob_sha))
+        self._load_frozen(runtime, frozen_versions(s, run, runtime.recipe) or [])
         stored = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
         outer_state, residual = split_state(stored)
         new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
@@ -485,6 +580,7 @@ class HubService:
         run.current_round = record.number + 1
         if run.current_round >= runtime.recipe.run.rounds:
             run.status, run.finished_at = "finished", now
+            self._finish_parent(s, run, now)
         else:
             s.add(new_round(run.id, run.current_round, version.id, now))
         log.info(
@@ -495,6 +591,32 @@ class HubService:
             len(contributions),
             version.val_loss,
         )
+
+    def _evaluate_start(self, s: Session, run: Run, frozen: list[tuple[str, Run, Version]]) -> None:
+        """Version 0 of a module that depends on others is evaluated once they have finished,
+        on their final versions (the model it will train in)."""
+        first = self._version(s, run.id, 0)
+        if first.val_loss is None:
+            runtime = self.runtime(run.id)
+            self._load_frozen(runtime, frozen)
+            first.val_loss = runtime.evaluate(runtime.initial)
+
+    def _load_frozen(self, runtime: RunRuntime, frozen: list[tuple[str, Run, Version]]) -> None:
+        """The versions a module trains on, loaded once into its runtime (for evaluation)."""
+        ids = tuple(v.id for _, _, v in frozen)
+        if runtime.frozen_ids != ids:
+            runtime.frozen = {
+                k: t for _, _, v in frozen for k, t in from_bytes(self.store.get(v.blob_sha)).items()
+            }
+            runtime.frozen_ids = ids
+
+    def _finish_parent(self, s: Session, module: Run, now: float) -> None:
+        """A modular run finishes with the last of its modules."""
+        if module.parent_id is None:
+            return
+        parent = self._run(s, module.parent_id, lock=True)
+        if all(r.status == "finished" for r in modules_of(s, parent).values()):
+            parent.status, parent.finished_at = "finished", now
 
     @staticmethod
     def _publish(runtime: RunRuntime, old: TensorDict, new: TensorDict, residual: TensorDict) -> Published:
@@ -564,28 +686,49 @@ class HubService:
         return data
 
     def status(self, run_id: str, who: Principal) -> RunStatus:
+        """A run's progress; a modular run's is its modules' (``modules``) added up."""
         self.authorize(run_id, who)
-        rounds_total = self.runtime(run_id).recipe.run.rounds
         with self.state.transaction() as s:
             run = self._run(s, run_id)
-            latest = s.scalar(
-                select(Version).where(Version.run_id == run_id).order_by(Version.number.desc()).limit(1)
-            )
-            first = self._version(s, run_id, 0)
-            workers = s.scalar(select(func.count()).select_from(Worker).where(Worker.run_id == run_id))
-            assert latest is not None  # version 0 is written with the run
+            family = modules_of(s, run)
+            if not family:
+                return self._status(s, run)
+            modules = [self._status(s, m) for m in family.values()]
             return RunStatus(
                 run_id=run.id,
                 name=run.name,
                 status=run.status,  # type: ignore[arg-type]
-                rounds_total=rounds_total,
-                rounds_done=latest.number,
-                current_round=run.current_round,
-                latest_version=version_info(latest),
-                initial_val_loss=first.val_loss,
-                workers=workers or 0,
+                rounds_total=sum(m.rounds_total for m in modules),
+                rounds_done=sum(m.rounds_done for m in modules),
+                current_round=0,
+                latest_version=None,
+                initial_val_loss=None,
+                workers=sum(m.workers for m in modules),
                 recipe=run.recipe,
+                modules=modules,
             )
+
+    def _status(self, s: Session, run: Run) -> RunStatus:
+        latest = s.scalar(
+            select(Version).where(Version.run_id == run.id).order_by(Version.number.desc()).limit(1)
+        )
+        first = self._version(s, run.id, 0)
+        workers = s.scalar(select(func.count()).select_from(Worker).where(Worker.run_id == run.id))
+        assert latest is not None  # version 0 is written with the run
+        return RunStatus(
+            run_id=run.id,
+            name=run.name,
+            status=run.status,  # type: ignore[arg-type]
+            rounds_total=self.runtime(run.id).recipe.run.rounds,
+            rounds_done=latest.number,
+            current_round=run.current_round,
+            latest_version=version_info(latest),
+            initial_val_loss=first.val_loss,
+            workers=workers or 0,
+            recipe=run.recipe,
+            module=run.module,
+            parent_id=run.parent_id,
+        )
 
     def rounds(self, run_id: str, who: Principal) -> list[RoundMetrics]:
         self.authorize(run_id, who)
@@ -605,7 +748,7 @@ class HubService:
     def run_ids(self, who: Principal) -> list[str]:
         """The runs ``who`` may see, oldest first."""
         with self.state.transaction() as s:
-            runs = s.scalars(select(Run).order_by(Run.created_at)).all()
+            runs = s.scalars(select(Run).where(Run.parent_id.is_(None)).order_by(Run.created_at)).all()
             return [r.id for r in runs if may_work_on(who, r.owner_id, r.collective_id)]
 
     # --- lookups -----------------------------------------------------------------------
@@ -643,6 +786,12 @@ class HubService:
         if record is None:
             raise NotFound(f"run {run_id} has no round {number}")
         return record
+
+
+def frozen_module(name: str, run: Run, v: Version) -> FrozenModule:
+    return FrozenModule(
+        module=name, run_id=run.id, version_number=v.number, blob_sha256=v.blob_sha, nbytes=v.nbytes
+    )
 
 
 def contribution_reply(c: Contribution, duplicate: bool = False) -> ContributionReply:

@@ -28,14 +28,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 5  # raise on every change of the tables below
-# Upgrades of older databases in place: added columns only (SQLite and PostgreSQL alike).
+SCHEMA_VERSION = 6  # raise on every change of the tables below
+# Upgrades of older databases in place, one schema version at a time: added columns only
+# (SQLite and PostgreSQL alike).
 MIGRATIONS = {
     "4": [
         "ALTER TABLE versions ADD COLUMN change_sha VARCHAR(64)",
         "ALTER TABLE versions ADD COLUMN change_nbytes INTEGER",
         "ALTER TABLE contributions ADD COLUMN compute_s FLOAT DEFAULT 0.0",
-    ]
+    ],
+    "5": [
+        "ALTER TABLE runs ADD COLUMN parent_id VARCHAR(32)",
+        "ALTER TABLE runs ADD COLUMN module VARCHAR(64)",
+        "CREATE INDEX ix_runs_parent_id ON runs (parent_id)",
+    ],
 }
 
 
@@ -79,6 +85,9 @@ class ApiToken(Base):
 
 
 class Run(Base):
+    """A run; a modular run's modules are runs too, each with its own versions and rounds,
+    pointing to the run they belong to (``parent_id``) by name (``module``)."""
+
     __tablename__ = "runs"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -91,6 +100,8 @@ class Run(Base):
     workers_registered: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    module: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Worker(Base):
@@ -249,11 +260,12 @@ class State:
             row = s.get(Meta, "schema_version")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif row.value in MIGRATIONS:
+                return
+            while row.value in MIGRATIONS:
                 for statement in MIGRATIONS[row.value]:
                     s.execute(text(statement))
-                row.value = str(SCHEMA_VERSION)
-            elif row.value != str(SCHEMA_VERSION):
+                row.value = str(int(row.value) + 1)
+            if row.value != str(SCHEMA_VERSION):
                 raise ConfigError(
                     f"database {self.engine.url!r} has tessera schema {row.value}, this version needs "
                     f"{SCHEMA_VERSION}; use a new --home or --database (or an older tessera to read it)"

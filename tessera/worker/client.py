@@ -72,10 +72,11 @@ class HubAPI(Protocol):
 
     @property
     def run_id(self) -> str: ...
-    def register(self, name: str) -> RegisterReply: ...
+    def select_run(self, run_id: str) -> None: ...
+    def register(self, name: str, module: str | None = None) -> RegisterReply: ...
     def status(self, run_id: str) -> RunStatus: ...
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply: ...
-    def blob(self, sha: str) -> bytes: ...
+    def blob(self, sha: str, run_id: str | None = None) -> bytes: ...
     def version(self, run_id: str, number: int | None = None) -> VersionInfo: ...
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply: ...
 
@@ -103,6 +104,10 @@ class HubClient:
         if self._run_id is None:
             raise NotFound("this command needs a run id (--run)")
         return self._run_id
+
+    def select_run(self, run_id: str) -> None:
+        """Work on ``run_id`` from now on (a module's run, after registering on a modular run)."""
+        self._run_id = run_id
 
     def close(self) -> None:
         self.http.close()
@@ -153,8 +158,9 @@ class HubClient:
             headers={"Content-Type": "application/toml"},
         )
 
-    def register(self, name: str) -> RegisterReply:
-        return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json={"name": name})
+    def register(self, name: str, module: str | None = None) -> RegisterReply:
+        body = {"name": name, "module": module}
+        return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json=body)
 
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         return self._json(

@@ -134,6 +134,11 @@ class GroupWorkLoop(WorkLoop):
                 "communication.overlap is not available to torchrun group workers yet; "
                 "set it to false for this run or use single-process workers"
             )
+        if self.identity.module is not None:
+            raise ConfigError(
+                "modules of a modular run train on single-process workers for now; "
+                "start this worker without torchrun"
+            )
         self.group = group
         group.broadcast_bytes(client.status(self.identity.run_id).recipe.encode())
         self.group_trainer = GroupTrainer(

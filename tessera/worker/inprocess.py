@@ -30,8 +30,11 @@ class InProcessClient:
         """Resolved on every call, as over HTTP, so a revoked token stops working at once."""
         return self.service.providers.principal(self.token)
 
-    def register(self, name: str) -> RegisterReply:
-        return self.service.register(self.run_id, self.who(), name)
+    def select_run(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def register(self, name: str, module: str | None = None) -> RegisterReply:
+        return self.service.register(self.run_id, self.who(), name, module)
 
     def status(self, run_id: str) -> RunStatus:
         return self.service.status(run_id, self.who())
@@ -39,8 +42,8 @@ class InProcessClient:
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         return self.service.lease(self.run_id, self.who(), worker_id, wait_s)
 
-    def blob(self, sha: str) -> bytes:
-        data = self.service.download(self.run_id, self.who(), sha)
+    def blob(self, sha: str, run_id: str | None = None) -> bytes:
+        data = self.service.download(run_id or self.run_id, self.who(), sha)
         self.bytes_down += len(data)
         return data
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from tessera.core.codecs import ErrorFeedback, apply_change, codec
 from tessera.core.inner import Batch, InnerResult, InnerTrainer
+from tessera.core.modules import assign
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
@@ -37,6 +38,7 @@ class WorkerSettings:
     name: str = "worker"
     data_path: str | None = None  # the worker's own data; None: the recipe's data source
     wait_s: float = 10.0
+    module: str | None = None  # of a modular run: the module to train (None: the hub picks)
 
 
 @dataclass
@@ -65,9 +67,11 @@ class Held:
 
 @dataclass(frozen=True)
 class Identity:
-    run_id: str
+    run_id: str  # where the worker works: the run, or one module of a modular run
     worker_id: str
     shard: str | None
+    joined: str = ""  # the run the worker was started on (a modular run's id); "" : run_id
+    module: str | None = None
 
 
 class BlobCache:
@@ -100,23 +104,36 @@ class WorkLoop:
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.identity = self._identity()
-        self.recipe: Recipe = parse_recipe(client.status(self.identity.run_id).recipe)
+        client.select_run(self.identity.run_id)
+        recipe = parse_recipe(client.status(self.identity.run_id).recipe)
+        module = self.identity.module
+        self.recipe: Recipe = recipe.for_module(module) if module else recipe
         self.model: nn.Module = build_model(self.recipe)
+        self.trained_names = trained_names(self.model, self.recipe, module)
         self.data: DataSource = load_data(self.recipe, settings.data_path)
         self.trainer = InnerTrainer(self.model, self.recipe.train)
         self.blobs = BlobCache(settings.state_dir / "blobs", client)
+        self.frozen = Frozen(FileBlobStore(settings.state_dir / "frozen"), client)
         self.feedback = ErrorFeedback(codec(self.recipe.communication.codec))  # residual: in memory only
-        self.held: Held | None = initial_version(self.model)
+        self.held: Held | None = initial_version(self.model, self.trained_names)
 
     def _identity(self) -> Identity:
         path = self.settings.state_dir / "identity.json"
         if path.exists():
             saved = Identity(**json.loads(path.read_text()))
-            if saved.run_id == self.client.run_id:
+            if (saved.joined or saved.run_id) == self.client.run_id:
                 log.info("resuming as worker %s of run %s", saved.worker_id, saved.run_id)
                 return saved
-        reply = self.client.register(self.settings.name)
-        identity = Identity(run_id=self.client.run_id, worker_id=reply.worker_id, shard=reply.shard)
+        reply = self.client.register(self.settings.name, self.settings.module)
+        identity = Identity(
+            run_id=reply.run_id or self.client.run_id,
+            worker_id=reply.worker_id,
+            shard=reply.shard,
+            joined=self.client.run_id,
+            module=reply.module,
+        )
+        if reply.module:
+            log.info("training module %s (run %s) on shard %s", reply.module, identity.run_id, reply.shard)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(identity.__dict__))
         tmp.replace(path)
@@ -161,8 +178,8 @@ class WorkLoop:
 
     def work(self, lease: LeaseGrant) -> tuple[ContributionReply, InnerResult]:
         """Train on one lease and upload the pseudo-gradient."""
-        self.model.load_state_dict(self.tensors_of(lease))
-        base = model_float_tensors(self.model)
+        self.load(self.tensors_of(lease), lease)
+        base = self.trained()
         result = self.train(lease)
         delta = pseudo_gradient(base, self.model.state_dict())
         meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name)
@@ -177,6 +194,15 @@ class WorkLoop:
             f": {reply.reason}" if reply.reason else "",
         )
         return reply, result
+
+    def load(self, version: TensorDict, lease: LeaseGrant) -> None:
+        """The model := the leased version, on top of the frozen modules it depends on."""
+        frozen = self.frozen.tensors(lease)
+        self.model.load_state_dict({**frozen, **version}, strict=not lease.module)
+
+    def trained(self) -> TensorDict:
+        """The float tensors this worker trains (the whole model, or its module's)."""
+        return {k: v for k, v in model_float_tensors(self.model).items() if k in self.trained_names}
 
     def encode(self, delta: TensorDict) -> TensorDict:
         """The run's wire format; with error feedback, what the codec leaves out goes next round."""
@@ -241,11 +267,43 @@ class WorkLoop:
         return self.trainer.train(self.batches(lease), lease.inner_steps)
 
 
-def initial_version(model: nn.Module) -> Held:
-    """Version 0 as built here from the recipe's seed: when its sha256 matches the hub's, it is
-    never downloaded (on another platform the bytes may differ; then it is)."""
-    tensors = model_tensors(model)
+def initial_version(model: nn.Module, names: set[str] | None = None) -> Held:
+    """Version 0 (of the model, or of the module made of ``names``) as built here from the
+    recipe's seed: when its sha256 matches the hub's, it is never downloaded (on another
+    platform the bytes may differ; then it is)."""
+    tensors = {k: v for k, v in model_tensors(model).items() if names is None or k in names}
     return Held(0, hashlib.sha256(to_bytes(tensors)).hexdigest(), tensors)
+
+
+def trained_names(model: nn.Module, recipe: Recipe, module: str | None) -> set[str]:
+    """Names of the tensors a worker trains; a module's worker freezes every other parameter."""
+    names = set(model_tensors(model))
+    if module is None:
+        return names
+    owner = assign(recipe.modules, names, every_module=False)
+    for name, param in model.named_parameters():
+        param.requires_grad_(owner[name] == module)
+    return {k for k in names if owner[k] == module}
+
+
+class Frozen:
+    """The frozen modules a lease trains on top of, downloaded once (kept in ``store``)."""
+
+    def __init__(self, store: FileBlobStore, client: HubAPI) -> None:
+        self.store = store
+        self.client = client
+        self.loaded: dict[str, TensorDict] = {}
+
+    def tensors(self, lease: LeaseGrant) -> TensorDict:
+        out: TensorDict = {}
+        for dep in lease.frozen:
+            sha = dep.blob_sha256
+            if sha not in self.loaded:
+                if not self.store.has(sha):
+                    self.store.put(self.client.blob(sha, dep.run_id))
+                self.loaded = {**self.loaded, sha: from_bytes(self.store.get(sha))}
+            out.update(self.loaded[sha])
+        return out
 
 
 def contribution_meta(

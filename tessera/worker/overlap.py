@@ -23,7 +23,7 @@ import torch
 
 from tessera.core.inner import Batch, InnerResult
 from tessera.core.pseudo_gradient import pseudo_gradient
-from tessera.core.tensors import TensorDict, model_float_tensors, to_bytes
+from tessera.core.tensors import TensorDict, to_bytes
 from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.worker.loop import WorkerSummary, WorkLoop, contribution_meta
 
@@ -123,8 +123,8 @@ class Overlapped:
         first = Prefetch(self.loop, None).take(block=True)  # the only wait on the network
         if first is None or first.lease is None or first.tensors is None:
             return summary
-        self.model.load_state_dict(first.tensors)
-        lease, anchor, pending = first.lease, model_float_tensors(self.model), None
+        self.loop.load(first.tensors, first.lease)
+        lease, anchor, pending = first.lease, self.loop.trained(), None
         batches, progress = self.loop.batches(lease), Progress()
         while stop is None or not stop.is_set():
             if pending is not None and (arrived := pending.take(block=False)) is not None:
@@ -136,7 +136,7 @@ class Overlapped:
             self.step(next(batches), progress, summary)
             if pending is None and progress.steps >= lease.inner_steps:
                 pending = Prefetch(self.loop, self.contribution(lease, anchor, progress))
-                anchor, progress = model_float_tensors(self.model), Progress()
+                anchor, progress = self.loop.trained(), Progress()
         if pending is not None and (arrived := pending.take(block=True)) is not None:
             record(arrived.reply, summary, on_contribution)
         return summary

@@ -1,0 +1,262 @@
+"""Modules: the module map, the reference modular LM, and a modular run through the real hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from starlette.testclient import TestClient
+
+from tessera.core.modules import assign, closure, parse_modules, training_order
+from tessera.core.tensors import from_bytes
+from tessera.errors import ConfigError, Forbidden
+from tessera.models.modular import build, module_params
+from tessera.recipe import parse_recipe
+from tessera.task import assemble
+from tessera.worker.client import HubClient
+from tessera.worker.loop import WorkerSettings, WorkLoop
+from tests.test_two_hubs import run_loops
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# --- module maps --------------------------------------------------------------------------
+
+
+def test_module_map_parses_orders_and_assigns() -> None:
+    specs = parse_modules(
+        {
+            "b": {"params": ["x.b.*"], "depends": ["trunk"]},
+            "trunk": {"params": ["x.t.*"]},
+            "top": {"params": ["x.top*"], "depends": ["b"]},
+        }
+    )
+    assert training_order(specs) == ["trunk", "b", "top"]
+    assert closure(specs, "top") == ["trunk", "b"]
+    owner = assign(specs, ["x.t.w", "x.b.w", "x.top"])
+    assert owner == {"x.t.w": "trunk", "x.b.w": "b", "x.top": "top"}
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ({"a": {"params": ["*"], "depends": ["a"]}}, "names the module itself"),
+        ({"a": {"params": ["*"], "depends": ["zz"]}}, "unknown modules"),
+        ({"a": {"params": ["a*"], "depends": ["b"]}, "b": {"params": ["b*"], "depends": ["a"]}}, "cycle"),
+        ({"a": {"params": "blocks.*"}}, "list of strings"),
+        ({"a": {"params": []}}, "parameter-name patterns"),
+        ({"a": {"params": ["*"], "colour": 1}}, "unknown key modules.a.colour"),
+        ({"a": {"params": ["*"], "rounds": 0}}, "positive integer"),
+        ({"a b": {"params": ["*"]}}, "letters, digits"),
+    ],
+)
+def test_bad_module_tables_are_refused(table: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_modules(table)
+
+
+def test_every_tensor_in_exactly_one_module() -> None:
+    specs = parse_modules({"a": {"params": ["w*"]}, "b": {"params": ["w2", "v"]}})
+    with pytest.raises(ConfigError, match="several modules"):
+        assign(specs, ["w1", "w2", "v"])
+    with pytest.raises(ConfigError, match="no module's params match"):
+        assign(parse_modules({"a": {"params": ["w*"]}}), ["w1", "u"])
+    with pytest.raises(ConfigError, match=r"match no tensor"):
+        assign(parse_modules({"a": {"params": ["w*"]}, "b": {"params": ["q"]}}), ["w1"])
+
+
+# --- the reference modular LM -------------------------------------------------------------
+
+SMALL = {"context": 16, "d_model": 16, "n_layers": 2, "n_heads": 2}
+
+
+def test_a_model_with_some_experts_holds_the_same_tensors() -> None:
+    torch.manual_seed(5)
+    whole = build(experts=["a", "b", "c"], **SMALL).state_dict()
+    torch.manual_seed(5)
+    part = build(experts=["b"], **SMALL).state_dict()
+    assert set(part) < set(whole) and all(torch.equal(v, whole[k]) for k, v in part.items())
+    patterns = module_params(build(["a", "b", "c"]).modular)
+    specs = parse_modules({k: {"params": v} for k, v in patterns.items()})
+    assert set(assign(specs, whole).values()) == {"trunk", "a", "b", "c"}
+    assert set(assign(specs, part, every_module=False).values()) == {"trunk", "b"}
+
+
+def test_new_expert_changes_nothing_and_the_mixture_is_a_distribution() -> None:
+    torch.manual_seed(0)
+    model = build(experts=["a", "b"], **SMALL)
+    x = torch.randint(0, 256, (3, 16))
+    model.use([])
+    trunk = model(x)
+    model.use(["a"])
+    assert torch.equal(model(x), trunk)  # zero-initialised expert output
+    with torch.no_grad():
+        for block in model.blocks:
+            for p in block.experts.parameters():  # type: ignore[union-attr]
+                p.normal_(0, 0.5)
+    model.use(["a", "b"])
+    mixed = model(x)
+    assert torch.allclose(mixed.exp().sum(-1), torch.ones(3, 16), atol=1e-5)
+    model.use(["a"])
+    only_a = torch.log_softmax(model(x), -1)
+    # at the first position nothing is seen yet: the mixture is the prior's (1/2, 1/2)
+    model.use(["b"])
+    only_b = torch.log_softmax(model(x), -1)
+    first = torch.logsumexp(torch.stack([only_a[:, 0], only_b[:, 0]]) + torch.tensor(0.5).log(), 0)
+    assert torch.allclose(mixed[:, 0], first, atol=1e-5)
+    with pytest.raises(ConfigError, match="no expert"):
+        model.use(["zz"])
+
+
+def test_the_posterior_moves_to_the_expert_that_predicts_the_sequence() -> None:
+    torch.manual_seed(0)
+    model = build(experts=["a", "b"], **SMALL)
+    x = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():  # expert a: a strong push towards the bytes of x; b: noise
+        for block in model.blocks:
+            for p in block.experts["b"].parameters():  # type: ignore[index]
+                p.normal_(0, 0.3)
+    model.use(["a"])
+    good = torch.log_softmax(model(x), -1)
+    model.use(["b"])
+    bad = torch.log_softmax(model(x), -1)
+    gain = (good - bad)[:, :-1].gather(-1, x[:, 1:, None]).squeeze(-1).sum()
+    model.use(["a", "b"])
+    mixed = model(x)
+    # late in the sequence the mixture sits nearer the expert with the higher likelihood so far
+    last_good, last_bad = good[:, -1], bad[:, -1]
+    nearer_good = (mixed[:, -1] - last_good).abs().mean() < (mixed[:, -1] - last_bad).abs().mean()
+    assert nearer_good == bool(gain > 0)
+
+
+# --- a modular run through the hub --------------------------------------------------------
+
+
+def modular_recipe(data: Path, owner: str | None = None) -> str:
+    owner_line = f'owner = "{owner}"' if owner else ""
+    return f"""
+[run]
+name = "modular"
+rounds = 2
+quorum = 2
+
+[model]
+factory = "tessera.models.modular:build"
+options = {{ experts = ["alpha", "beta"], context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
+
+[data]
+path = "{data}"
+options = {{ context = 16, domains = ["alpha", "beta"] }}
+
+[train]
+inner_steps = 3
+batch_size = 4
+lr = 0.01
+
+[eval]
+batch_size = 4
+batches = 2
+
+[modules.trunk]
+params = ["tok.*", "pos.*", "ln_f.*", "head.*",
+          "blocks.*.ln1.*", "blocks.*.attn.*", "blocks.*.ln2.*", "blocks.*.mlp.*"]
+model_options = {{ experts = [] }}
+
+[modules.alpha]
+params = ["blocks.*.experts.alpha.*"]
+depends = ["trunk"]
+shards = ["alpha"]
+quorum = 1
+inner_steps = 6
+model_options = {{ experts = ["alpha"] }}
+{owner_line}
+
+[modules.beta]
+params = ["blocks.*.experts.beta.*"]
+depends = ["trunk"]
+shards = ["beta"]
+quorum = 1
+inner_steps = 6
+model_options = {{ experts = ["beta"] }}
+"""
+
+
+def test_modular_run_trains_trunk_then_experts_with_partial_downloads(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    owner = admin.create_provider("alpha-owner")
+    run_id = admin.create_run(modular_recipe(corpus_dir, owner="alpha-owner")).run_id
+    status = admin.status(run_id)
+    assert [m.module for m in status.modules] == ["trunk", "alpha", "beta"]
+    assert status.latest_version is None and all(m.latest_version for m in status.modules)
+    stranger = HubClient(http, admin.create_provider("stranger").token, retry_s=0, run_id=run_id)
+    with pytest.raises(Forbidden, match="trains only on alpha-owner's nodes"):
+        stranger.register("s", "alpha")
+    tokens = {"trunk": [admin.create_provider(f"t{i}").token for i in range(2)], "alpha": [owner.token]}
+    tokens["beta"] = [admin.create_provider("b0").token]
+    clients, loops = [], []
+    for module, module_tokens in tokens.items():
+        for i, token in enumerate(module_tokens):
+            client = HubClient(http, token, retry_s=0, run_id=run_id)
+            settings = WorkerSettings(tmp_path / f"{module}{i}", name=f"{module}{i}", wait_s=2, module=module)
+            clients.append(client)
+            loops.append(WorkLoop(client, settings))
+    assert not run_loops(loops)
+    status = admin.status(run_id)
+    assert status.status == "finished" and all(m.status == "finished" for m in status.modules)
+    trunk, alpha, beta = status.modules
+    assert trunk.rounds_done == 2 and alpha.rounds_done == 2 and beta.rounds_done == 2
+    trunk_final = admin.version(trunk.run_id, 2)
+    for expert in (alpha, beta):
+        first = admin.version(expert.run_id, 1)
+        assert first.created_at >= trunk_final.created_at  # experts train on the final trunk
+        start = admin.version(expert.run_id, 0).val_loss  # on the final trunk, evaluated then
+        assert start is not None and expert.initial_val_loss == start
+        losses = [r.val_loss for r in admin.rounds(expert.run_id)]
+        assert losses[-1] is not None and losses[-1] < start, (start, losses)  # in-domain loss falls
+    expert_loop, expert_client = loops[2], clients[2]
+    assert expert_loop.trained_names and all(".experts.alpha." in n for n in expert_loop.trained_names)
+    expert_blob = admin.version(alpha.run_id, 0).nbytes
+    # an expert's worker downloads the trunk's final version and its expert's changes, nothing else
+    assert expert_client.bytes_down <= trunk_final.nbytes + expert_blob
+    assert expert_client.bytes_up <= 2 * expert_blob * 1.05  # two rounds of its expert's update only
+
+
+def test_sample_and_export_choose_experts(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    run_id = admin.create_run(modular_recipe(corpus_dir)).run_id
+    status = admin.status(run_id)
+    parts = [from_bytes(admin.blob(m.latest_version.blob_sha256, m.run_id)) for m in status.modules]  # type: ignore[union-attr]
+    recipe = parse_recipe(status.recipe)
+    routed = assemble(recipe, parts)
+    only_beta = assemble(recipe, parts, ["beta"])
+    assert any(".experts.alpha." in k for k in routed.state_dict())
+    assert not any(".experts.alpha." in k for k in only_beta.state_dict())  # opted out: left out
+    x = torch.randint(0, 256, (1, 16))
+    assert torch.allclose(routed(x).exp().sum(-1), torch.ones(1, 16), atol=1e-5)
+    with pytest.raises(ConfigError, match="no experts"):
+        assemble(recipe, parts, ["gamma"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("blocks.*.experts.beta.*", "blocks.*.experts.bet.*"), "no module.s params match"),
+        (
+            ('model_options = { experts = ["beta"] }', 'model_options = { experts = ["alpha", "beta"] }'),
+            "does not depend on",
+        ),
+        (('shards = ["beta"]', 'shards = ["gamma"]'), "no shards"),
+        (('shards = ["alpha"]', 'shards = ["alpha"]\nowner = "nobody"'), "no provider named"),
+    ],
+)
+def test_bad_modular_recipes_are_refused_at_creation(
+    admin: HubClient, corpus_dir: Path, change: tuple[str, str], message: str
+) -> None:
+    text = modular_recipe(corpus_dir)
+    assert change[0] in text
+    with pytest.raises(ConfigError, match=message):
+        admin.create_run(text.replace(*change))
+    assert admin.runs() == []
