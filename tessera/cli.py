@@ -412,6 +412,39 @@ def latest_model(source: RunReader, run_id: str, experts: list[str] | None) -> t
 
 
 @app.command()
+def merge(
+    inputs: Annotated[list[str], typer.Argument(help="Modules to merge (trained from one base)")],
+    into: Annotated[str, typer.Option(help="The module that gets the merged version")],
+    run: Annotated[str, typer.Option("--run", help="The modular run")],
+    token: TokenOpt,
+    hub_url: HubUrl = "http://127.0.0.1:8700",
+    method: Annotated[str, typer.Option(help="average | task_arithmetic | ties")] = "ties",
+    weight: Annotated[list[float] | None, typer.Option(help="One per input (repeat); default equal")] = None,
+    scale: Annotated[float, typer.Option(help="Share of the merged task vector added")] = 1.0,
+    density: Annotated[float, typer.Option(help="TIES: share of each task vector kept")] = 0.2,
+) -> None:
+    """Merge modules into one, as a validated step: kept only if held-out loss does not rise."""
+    from pydantic import ValidationError
+
+    from tessera.hub.schemas import MergeRequest
+    from tessera.worker.client import HubClient
+
+    fields = {"target": into, "inputs": inputs, "method": method, "weights": weight or [], "scale": scale}
+    try:
+        request = MergeRequest.model_validate({**fields, "density": density})
+    except ValidationError as exc:
+        raise TesseraError(f"merge options: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    with HubClient.connect(hub_url, token, retry_s=5.0) as client:
+        reply = client.merge(run, request)
+    after = f"{reply.val_loss_after:.4f}"
+    console.print(
+        f"merge {reply.merge_id} into {reply.target}: [bold]{reply.status}[/bold], held-out loss "
+        f"{fmt_loss(reply.val_loss_before)} -> {after}"
+        + (f", version {reply.version.number}" if reply.version else f" ({reply.reason})")
+    )
+
+
+@app.command()
 def ledger(
     hub_url: HubOpt = None,
     home: HomeOpt = HOME / "demo",

@@ -8,9 +8,11 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from tessera.core.merging import MergeSettings, merge
 from tessera.core.modules import assign, closure, parse_modules, training_order
 from tessera.core.tensors import from_bytes
 from tessera.errors import ConfigError, Forbidden
+from tessera.hub.schemas import MergeRequest
 from tessera.models.modular import build, module_params
 from tessera.recipe import parse_recipe
 from tessera.task import assemble
@@ -260,3 +262,95 @@ def test_bad_modular_recipes_are_refused_at_creation(
     with pytest.raises(ConfigError, match=message):
         admin.create_run(text.replace(*change))
     assert admin.runs() == []
+
+
+# --- merges -------------------------------------------------------------------------------
+
+GENERAL = """
+[modules.general]
+params = ["blocks.*.experts.general.*"]
+depends = ["trunk"]
+rounds = 1
+model_options = { experts = ["general"] }
+"""
+
+
+def trained_modular_run(http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path) -> str:
+    """Trunk by two workers, then experts alpha and beta by one each; ``general`` is left untrained."""
+    text = modular_recipe(corpus_dir).replace(
+        'experts = ["alpha", "beta"]', 'experts = ["alpha", "beta", "general"]'
+    )
+    run_id = admin.create_run(text + GENERAL).run_id
+    loops = []
+    for i, module in enumerate(["trunk", "trunk", "alpha", "beta"]):
+        client = HubClient(http, admin.create_provider(f"m{i}").token, retry_s=0, run_id=run_id)
+        loops.append(
+            WorkLoop(client, WorkerSettings(tmp_path / f"m{i}", name=f"m{i}", wait_s=2, module=module))
+        )
+    assert not run_loops(loops)
+    return run_id
+
+
+def test_merges_are_validated_versioned_steps(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    run_id = trained_modular_run(http, admin, corpus_dir, tmp_path)
+    general = next(m for m in admin.status(run_id).modules if m.module == "general")
+    assert general.status == "active" and general.rounds_done == 0
+    outsider = HubClient(http, admin.create_provider("outsider").token, retry_s=0)
+    request = MergeRequest(target="general", inputs=["alpha", "beta"], method="average")
+    with pytest.raises(Forbidden, match="only the run's owner"):
+        outsider.merge(run_id, request)
+    with pytest.raises(ConfigError, match="structure"):
+        admin.merge(run_id, MergeRequest(target="general", inputs=["trunk"]))
+    # a merge that makes the held-out loss worse is recorded and rejected; nothing changes
+    wild = admin.merge(
+        run_id, MergeRequest(target="general", inputs=["alpha", "beta"], method="task_arithmetic", scale=-40)
+    )
+    assert (
+        wild.status == "rejected"
+        and wild.val_loss_after > (wild.val_loss_before or 0)
+        and wild.version is None
+    )
+    assert admin.version(general.run_id).number == 0
+    # an average of the two experts helps the general expert: accepted as its version 1
+    reply = admin.merge(run_id, request)
+    assert reply.status == "accepted", reply
+    assert reply.val_loss_before is not None and reply.val_loss_after <= reply.val_loss_before
+    version = admin.version(general.run_id)
+    assert reply.version is not None and version.number == 1 and version.merge_id == reply.merge_id
+    assert (
+        version.parent_id == admin.version(general.run_id, 0).version_id
+        and version.val_loss == reply.val_loss_after
+    )
+    assert [i.module for i in reply.inputs] == ["alpha", "beta"] and all(i.number == 2 for i in reply.inputs)
+    history = admin.merges(run_id)
+    assert [m.status for m in history] == ["rejected", "accepted"]
+    # the merged expert is the mean of the two, paired by structure
+    tensors = from_bytes(admin.blob(version.blob_sha256, general.run_id))
+    alpha, beta = (
+        from_bytes(admin.blob(admin.version(m.run_id).blob_sha256, m.run_id))
+        for m in admin.status(run_id).modules
+        if m.module in ("alpha", "beta")
+    )
+    name = "blocks.0.experts.general.0.weight"
+    mean = (alpha[name.replace("general", "alpha")] + beta[name.replace("general", "beta")]) / 2
+    assert torch.allclose(tensors[name], mean)
+    status = admin.status(run_id)
+    assert status.status == "finished"  # general had one round: the merge finished it, and the run
+
+
+def test_merge_methods() -> None:
+    base = {"w": torch.zeros(6)}
+    a = {"w": torch.tensor([1.0, -2.0, 0.1, 0.0, 3.0, -0.2])}
+    b = {"w": torch.tensor([1.0, 2.0, -0.1, 0.0, -1.0, -0.2])}
+    assert torch.allclose(merge(base, [a, b], MergeSettings("average"))["w"], (a["w"] + b["w"]) / 2)
+    arith = merge(base, [a, b], MergeSettings("task_arithmetic", scale=0.5))["w"]
+    assert torch.allclose(arith, 0.5 * (a["w"] + b["w"]))
+    tied = merge(base, [a, b], MergeSettings("ties", density=0.5))["w"]
+    # kept: a's 3 largest (3, -2, 1), b's (2, 1, -1); signs elected per coordinate; disjoint mean
+    assert torch.allclose(tied, torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 0.0]))
+    with pytest.raises(ConfigError, match="method"):
+        MergeSettings("soup")
+    with pytest.raises(ConfigError, match="2 merge weights"):
+        merge(base, [a], MergeSettings("average", weights=(1.0, 2.0)))

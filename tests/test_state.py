@@ -48,6 +48,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("contributions", "compute_s"),
             ("runs", "parent_id"),
             ("runs", "module"),
+            ("versions", "merge_id"),
         ):
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         row = s.get(Meta, "schema_version")
@@ -62,4 +63,5 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT change_sha, change_nbytes FROM versions")).all() == []
         assert s.execute(text("SELECT compute_s FROM contributions")).all() == []
         assert s.execute(text("SELECT parent_id, module FROM runs")).all() == []
+        assert s.execute(text("SELECT merge_id FROM versions")).all() == []
     upgraded.close()

@@ -31,6 +31,8 @@ from tessera.hub.schemas import (
     LeaseRequest,
     LedgerReport,
     MemberRequest,
+    MergeReply,
+    MergeRequest,
     ProbeReply,
     ProviderInfo,
     RegisterReply,
@@ -205,6 +207,14 @@ def add_worker_routes(app: FastAPI, service: HubService) -> None:
     def blob(run_id: RunId, sha: Sha, who: Who) -> Response:
         """Download a version's safetensors blob."""
         return Response(service.download(run_id, who, sha), media_type="application/octet-stream")
+
+    @app.post("/v1/runs/{run_id}/merges", response_model=MergeReply)
+    def merge(run_id: RunId, req: MergeRequest, who: Who) -> MergeReply:
+        return service.merges.merge(run_id, who, req)
+
+    @app.get("/v1/runs/{run_id}/merges", response_model=list[MergeReply])
+    def merges(run_id: RunId, who: Who) -> list[MergeReply]:
+        return service.merges.history(run_id, who)
 
     @app.post("/v1/runs/{run_id}/workers", status_code=201, response_model=RegisterReply)
     def register(run_id: RunId, req: RegisterRequest, who: Who) -> RegisterReply:

@@ -150,6 +150,37 @@ class VersionInfo(Message):
     contributions: list[str]
     val_loss: float | None
     created_at: float
+    merge_id: str | None = None  # set when a merge made this version (see /merges)
+
+
+class MergeRequest(Message):
+    """Merge modules trained from one base into ``target`` (tessera.core.merging)."""
+
+    target: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+    inputs: list[str] = Field(min_length=1, max_length=64)
+    method: Literal["average", "task_arithmetic", "ties"] = "ties"
+    weights: list[float] = Field(default_factory=list, max_length=64)
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    density: float = Field(default=0.2, gt=0.0, le=1.0)
+
+
+class MergeInput(Message):
+    module: str
+    run_id: str
+    version_id: str
+    number: int
+
+
+class MergeReply(Message):
+    merge_id: str
+    status: Literal["accepted", "rejected"]
+    target: str
+    method: str
+    inputs: list[MergeInput]
+    val_loss_before: float | None  # the target's latest version
+    val_loss_after: float  # the merged tensors, on the target's held-out data
+    reason: str | None = None
+    version: VersionInfo | None = None  # the target's new version, when accepted
 
 
 class RoundMetrics(Message):

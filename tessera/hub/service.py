@@ -27,6 +27,7 @@ from tessera.core.validation import norm_verdict, probe_verdict
 from tessera.errors import ConfigError, Forbidden, LeaseError, NotFound
 from tessera.hub.auth import Principal, may_work_on, require_participant
 from tessera.hub.ledger import Ledger, credit_compute
+from tessera.hub.merges import Merges
 from tessera.hub.modules import check_module, frozen_versions, modules_of
 from tessera.hub.providers import ProviderService
 from tessera.hub.runtime import RunRuntime
@@ -35,7 +36,6 @@ from tessera.hub.schemas import (
     ContributionMeta,
     ContributionReply,
     CreateRunReply,
-    FrozenModule,
     LeaseGrant,
     LeaseReply,
     RegisterReply,
@@ -55,6 +55,13 @@ from tessera.hub.state import (
     new_round,
 )
 from tessera.hub.store import BlobStore
+from tessera.hub.views import (
+    contribution_info,
+    contribution_reply,
+    frozen_module,
+    round_metrics,
+    version_info,
+)
 from tessera.recipe import Recipe, parse_recipe
 
 log = logging.getLogger(__name__)
@@ -101,6 +108,7 @@ class HubService:
         self._probe_base: dict[str, float] = {}  # version id -> probe loss
         self.providers = ProviderService(state, clock)
         self.ledger = Ledger(state)
+        self.merges = Merges(self)
 
     # --- runs -------------------------------------------------------------------------
 
@@ -547,7 +555,7 @@ class HubService:
         contributions = self._drop_misaligned(record, contributions, combined.dropped)
         base = self._version(s, run.id, record.number)
         params = from_bytes(self.store.get(base.blob_sha))
-        self._load_frozen(runtime, frozen_versions(s, run, runtime.recipe) or [])
+        self.load_frozen(runtime, frozen_versions(s, run, runtime.recipe) or [])
         stored = from_bytes(self.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
         outer_state, residual = split_state(stored)
         new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
@@ -580,7 +588,7 @@ class HubService:
         run.current_round = record.number + 1
         if run.current_round >= runtime.recipe.run.rounds:
             run.status, run.finished_at = "finished", now
-            self._finish_parent(s, run, now)
+            self.finish_parent(s, run, now)
         else:
             s.add(new_round(run.id, run.current_round, version.id, now))
         log.info(
@@ -598,10 +606,10 @@ class HubService:
         first = self._version(s, run.id, 0)
         if first.val_loss is None:
             runtime = self.runtime(run.id)
-            self._load_frozen(runtime, frozen)
+            self.load_frozen(runtime, frozen)
             first.val_loss = runtime.evaluate(runtime.initial)
 
-    def _load_frozen(self, runtime: RunRuntime, frozen: list[tuple[str, Run, Version]]) -> None:
+    def load_frozen(self, runtime: RunRuntime, frozen: list[tuple[str, Run, Version]]) -> None:
         """The versions a module trains on, loaded once into its runtime (for evaluation)."""
         ids = tuple(v.id for _, _, v in frozen)
         if runtime.frozen_ids != ids:
@@ -610,7 +618,7 @@ class HubService:
             }
             runtime.frozen_ids = ids
 
-    def _finish_parent(self, s: Session, module: Run, now: float) -> None:
+    def finish_parent(self, s: Session, module: Run, now: float) -> None:
         """A modular run finishes with the last of its modules."""
         if module.parent_id is None:
             return
@@ -788,38 +796,6 @@ class HubService:
         return record
 
 
-def frozen_module(name: str, run: Run, v: Version) -> FrozenModule:
-    return FrozenModule(
-        module=name, run_id=run.id, version_number=v.number, blob_sha256=v.blob_sha, nbytes=v.nbytes
-    )
-
-
-def contribution_reply(c: Contribution, duplicate: bool = False) -> ContributionReply:
-    return ContributionReply(
-        contribution_id=c.id,
-        status=c.status,  # type: ignore[arg-type]
-        reason=c.reason,
-        round=c.round,
-        weight=c.weight,
-        duplicate=duplicate,
-    )
-
-
-def contribution_info(c: Contribution) -> ContributionInfo:
-    return ContributionInfo(
-        contribution_id=c.id,
-        worker_id=c.worker_id,
-        round=c.round,
-        base_version_number=c.base_version_number,
-        status=c.status,  # type: ignore[arg-type]
-        reason=c.reason,
-        tokens=c.tokens,
-        norm=c.norm,
-        weight=c.weight,
-        nbytes=c.nbytes,
-    )
-
-
 RESIDUAL = "download_residual."  # prefix of the download codec's residual in the outer-state blob
 
 
@@ -832,37 +808,3 @@ def split_state(stored: TensorDict) -> tuple[TensorDict, TensorDict]:
 
 def join_state(outer: TensorDict, residual: TensorDict) -> TensorDict:
     return {**outer, **{RESIDUAL + k: v for k, v in residual.items()}}
-
-
-def version_info(v: Version) -> VersionInfo:
-    return VersionInfo(
-        version_id=v.id,
-        number=v.number,
-        blob_sha256=v.blob_sha,
-        nbytes=v.nbytes,
-        change_sha256=v.change_sha,
-        change_nbytes=v.change_nbytes,
-        parent_id=v.parent_id,
-        contributions=list(v.contributions),
-        val_loss=v.val_loss,
-        created_at=v.created_at,
-    )
-
-
-def round_metrics(r: RoundRecord) -> RoundMetrics:
-    return RoundMetrics(
-        number=r.number,
-        status="closed" if r.closed_at is not None else "open",
-        base_version_id=r.base_version_id,
-        version_id=r.version_id,
-        val_loss=r.val_loss,
-        train_loss=r.train_loss,
-        accepted=r.accepted,
-        clipped=r.clipped,
-        rejected=r.rejected,
-        tokens=r.tokens,
-        bytes_in=r.bytes_in,
-        bytes_out=r.bytes_out,
-        wall_s=None if r.closed_at is None else r.closed_at - r.started_at,
-        close_reason=r.close_reason,
-    )

@@ -41,6 +41,7 @@ MIGRATIONS = {
         "ALTER TABLE runs ADD COLUMN parent_id VARCHAR(32)",
         "ALTER TABLE runs ADD COLUMN module VARCHAR(64)",
         "CREATE INDEX ix_runs_parent_id ON runs (parent_id)",
+        "ALTER TABLE versions ADD COLUMN merge_id VARCHAR(32)",
     ],
 }
 
@@ -130,6 +131,29 @@ class Version(Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributions: Mapped[list[str]] = mapped_column(JSON, default=list)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    merge_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a version made by a merge
+
+
+class MergeRecord(Base):
+    """A merge of modules trained from one base into a target module, accepted (a new version of
+    the target) or rejected (held-out loss got worse); inputs and evaluation kept either way."""
+
+    __tablename__ = "merges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)  # the modular run
+    target_run_id: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(32))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # module, run_id, version_id, number
+    base_version_id: Mapped[str] = mapped_column(String(32))  # the target's version it replaces
+    val_loss_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss_after: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
 
 

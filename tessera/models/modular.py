@@ -16,6 +16,7 @@ a data owner can opt out at inference. Parameter names (the module map works on 
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from torch import nn
 
 from tessera.errors import ConfigError
 from tessera.models.lm import Block, ByteLM, ByteLMConfig
+
+EXPERT_NAME = re.compile(r"\.experts\.[^.]+\.")
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,16 @@ class ModularLM(ByteLM):
     @torch.no_grad()
     def _init_by_name(self, seed: int) -> None:
         """Each parameter drawn from its own generator, seeded by the run's seed and its name, so a
-        model built with some of the experts holds the very same trunk and experts as the whole."""
+        model built with some of the experts holds the very same trunk and experts as the whole.
+        Every expert starts from the same weights (one base: experts can be merged later)."""
         for name, param in self.named_parameters():
+            key = EXPERT_NAME.sub(".experts.*.", name)
             if name.endswith("bias") or ".ln" in name or name.startswith("ln_f"):
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
             elif ".experts." in name and name.endswith("2.weight"):
                 param.zero_()  # an expert's output layer: a new expert changes nothing yet
             else:
-                generator = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
+                generator = torch.Generator().manual_seed(seed ^ zlib.crc32(key.encode()))
                 param.normal_(0.0, 0.02, generator=generator)
 
     def use(self, experts: Sequence[str], prior: Sequence[float] | None = None) -> None:

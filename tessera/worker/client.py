@@ -36,6 +36,8 @@ from tessera.hub.schemas import (
     CreateRunReply,
     LeaseReply,
     LedgerReport,
+    MergeReply,
+    MergeRequest,
     ProbeReply,
     ProviderInfo,
     RegisterReply,
@@ -231,6 +233,14 @@ class HubClient:
         params = {} if round_number is None else {"round": round_number}
         response = self._request("GET", f"/v1/runs/{run_id}/contributions", params=params)
         return [ContributionInfo.model_validate(c) for c in response.json()]
+
+    def merge(self, run_id: str, request: MergeRequest) -> MergeReply:
+        return self._json(MergeReply, "POST", f"/v1/runs/{run_id}/merges", json=request.model_dump())
+
+    def merges(self, run_id: str) -> list[MergeReply]:
+        return [
+            MergeReply.model_validate(m) for m in self._request("GET", f"/v1/runs/{run_id}/merges").json()
+        ]
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)
