@@ -391,24 +391,31 @@ def export(
 
 
 def latest_model(source: RunReader, run_id: str, experts: list[str] | None) -> tuple[torch.nn.Module, str]:
-    """The run's model from the latest version of each module, and which versions those are."""
+    """The run's model from the latest version of each module it needs (modules of experts left
+    out are not downloaded), and which versions those are."""
+    from tessera.core.modules import assign
     from tessera.core.tensors import from_bytes
     from tessera.recipe import parse_recipe
-    from tessera.task import assemble
+    from tessera.task import assemble, with_experts
 
     info = source.status(run_id)
-    parts = info.modules or [info]
+    recipe = parse_recipe(info.recipe)
+    parts = [info]
+    if info.modules:
+        needed = set(
+            assign(recipe.modules, with_experts(recipe, experts).state_dict(), every_module=False).values()
+        )
+        parts = [m for m in info.modules if m.module in needed]
     tensors = []
     for part in parts:
         assert part.latest_version is not None  # set for every run that is not modular
         tensors.append(from_bytes(source.blob(part.run_id, part.latest_version.blob_sha256)))
-    model = assemble(parse_recipe(info.recipe), tensors, experts)
     versions = ", ".join(
         f"{p.module or 'version'} {v.number} (held-out loss {fmt_loss(v.val_loss)})"
         for p in parts
         if (v := p.latest_version) is not None
     )
-    return model, versions
+    return assemble(recipe, tensors, experts), versions
 
 
 @app.command()

@@ -90,6 +90,57 @@ batches = 16
 """
 
 
+def modular_recipe(domains: list[str], rounds: int, inner_steps: int, expert_steps: int | None) -> str:
+    """The reference modular LM on standard-library ``domains`` (one shard each). With
+    ``expert_steps``: a trunk trained with DiLoCo for ``rounds`` rounds by one worker per domain,
+    then one expert per domain trained alone on top of it for ``expert_steps`` steps; without: the
+    trunk's architecture alone, trained for ``rounds`` rounds (the dense comparison)."""
+    from tessera.models.modular import ModularLMConfig, module_params
+
+    experts = json.dumps(domains if expert_steps else [])
+    text = f"""\
+# Reference modular LM: a byte-level trunk plus one feed-forward expert per domain.
+seed = 0
+
+[run]
+name = "stdlib-{"modular" if expert_steps else "dense"}"
+rounds = {rounds}
+quorum = {len(domains)}
+round_deadline_s = 3600
+
+[model]
+factory = "tessera.models.modular:build"
+options = {{ experts = {experts}, context = 128, d_model = 128, n_layers = 2, n_heads = 4 }}
+
+[data]
+options = {{ context = 128, domains = {json.dumps(domains)} }}
+
+[train]
+inner_steps = {inner_steps}
+batch_size = 16
+lr = 3e-3
+
+[outer]
+kind = "nesterov"
+lr = 0.7
+momentum = 0.9
+
+[eval]
+batch_size = 16
+batches = 16
+"""
+    if not expert_steps:
+        return text
+    params = module_params(ModularLMConfig(experts=tuple(domains)))
+    text += f"\n[modules.trunk]\nparams = {json.dumps(params['trunk'])}\nmodel_options = {{ experts = [] }}\n"
+    for d in domains:
+        text += (
+            f'\n[modules.{d}]\nparams = {json.dumps(params[d])}\ndepends = ["trunk"]\nshards = ["{d}"]\n'
+            f'rounds = 1\nquorum = 1\ninner_steps = {expert_steps}\nmodel_options = {{ experts = ["{d}"] }}\n'
+        )
+    return text
+
+
 @contextmanager
 def embedded_hub(home: Path) -> Iterator[tuple[str, str]]:
     """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token."""

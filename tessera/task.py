@@ -90,6 +90,14 @@ def assemble(recipe: Recipe, parts: Sequence[TensorDict], experts: Sequence[str]
     """A run's model from its versions' tensors (one per module of a modular run). With
     ``experts`` only those experts are built and loaded: the others' tensors are left out (a data
     owner's opt-out); without, a modular LM routes between all of them."""
+    model = with_experts(recipe, experts)
+    wanted = set(model.state_dict())
+    model.load_state_dict({k: v for part in parts for k, v in part.items() if k in wanted})
+    return model
+
+
+def with_experts(recipe: Recipe, experts: Sequence[str] | None) -> nn.Module:
+    """The recipe's model built with only ``experts`` (all of them when None)."""
     if experts is not None:
         known = recipe.model.options.get("experts")
         if known is None:
@@ -99,10 +107,7 @@ def assemble(recipe: Recipe, parts: Sequence[TensorDict], experts: Sequence[str]
             raise ConfigError(f"no experts {unknown} in this run; it has {list(known)}")
         options = {**recipe.model.options, "experts": list(experts)}
         recipe = replace(recipe, model=replace(recipe.model, options=options))
-    model = build_model(recipe)
-    wanted = set(model.state_dict())
-    model.load_state_dict({k: v for part in parts for k, v in part.items() if k in wanted})
-    return model
+    return build_model(recipe)
 
 
 def configure_torch(threads: int | None) -> None:

@@ -119,3 +119,50 @@ def test_own_model_and_data_through_the_real_hub(tmp_path: Path) -> None:
     assert status.status == "finished" and len(rounds) == 3
     losses = [status.initial_val_loss] + [r.val_loss for r in rounds]
     assert losses[-1] < 0.6 * losses[0], losses  # the example promises it learns: asserted here
+
+
+@pytest.mark.timeout(300)
+def test_modular_run_with_the_cli_status_sample_export_and_merge(tmp_path: Path, corpus_dir: Path) -> None:
+    """A modular run (trunk, two experts, an untrained general expert) through a real hub, then
+    the commands a user reads and combines it with."""
+    from safetensors import safe_open
+
+    from tests.test_modules import GENERAL, modular_recipe
+
+    home = tmp_path / "home"
+    text = modular_recipe(corpus_dir).replace(
+        'experts = ["alpha", "beta"]', 'experts = ["alpha", "beta", "general"]'
+    )
+    with embedded_hub(home) as (url, admin_token), HubClient.connect(url, admin_token) as admin:
+        run_id = admin.create_run(text + GENERAL).run_id
+        clients = [HubClient.connect(url, admin_token, run_id=run_id) for _ in range(4)]
+        modules = ["trunk", "trunk", "alpha", "beta"]
+        loops = [
+            WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=2, module=m))
+            for i, (c, m) in enumerate(zip(clients, modules, strict=True))
+        ]
+        assert not run_loops(loops)
+        for c in clients:
+            c.close()
+        hub = ("--run", run_id, "--hub", url, "--token", admin_token)
+        merged = tessera("merge", "alpha", "beta", "--into", "general", "--method", "average", *hub)
+        assert merged.returncode == 0 and "accepted" in merged.stdout, merged.stdout + merged.stderr
+        bad = tessera("merge", "alpha", "--into", "general", "--density", "2", *hub)
+        assert bad.returncode == 1 and "density" in bad.stderr + bad.stdout
+    status = tessera("status", "--home", str(home), "--run", run_id)
+    assert status.returncode == 0, status.stderr
+    assert all(m in status.stdout for m in ("trunk", "alpha", "beta", "general", "finished"))
+    sample = tessera("sample", "--home", str(home), "--run", run_id, "--expert", "alpha", "--length", "20")
+    assert sample.returncode == 0, sample.stderr
+    assert "trunk 2" in sample.stdout and "alpha 2" in sample.stdout and "beta" not in sample.stdout
+    out = tmp_path / "model.safetensors"
+    export = tessera("export", str(out), "--home", str(home), "--run", run_id, "--expert", "beta")
+    assert export.returncode == 0, export.stderr
+    with safe_open(str(out), "pt") as f:
+        names, meta = list(f.keys()), f.metadata()
+    assert any(".experts.beta." in n for n in names) and not any(".experts.alpha." in n for n in names)
+    assert (
+        meta["run_id"] == run_id
+        and json.loads(meta["experts"]) == ["beta"]
+        and "[modules.trunk]" in meta["recipe"]
+    )

@@ -520,7 +520,8 @@ class HubService:
     def close_due_rounds(self) -> int:
         """Close every round past its deadline that has at least one contribution."""
         with self.state.transaction() as s:
-            run_ids = s.scalars(select(Run.id).where(Run.status == "active")).all()
+            parents = select(Run.parent_id).where(Run.parent_id.is_not(None))  # rounds are their modules'
+            run_ids = s.scalars(select(Run.id).where(Run.status == "active", Run.id.not_in(parents))).all()
         return sum(self._maybe_close(run_id) for run_id in run_ids)
 
     def _maybe_close(self, run_id: str) -> bool:
