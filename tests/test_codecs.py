@@ -61,7 +61,7 @@ def test_lossless_and_cast_bounds() -> None:
 
 
 @pytest.mark.parametrize(
-    "name, block, half", [("int8", 256, 127), ("int4", 64, 7), ("int3", 128, 3), ("int2", 64, 1.5)]
+    "name, block, half", [("int8", 256, 127), ("int4", 64, 7), ("int3", 256, 3), ("int2", 64, 1.5)]
 )
 def test_blockwise_quantization_error_is_at_most_half_a_step(name: str, block: int, half: float) -> None:
     t = update()

@@ -8,7 +8,7 @@ get a suffix, ".q", ".scale", ".idx", ".val") and back, given the original shape
 - ``int8``: blockwise absmax quantization, blocks of 256 values, one fp32 scale per block.
 - ``int4``, ``int2``: 4 or 2 bits per value in blocks of 64 with one fp32 scale, packed into
   bytes; int4 uses the 15 levels -7..7, int2 the 4 levels -1.5, -0.5, 0.5, 1.5 (times the scale).
-- ``int3``: 3 bits per value (the 7 levels -3..3) in blocks of 128 with one bf16 scale: 3.125
+- ``int3``: 3 bits per value (the 7 levels -3..3) in blocks of 256 with one bf16 scale: 3.0625
   bits per value.
 - ``topk1``..: the largest 1% (``topk<p>`` for p%) of each tensor by magnitude: int32 indices and
   fp16 values.
@@ -217,7 +217,7 @@ def codec(name: str) -> Codec:
         "fp16": Cast("fp16", torch.float16),
         "int8": Quantized("int8", 8, 256),
         "int4": Quantized("int4", 4, 64),
-        "int3": Quantized("int3", 3, 128, torch.bfloat16),
+        "int3": Quantized("int3", 3, 256, torch.bfloat16),
         "int2": Quantized("int2", 2, 64),
     }
     if name in fixed:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tessera.core.modules import closure
+from tessera.core.modules import closure, training_order
 from tessera.core.tensors import TensorDict
 from tessera.errors import ConfigError, NotFound
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.state import Run, Version
-from tessera.recipe import Recipe
+from tessera.recipe import Recipe, parse_recipe
 from tessera.task import model_tensors
 
 
@@ -48,8 +48,11 @@ def siblings(s: Session, run: Run) -> dict[str, Run]:
 
 
 def modules_of(s: Session, parent: Run) -> dict[str, Run]:
-    rows = s.scalars(select(Run).where(Run.parent_id == parent.id)).all()
-    return {r.module: r for r in rows if r.module is not None}
+    """The modules of a modular run by name, dependencies first (empty for other runs)."""
+    rows = {r.module: r for r in s.scalars(select(Run).where(Run.parent_id == parent.id)) if r.module}
+    if not rows:
+        return {}
+    return {name: rows[name] for name in training_order(parse_recipe(parent.recipe).modules)}
 
 
 def frozen_versions(s: Session, run: Run, recipe: Recipe) -> list[tuple[str, Run, Version]] | None:

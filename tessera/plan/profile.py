@@ -42,7 +42,7 @@ WIRE_FORMATS: dict[str, WireFormat] = {
     "fp16": WireFormat(16),
     "int8": WireFormat(8, block=256),
     "int4": WireFormat(4, block=64),
-    "int3": WireFormat(3, block=128, scale_bits=16),
+    "int3": WireFormat(3, block=256, scale_bits=16),
     "int2": WireFormat(2, block=64),
     "topk1": WireFormat(16, keep=0.01),
 }

@@ -301,7 +301,7 @@ class Frozen:
             if sha not in self.loaded:
                 if not self.store.has(sha):
                     self.store.put(self.client.blob(sha, dep.run_id))
-                self.loaded = {**self.loaded, sha: from_bytes(self.store.get(sha))}
+                self.loaded[sha] = from_bytes(self.store.get(sha))
             out.update(self.loaded[sha])
         return out
 
