@@ -18,6 +18,7 @@ from tessera.recipe import parse_recipe
 from tessera.task import assemble
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkLoop
+from tests.conftest import tiny_recipe
 from tests.test_two_hubs import run_loops
 
 pytestmark = pytest.mark.timeout(120)
@@ -247,8 +248,11 @@ def test_sample_and_export_choose_experts(
     [
         (("blocks.*.experts.beta.*", "blocks.*.experts.bet.*"), "no module.s params match"),
         (
-            ('model_options = { experts = ["beta"] }', 'model_options = { experts = ["alpha", "beta"] }'),
-            "does not depend on",
+            (
+                'model_options = { experts = ["beta"] }',
+                'model_options = { experts = ["beta"], d_model = 32 }',
+            ),
+            "start differently",
         ),
         (('shards = ["beta"]', 'shards = ["gamma"]'), "no shards"),
         (('shards = ["alpha"]', 'shards = ["alpha"]\nowner = "nobody"'), "no provider named"),
@@ -354,3 +358,40 @@ def test_merge_methods() -> None:
         MergeSettings("soup")
     with pytest.raises(ConfigError, match="2 merge weights"):
         merge(base, [a], MergeSettings("average", weights=(1.0, 2.0)))
+
+
+def test_modules_of_a_model_without_model_options(
+    http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """Any nn.Module: the plain byte LM split into a shared body and an owner's output layer,
+    trained on top of the final body (the module map names tensors; nothing model-specific)."""
+    recipe = (
+        tiny_recipe(corpus_dir, rounds=2, quorum=1)
+        + """
+[modules.body]
+params = ["tok.*", "pos.*", "blocks.*"]
+
+[modules.readout]
+params = ["ln_f.*", "head.*"]
+depends = ["body"]
+"""
+    )
+    run_id = admin.create_run(recipe).run_id
+    loops = [
+        WorkLoop(
+            HubClient(http, admin.create_provider(f"g{i}").token, retry_s=0, run_id=run_id),
+            WorkerSettings(tmp_path / f"g{i}", name=f"g{i}", wait_s=2, module=module),
+        )
+        for i, module in enumerate(["body", "readout"])
+    ]
+    assert not run_loops(loops)
+    body, readout = admin.status(run_id).modules
+    assert body.status == readout.status == "finished"
+    assert loops[1].trained_names == {"ln_f.weight", "ln_f.bias", "head.weight"}
+    assert loops[1].client.bytes_up < 2 * readout.latest_version.nbytes * 1.05  # type: ignore[union-attr, attr-defined]
+    losses = [r.val_loss for r in admin.rounds(readout.run_id)]
+    assert (
+        losses[-1] is not None
+        and readout.initial_val_loss is not None
+        and losses[-1] < readout.initial_val_loss
+    )

@@ -20,20 +20,17 @@ from tessera.recipe import Recipe, parse_recipe
 from tessera.task import model_tensors
 
 
-def check_module(recipe: Recipe, name: str, runtime: RunRuntime, deps: dict[str, TensorDict]) -> None:
-    """ConfigError unless the model that trains module ``name`` holds only its own tensors and its
-    dependencies', built exactly as in the whole model (so versions fit together)."""
+def check_module(name: str, runtime: RunRuntime, whole: TensorDict) -> None:
+    """ConfigError unless the model that trains module ``name`` is built exactly as the whole model
+    is (so that versions of modules fit together). Tensors of modules it does not depend on stay
+    at their initial values while it trains."""
     if not runtime.initial:
         raise ConfigError(f"modules.{name}: the model built with its model_options has none of its tensors")
-    known = {k: v for part in deps.values() for k, v in part.items()} | runtime.initial
     built = model_tensors(runtime.model)
-    foreign = sorted(set(built) - set(known))
-    if foreign:
-        raise ConfigError(
-            f"modules.{name}: its model has tensors {foreign[:3]} of modules it does not depend on; "
-            f"add them to modules.{name}.depends or narrow its model_options"
-        )
-    differ = sorted(k for k, v in built.items() if not v.equal(known[k]))
+    unknown = sorted(set(built) - set(whole))
+    if unknown:
+        raise ConfigError(f"modules.{name}: its model has tensors {unknown[:3]} that the whole model lacks")
+    differ = sorted(k for k, v in built.items() if v.shape != whole[k].shape or not v.equal(whole[k]))
     if differ:
         raise ConfigError(
             f"modules.{name}: tensors {differ[:3]} start differently than in the whole model; the model "

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
 from tessera.core.codecs import Published, codec, publish
-from tessera.core.modules import closure, training_order
+from tessera.core.modules import training_order
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
@@ -63,6 +63,7 @@ from tessera.hub.views import (
     version_info,
 )
 from tessera.recipe import Recipe, parse_recipe
+from tessera.task import build_model, model_tensors
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,9 @@ class HubService:
         if not recipe.modules:
             return {}
         runtimes = {name: RunRuntime.build(recipe, name) for name in training_order(recipe.modules)}
+        whole = model_tensors(build_model(recipe))
         for name, runtime in runtimes.items():
-            check_module(
-                recipe, name, runtime, {m: runtimes[m].initial for m in closure(recipe.modules, name)}
-            )
+            check_module(name, runtime, whole)
             owner = recipe.modules[name].owner
             if owner is not None:
                 try:
