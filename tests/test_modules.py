@@ -131,6 +131,10 @@ def test_the_posterior_moves_to_the_expert_that_predicts_the_sequence() -> None:
     last_good, last_bad = good[:, -1], bad[:, -1]
     nearer_good = (mixed[:, -1] - last_good).abs().mean() < (mixed[:, -1] - last_bad).abs().mean()
     assert nearer_good == bool(gain > 0)
+    prior = model.estimate_prior([(x, x)])  # from held-out data: the same expert is favoured
+    assert len(prior) == 2 and abs(sum(prior) - 1) < 1e-6 and (prior[0] > prior[1]) == bool(gain > 0)
+    model.use(["a", "b"], prior)
+    assert torch.allclose(model(x)[:, 0].exp().sum(-1), torch.ones(2), atol=1e-5)
 
 
 # --- a modular run through the hub --------------------------------------------------------

@@ -16,9 +16,10 @@ a data owner can opt out at inference. Parameter names (the module map works on 
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,17 +124,29 @@ class ModularLM(ByteLM):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if len(self.active) <= 1:
             return self.expert_logits(idx, self.active[0] if self.active else None)
-        logp = torch.stack([F.log_softmax(self.expert_logits(idx, e), -1) for e in self.active])
-        return mixture(logp, idx, self.log_prior)
+        logp = self.expert_log_probs(idx)
+        return torch.logsumexp(posterior(logp, idx, self.log_prior)[..., None] + logp, dim=0)
+
+    def expert_log_probs(self, idx: torch.Tensor) -> torch.Tensor:
+        """(experts, batch, time, 256): each active trunk+expert model's next-byte log-probabilities."""
+        return torch.stack([F.log_softmax(self.expert_logits(idx, e), -1) for e in self.active])
+
+    @torch.no_grad()
+    def estimate_prior(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+        """A prior over the active experts from held-out data (e.g. the hub's public split): the
+        mean posterior at the end of each sequence, starting from a uniform prior."""
+        uniform = torch.full((len(self.active),), -math.log(len(self.active)))
+        ends = [posterior(self.expert_log_probs(x), x, uniform)[:, :, -1].exp() for x, _ in batches]
+        mean = torch.cat(ends, dim=1).mean(dim=1).clamp(min=1e-6)
+        return (mean / mean.sum()).tolist()
 
 
-def mixture(logp: torch.Tensor, idx: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
-    """log sum_e w_e(t) p_e(next | bytes up to t), where w_e(t) is expert e's posterior given the
-    bytes of the sequence before position t (only what the model has been shown)."""
+def posterior(logp: torch.Tensor, idx: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """log w_e(t): expert e's posterior given the bytes of the sequence up to position t (what
+    the model has been shown), from the log-probabilities ``logp`` (experts, batch, time, vocab)."""
     seen = logp[:, :, :-1].gather(-1, idx[None, :, 1:, None].expand(logp.shape[0], -1, -1, 1)).squeeze(-1)
     evidence = F.pad(seen.cumsum(-1), (1, 0))  # (experts, batch, time): log p_e(x_1..x_t | x_0)
-    log_w = F.log_softmax(evidence + log_prior[:, None, None], dim=0)
-    return torch.logsumexp(log_w[..., None] + logp, dim=0)
+    return F.log_softmax(evidence + log_prior[:, None, None], dim=0)
 
 
 def build(experts: Sequence[str] = (), expert_ratio: int = 4, **trunk: Any) -> ModularLM:
@@ -149,4 +162,4 @@ def module_params(cfg: ModularLMConfig) -> dict[str, list[str]]:
     return {"trunk": trunk, **{name: [f"blocks.*.experts.{name}.*"] for name in cfg.experts}}
 
 
-__all__ = ["ModularLM", "ModularLMConfig", "build", "mixture", "module_params"]
+__all__ = ["ModularLM", "ModularLMConfig", "build", "module_params", "posterior"]
