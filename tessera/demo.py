@@ -137,6 +137,7 @@ batches = 16
         text += (
             f'\n[modules.{d}]\nparams = {json.dumps(params[d])}\ndepends = ["trunk"]\nshards = ["{d}"]\n'
             f'rounds = 1\nquorum = 1\ninner_steps = {expert_steps}\nmodel_options = {{ experts = ["{d}"] }}\n'
+            'outer = { kind = "average" }  # one worker, one round: the new version is what it trained\n'
         )
     return text
 

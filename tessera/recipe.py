@@ -12,14 +12,14 @@
 [plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`; others use train.inner_steps),
          topology = "name of the planned topology"
 [modules.<name>]  params = [patterns], depends, shards, owner, model_options, rounds, quorum,
-         inner_steps: separately versioned parts of the model (tessera.core.modules)
+         inner_steps, outer: separately versioned parts of the model (tessera.core.modules)
 """
 
 from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,7 @@ class Recipe:
             ),
             train=replace(self.train, inner_steps=spec.inner_steps or self.train.inner_steps),
             model=replace(self.model, options={**self.model.options, **spec.model_options}),
+            outer=_section(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer}),
         )
 
 

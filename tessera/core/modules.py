@@ -5,7 +5,8 @@ the model's state-dict names; ``depends``, the modules it is trained on top of (
 final versions); optionally ``shards`` (the data it trains on), ``owner`` (only that provider's
 nodes, or its collective's members, may train it: its data stays there), ``model_options``
 (factory options while training it, e.g. only its own expert) and per-module ``rounds``,
-``quorum`` and ``inner_steps``. Every tensor of the model belongs to exactly one module.
+``quorum``, ``inner_steps`` and ``outer`` (e.g. ``{ kind = "average" }`` for a module one
+worker trains in one round). Every tensor of the model belongs to exactly one module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ import torch
 
 from tessera.errors import ConfigError
 
-MODULE_KEYS = ("params", "depends", "shards", "owner", "model_options", "rounds", "quorum", "inner_steps")
+MODULE_KEYS = (
+    "params",
+    "depends",
+    "shards",
+    "owner",
+    "model_options",
+    "rounds",
+    "quorum",
+    "inner_steps",
+    "outer",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ class ModuleSpec:
     rounds: int | None = None
     quorum: int | None = None
     inner_steps: int | None = None
+    outer: dict[str, Any] = field(default_factory=dict)  # [outer] keys for this module
 
     def __post_init__(self) -> None:
         where = f"modules.{self.name}"
@@ -42,8 +54,8 @@ class ModuleSpec:
             raise ConfigError(f'{where}.params must list parameter-name patterns, e.g. ["blocks.*.mlp.*"]')
         if self.name in self.depends:
             raise ConfigError(f"{where}.depends names the module itself")
-        if not isinstance(self.model_options, dict):
-            raise ConfigError(f"{where}.model_options must be a table")
+        if not isinstance(self.model_options, dict) or not isinstance(self.outer, dict):
+            raise ConfigError(f"{where}.model_options and {where}.outer must be tables")
         for key in ("rounds", "quorum", "inner_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
