@@ -121,6 +121,10 @@ class Recipe:
     def for_module(self, name: str) -> Recipe:
         """The recipe as module ``name`` trains: its rounds, quorum, H and model options."""
         spec = self.modules[name]
+        try:
+            outer = _section(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer})
+        except ConfigError as exc:
+            raise ConfigError(f"modules.{name}.outer: {exc}") from exc
         return replace(
             self,
             run=replace(
@@ -128,7 +132,7 @@ class Recipe:
             ),
             train=replace(self.train, inner_steps=spec.inner_steps or self.train.inner_steps),
             model=replace(self.model, options={**self.model.options, **spec.model_options}),
-            outer=_section(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer}),
+            outer=outer,
         )
 
 
@@ -174,7 +178,10 @@ def parse_recipe(text: str) -> Recipe:
     seed = doc.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    return Recipe(seed=seed, modules=parse_modules(doc.get("modules", {})), **parts)
+    recipe = Recipe(seed=seed, modules=parse_modules(doc.get("modules", {})), **parts)
+    for name in recipe.modules:
+        recipe.for_module(name)  # a module's own settings are checked now
+    return recipe
 
 
 def load_recipe(path: Path) -> Recipe:

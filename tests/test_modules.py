@@ -52,11 +52,24 @@ def test_module_map_parses_orders_and_assigns() -> None:
         ({"a": {"params": ["*"], "colour": 1}}, "unknown key modules.a.colour"),
         ({"a": {"params": ["*"], "rounds": 0}}, "positive integer"),
         ({"a b": {"params": ["*"]}}, "letters, digits"),
+        ({"a": {"params": ["*"], "outer": 3}}, "must be tables"),
     ],
 )
 def test_bad_module_tables_are_refused(table: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_modules(table)
+
+
+def test_a_module_trains_with_its_own_settings() -> None:
+    text = (
+        'rounds = 5\n[modules.m]\nparams = ["*"]\nrounds = 2\ninner_steps = 7\nouter = { kind = "average" }\n'
+    )
+    recipe = parse_recipe("[run]\n" + text)
+    mine = recipe.for_module("m")
+    assert (mine.run.rounds, mine.train.inner_steps, mine.outer.kind) == (2, 7, "average")
+    assert recipe.run.rounds == 5 and recipe.outer.kind == "nesterov"
+    with pytest.raises(ConfigError, match="modules.m.outer"):
+        parse_recipe('[modules.m]\nparams = ["*"]\nouter = { kind = "adam" }\n')
 
 
 def test_every_tensor_in_exactly_one_module() -> None:
