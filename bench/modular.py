@@ -100,7 +100,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=8, help="dense DiLoCo rounds")
-    parser.add_argument("--trunk-rounds", type=int, default=4, help="modular: DiLoCo rounds of the trunk")
+    parser.add_argument("--trunk-rounds", type=int, default=6, help="modular: DiLoCo rounds of the trunk")
     parser.add_argument("--inner-steps", type=int, default=100)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "modular.json")
     args = parser.parse_args()
