@@ -4,8 +4,9 @@ The default corpus is the Python standard library's own source, read from the ru
 interpreter (test folders and site-packages excluded), so nothing is downloaded. A domain is a
 top-level package (``email``, ``asyncio``, ...); single-file modules form the domain
 ``modules``. Domains are packed into shards of similar size, or, with ``domains=[...]``, only
-those domains are read and each is a shard of its own (held out per shard too). A file belongs to the held-out
-split when a hash of its relative path says so, so every process agrees without talking.
+those domains are read and each is a shard of its own (held out per shard too). A file belongs
+to the held-out split when a hash of its relative path says so, so every process agrees without
+talking.
 """
 
 from __future__ import annotations
@@ -100,9 +101,13 @@ class TextCorpus:
         if self.only:
             files = [(p, rel) for p, rel in files if domain_of(rel) in self.only]
         held_names = held_out_names([rel for _, rel in files], self.held_out_fraction, self.only)
+        in_order: list[bytes] = []  # the held-out files in file order, as the split has always been
         for path, rel in files:
+            data = path.read_bytes() + b"\n"
             split = held if rel.as_posix() in held_names else parts
-            split.setdefault(domain_of(rel), []).append(path.read_bytes() + b"\n")
+            split.setdefault(domain_of(rel), []).append(data)
+            if split is held:
+                in_order.append(data)
         if not parts:
             raise DataError(
                 f"no text files ({', '.join(TEXT_SUFFIXES)}) found under {self.root}; "
@@ -113,9 +118,7 @@ class TextCorpus:
             raise DataError(f"domains {missing} not found under {self.root}; it has {sorted(parts)[:20]}")
         self.domains = {d: _as_array(chunks) for d, chunks in parts.items()}
         self.held_out_domains = {d: _as_array(chunks) for d, chunks in held.items()}
-        self.held_out = (
-            np.concatenate(list(self.held_out_domains.values())) if held else self._fallback_held_out()
-        )
+        self.held_out = _as_array(in_order) if in_order else self._fallback_held_out()
         if self.only:
             self.shards = {d: [d] for d in self.only}
         else:
