@@ -46,6 +46,17 @@ class DemoSettings:
             raise TesseraError("--workers, --rounds and --inner-steps must be at least 1")
 
 
+OUTER_AND_EVAL = """[outer]
+kind = "nesterov"
+lr = 0.7
+momentum = 0.9
+
+[eval]
+batch_size = 16
+batches = 16
+"""
+
+
 def demo_recipe(settings: DemoSettings) -> str:
     collective_line = (
         "" if settings.collective is None else f"collective = {json.dumps(settings.collective)}\n"
@@ -79,15 +90,7 @@ lr = 3e-3
 weight_decay = 0.1
 grad_clip = 1.0
 
-[outer]
-kind = "nesterov"
-lr = 0.7
-momentum = 0.9
-
-[eval]
-batch_size = 16
-batches = 16
-"""
+{OUTER_AND_EVAL}"""
 
 
 def modular_recipe(domains: list[str], rounds: int, inner_steps: int, expert_steps: int | None) -> str:
@@ -120,15 +123,7 @@ inner_steps = {inner_steps}
 batch_size = 16
 lr = 3e-3
 
-[outer]
-kind = "nesterov"
-lr = 0.7
-momentum = 0.9
-
-[eval]
-batch_size = 16
-batches = 16
-"""
+{OUTER_AND_EVAL}"""
     if not expert_steps:
         return text
     params = module_params(ModularLMConfig(experts=tuple(domains)))

@@ -53,6 +53,7 @@ from tessera.hub.state import (
     Version,
     Worker,
     new_round,
+    new_run,
 )
 from tessera.hub.store import BlobStore
 from tessera.hub.views import (
@@ -122,35 +123,16 @@ class HubService:
         runtime = None if modules else RunRuntime.build(recipe)
         run_id, now = new_id(), self.clock()
         with self._lock, self.state.transaction() as s:
-            run = Run(
-                id=run_id,
-                name=recipe.run.name,
-                recipe=recipe_text,
-                owner_id=who.provider_id,
-                collective_id=collective_id,
-                status="active",
-                current_round=0,
-                workers_registered=0,
-                created_at=now,
-            )
+            run = new_run(run_id, recipe.run.name, recipe_text, who.provider_id, collective_id, now)
             s.add(run)
             s.flush()  # the run row first: versions and rounds refer to it
             if runtime is not None:
                 self._start(s, run, runtime)
             for name, module_runtime in modules.items():
-                child = Run(
-                    id=new_id(),
-                    name=f"{recipe.run.name}/{name}",
-                    recipe=recipe_text,
-                    owner_id=who.provider_id,
-                    collective_id=collective_id,
-                    status="active",
-                    current_round=0,
-                    workers_registered=0,
-                    created_at=now,
-                    parent_id=run_id,
-                    module=name,
+                child = new_run(
+                    new_id(), f"{recipe.run.name}/{name}", recipe_text, who.provider_id, collective_id, now
                 )
+                child.parent_id, child.module = run_id, name
                 s.add(child)
                 s.flush()
                 self._start(s, child, module_runtime)

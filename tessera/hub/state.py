@@ -105,6 +105,21 @@ class Run(Base):
     module: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: str | None, now: float) -> Run:
+    """An active run (or module) with no rounds done and no workers yet."""
+    return Run(
+        id=run_id,
+        name=name,
+        recipe=recipe,
+        owner_id=owner_id,
+        collective_id=collective_id,
+        status="active",
+        current_round=0,
+        workers_registered=0,
+        created_at=now,
+    )
+
+
 class Worker(Base):
     __tablename__ = "workers"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
