@@ -52,9 +52,9 @@ class Merges:
         current = from_bytes(self.hub.store.get(plan.latest.blob_sha))
         merged = self._merged(plan, current, settings)
         runtime = self.hub.runtime(plan.target.id)
-        with self.hub.state.transaction() as s:
+        with self.hub._lock, self.hub.state.transaction() as s:  # the runtime's model is shared
             self.hub.load_frozen(runtime, frozen_versions(s, plan.target, runtime.recipe) or [])
-        before, after = runtime.evaluate(current), runtime.evaluate(merged)
+            before, after = runtime.evaluate(current), runtime.evaluate(merged)
         reason = None
         if after > before:
             reason = (
