@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -157,7 +157,9 @@ class MergeRequest(Message):
     """Merge modules trained from one base into ``target`` (tessera.core.merging)."""
 
     target: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
-    inputs: list[str] = Field(min_length=1, max_length=64)
+    inputs: list[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]] = Field(
+        min_length=1, max_length=64
+    )
     method: Literal["average", "task_arithmetic", "ties"] = "ties"
     weights: list[float] = Field(default_factory=list, max_length=64)
     scale: float = Field(default=1.0, allow_inf_nan=False)
