@@ -273,6 +273,7 @@ def test_sample_and_export_choose_experts(
         ),
         (('shards = ["beta"]', 'shards = ["gamma"]'), "no shards"),
         (('shards = ["alpha"]', 'shards = ["alpha"]\nowner = "nobody"'), "no provider named"),
+        (("[modules.beta]", '[modules.ghost]\nparams = ["nothing.*"]\n\n[modules.beta]'), "match no tensor"),
     ],
 )
 def test_bad_modular_recipes_are_refused_at_creation(

@@ -149,11 +149,11 @@ def assign(
     return owner
 
 
-def split(
-    tensors: Mapping[str, torch.Tensor], owner: Mapping[str, str]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """The model's tensors grouped by module."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for name, tensor in tensors.items():
-        parts.setdefault(owner[name], {})[name] = tensor
-    return parts
+def freeze_outside(model: torch.nn.Module, specs: Mapping[str, ModuleSpec], module: str) -> set[str]:
+    """Freeze every parameter of ``model`` outside ``module``; the names of the module's tensors
+    (the model may hold only some of the modules: a module's worker builds only what it needs)."""
+    names = set(model.state_dict())
+    owner = assign(specs, names, every_module=False)
+    for name, param in model.named_parameters():
+        param.requires_grad_(owner[name] == module)
+    return {k for k in names if owner[k] == module}

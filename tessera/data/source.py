@@ -8,7 +8,7 @@ folder a worker passes with ``--data``. It returns a ``DataSource``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -29,6 +29,7 @@ class DataSource(Protocol):
         ...
 
 
+@runtime_checkable
 class ShardedValidation(Protocol):
     """A source that also holds out data per shard (modules are evaluated on their shards')."""
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from tessera.core.codecs import codec
 from tessera.core.inner import Batch, LossFn, evaluate
-from tessera.core.modules import assign
+from tessera.core.modules import freeze_outside
 from tessera.core.outer import OuterOptimizer, outer_optimizer
 from tessera.core.tensors import TensorDict, check_compatible, float_tensors
-from tessera.data.source import DataSource
+from tessera.data.source import DataSource, ShardedValidation
 from tessera.errors import ConfigError, MalformedContribution
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of, model_tensors, training_flops_per_token
@@ -42,27 +42,25 @@ class RunRuntime:
     frozen_ids: tuple[str, ...] = ()  # ids of those versions
 
     @classmethod
-    def build(cls, recipe: Recipe, module: str | None = None) -> RunRuntime:
-        data = load_data(recipe)
+    def build(cls, recipe: Recipe, module: str | None = None, data: DataSource | None = None) -> RunRuntime:
+        """The runtime of a run, or of one module of a modular run (``data``: the recipe's data
+        source, when the caller has it loaded already)."""
+        data = data or load_data(recipe)
         if module is None:
             model = build_model(recipe)
             initial = model_tensors(model)
             return cls.of(recipe, model, data, initial, data.shard_names())
         trains = recipe.for_module(module)
-        owner = assign(recipe.modules, model_tensors(build_model(recipe)))
         model = build_model(trains)
-        mine = {k: v for k, v in model_tensors(model).items() if owner.get(k) == module}
+        names = freeze_outside(model, recipe.modules, module)
+        mine = {k: v for k, v in model_tensors(model).items() if k in names}
         spec = recipe.modules[module]
         unknown = sorted(set(spec.shards) - set(data.shard_names()))
         if unknown:
             raise ConfigError(
                 f"modules.{module}.shards: no shards {unknown}; the data has {data.shard_names()}"
             )
-        runtime = cls.of(trains, model, data, mine, list(spec.shards) or data.shard_names(), module)
-        for p_name, param in model.named_parameters():
-            param.requires_grad_(owner.get(p_name) == module)
-        runtime.flops_per_token = training_flops_per_token(model)
-        return runtime
+        return cls.of(trains, model, data, mine, list(spec.shards) or data.shard_names(), module)
 
     @classmethod
     def of(
@@ -124,8 +122,7 @@ class RunRuntime:
 def held_out(recipe: Recipe, data: DataSource, shards: list[str]) -> list[Batch]:
     """The recipe's held-out batches; of the given shards only, when the source holds out per shard."""
     size, count = recipe.eval.batch_size, recipe.eval.batches
-    per_shard = getattr(data, "shard_validation_batches", None)
-    if not shards or per_shard is None:
+    if not shards or not isinstance(data, ShardedValidation):
         return data.validation_batches(size, count)
     each = max(1, count // len(shards))
-    return [batch for shard in shards for batch in per_shard(shard, size, each)]
+    return [batch for shard in shards for batch in data.shard_validation_batches(shard, size, each)]

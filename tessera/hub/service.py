@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
 from tessera.core.codecs import Published, codec, publish
-from tessera.core.modules import training_order
+from tessera.core.modules import assign, training_order
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
@@ -64,7 +64,7 @@ from tessera.hub.views import (
     version_info,
 )
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, model_tensors
+from tessera.task import build_model, load_data, model_tensors
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,10 @@ class HubService:
         """One runtime per module, dependencies first, after checking the module map (ConfigError)."""
         if not recipe.modules:
             return {}
-        runtimes = {name: RunRuntime.build(recipe, name) for name in training_order(recipe.modules)}
         whole = model_tensors(build_model(recipe))
+        assign(recipe.modules, whole)  # every tensor in exactly one module, no module empty
+        data = load_data(recipe)
+        runtimes = {name: RunRuntime.build(recipe, name, data) for name in training_order(recipe.modules)}
         for name, runtime in runtimes.items():
             check_module(name, runtime, whole)
             owner = recipe.modules[name].owner

@@ -19,7 +19,7 @@ from torch import nn
 
 from tessera.core.codecs import ErrorFeedback, apply_change, codec
 from tessera.core.inner import Batch, InnerResult, InnerTrainer
-from tessera.core.modules import assign
+from tessera.core.modules import freeze_outside
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
@@ -277,13 +277,9 @@ def initial_version(model: nn.Module, names: set[str] | None = None) -> Held:
 
 def trained_names(model: nn.Module, recipe: Recipe, module: str | None) -> set[str]:
     """Names of the tensors a worker trains; a module's worker freezes every other parameter."""
-    names = set(model_tensors(model))
     if module is None:
-        return names
-    owner = assign(recipe.modules, names, every_module=False)
-    for name, param in model.named_parameters():
-        param.requires_grad_(owner[name] == module)
-    return {k for k in names if owner[k] == module}
+        return set(model.state_dict())
+    return freeze_outside(model, recipe.modules, module)
 
 
 class Frozen:
