@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,12 +72,13 @@ class Block(nn.Module):
 class ByteLM(nn.Module):
     """Maps byte ids (batch, time) to next-byte logits (batch, time, 256)."""
 
-    def __init__(self, cfg: ByteLMConfig) -> None:
+    def __init__(self, cfg: ByteLMConfig, block: Callable[[], nn.Module] | None = None) -> None:
+        """``block`` makes each transformer block (default ``Block(cfg)``)."""
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.context, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList((block or (lambda: Block(cfg)))() for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)

@@ -71,18 +71,13 @@ class ExpertBlock(Block):
 
 
 class ModularLM(ByteLM):
-    """Maps byte ids (batch, time) to next-byte log-probabilities (batch, time, 256)."""
+    """Maps byte ids (batch, time) to next-byte logits (batch, time, 256): of the trunk with at
+    most one expert on, else the mixture's log-probabilities (valid logits too)."""
 
     def __init__(self, cfg: ModularLMConfig) -> None:
-        nn.Module.__init__(self)
-        self.cfg = cfg.trunk
+        super().__init__(cfg.trunk, lambda: ExpertBlock(cfg))
         self.modular = cfg
-        self.tok = nn.Embedding(cfg.trunk.vocab_size, cfg.trunk.d_model)
-        self.pos = nn.Embedding(cfg.trunk.context, cfg.trunk.d_model)
-        self.blocks = nn.ModuleList(ExpertBlock(cfg) for _ in range(cfg.trunk.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.trunk.d_model)
-        self.head = nn.Linear(cfg.trunk.d_model, cfg.trunk.vocab_size, bias=False)
-        self._init_by_name(torch.initial_seed())
+        self._init_by_name(torch.initial_seed())  # every parameter, replacing the trunk's draws
         self.active: tuple[str, ...] = cfg.experts
         self.register_buffer("log_prior", torch.zeros(len(cfg.experts)), persistent=False)
 
