@@ -354,7 +354,7 @@ def sample(
 
     source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
-    model, versions = latest_model(source, run_id, expert)
+    model, _, versions = latest_model(source, run_id, expert)
     if not isinstance(model, ByteLM):
         raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
     ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
@@ -379,9 +379,9 @@ def export(
 
     source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
-    model, versions = latest_model(source, run_id, expert)
+    model, info, versions = latest_model(source, run_id, expert)
     metadata = {
-        "recipe": source.status(run_id).recipe,
+        "recipe": info.recipe,
         "run_id": run_id,
         "versions": versions,
         "experts": json.dumps(expert),
@@ -390,9 +390,11 @@ def export(
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): run {run_id}, {versions}")
 
 
-def latest_model(source: RunReader, run_id: str, experts: list[str] | None) -> tuple[torch.nn.Module, str]:
+def latest_model(
+    source: RunReader, run_id: str, experts: list[str] | None
+) -> tuple[torch.nn.Module, RunStatus, str]:
     """The run's model from the latest version of each module it needs (modules of experts left
-    out are not downloaded), and which versions those are."""
+    out are not downloaded), the run's status, and which versions those are."""
     from tessera.core.modules import assign
     from tessera.core.tensors import from_bytes
     from tessera.recipe import parse_recipe
@@ -415,7 +417,7 @@ def latest_model(source: RunReader, run_id: str, experts: list[str] | None) -> t
         for p in parts
         if (v := p.latest_version) is not None
     )
-    return assemble(recipe, tensors, experts), versions
+    return assemble(recipe, tensors, experts), info, versions
 
 
 @app.command()

@@ -149,6 +149,9 @@ class HubClient:
     def _json(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self._request(method, path, **kwargs).json())
 
+    def _json_list(self, model: type[M], path: str, **kwargs: Any) -> list[M]:
+        return [model.model_validate(item) for item in self._request("GET", path, **kwargs).json()]
+
     # --- API ---------------------------------------------------------------------------
 
     def create_run(self, recipe_text: str) -> CreateRunReply:
@@ -219,28 +222,23 @@ class HubClient:
         self._request("DELETE", f"/v1/tokens/{token_id}")
 
     def runs(self) -> list[RunStatus]:
-        return [RunStatus.model_validate(r) for r in self._request("GET", "/v1/runs").json()]
+        return self._json_list(RunStatus, "/v1/runs")
 
     def status(self, run_id: str) -> RunStatus:
         return self._json(RunStatus, "GET", f"/v1/runs/{run_id}")
 
     def rounds(self, run_id: str) -> list[RoundMetrics]:
-        return [
-            RoundMetrics.model_validate(r) for r in self._request("GET", f"/v1/runs/{run_id}/rounds").json()
-        ]
+        return self._json_list(RoundMetrics, f"/v1/runs/{run_id}/rounds")
 
     def contributions(self, run_id: str, round_number: int | None = None) -> list[ContributionInfo]:
         params = {} if round_number is None else {"round": round_number}
-        response = self._request("GET", f"/v1/runs/{run_id}/contributions", params=params)
-        return [ContributionInfo.model_validate(c) for c in response.json()]
+        return self._json_list(ContributionInfo, f"/v1/runs/{run_id}/contributions", params=params)
 
     def merge(self, run_id: str, request: MergeRequest) -> MergeReply:
         return self._json(MergeReply, "POST", f"/v1/runs/{run_id}/merges", json=request.model_dump())
 
     def merges(self, run_id: str) -> list[MergeReply]:
-        return [
-            MergeReply.model_validate(m) for m in self._request("GET", f"/v1/runs/{run_id}/merges").json()
-        ]
+        return self._json_list(MergeReply, f"/v1/runs/{run_id}/merges")
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)
