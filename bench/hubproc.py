@@ -1,4 +1,4 @@
-"""A `tessera hub` process on a free loopback port, for the benchmarks."""
+"""A `tessera hub` process on a free loopback port, and `tessera worker` processes, for the benchmarks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -32,3 +34,31 @@ def start_hub(home: Path, port: int, timeout_s: float = 120) -> subprocess.Popen
             time.sleep(0.2)
     proc.kill()
     raise TimeoutError("hub did not start")
+
+
+def start_worker(
+    stack: ExitStack,
+    work: Path,
+    name: str,
+    hub: tuple[str, str, str],
+    *options: str,
+    prefix: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """`tessera worker` on ``hub`` (url, token, run id) with one torch thread, its state in
+    ``work/name`` and its output in ``work/name.log`` (closed by ``stack``); ``prefix`` wraps the
+    command (e.g. to run it in an emulated node)."""
+    url, token, run_id = hub
+    cmd = [*prefix, sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token,
+           "--run", run_id, "--name", name, "--threads", "1",
+           "--state-dir", str(work / name), *options]  # fmt: skip
+    log = stack.enter_context((work / f"{name}.log").open("w"))
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_workers(
+    procs: Sequence[subprocess.Popen[bytes]], timeout_s: float, work: Path, what: str = "a worker"
+) -> None:
+    """Wait for every process; RuntimeError naming ``work`` (their logs) if one failed."""
+    for p in procs:
+        if p.wait(timeout=timeout_s) != 0:
+            raise RuntimeError(f"{what} exited with {p.returncode}; see its log in {work}")

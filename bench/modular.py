@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from hubproc import ROOT, free_port, start_hub
+from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 from torch.utils.flop_counter import FlopCounterMode
 
 from tessera.core.inner import InnerTrainer, evaluate
@@ -60,18 +59,11 @@ def run_workers(url: str, token: str, run_id: str, modules: list[str | None], wo
     procs, reports = [], []
     with ExitStack() as stack:
         for i, module in enumerate(modules):
-            report = work / f"{module or 'dense'}-{i}.json"
-            cmd = [sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token, "--run", run_id,
-                   "--name", f"w{i}-{module or 'dense'}", "--threads", "1",
-                   "--state-dir", str(work / report.stem), "--json", str(report)]  # fmt: skip
-            if module is not None:
-                cmd += ["--module", module]
-            log = stack.enter_context((work / f"{report.stem}.log").open("w"))
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-            reports.append(report)
-        for p in procs:
-            if p.wait(timeout=7200) != 0:
-                raise RuntimeError(f"a worker exited with {p.returncode}; see {work}")
+            name = f"w{i}-{module or 'dense'}"
+            options = ["--json", str(work / f"{name}.json")] + (["--module", module] if module else [])
+            procs.append(start_worker(stack, work, name, (url, token, run_id), *options))
+            reports.append(work / f"{name}.json")
+        wait_workers(procs, 7200, work)
     return [json.loads(r.read_text()) for r in reports]
 
 

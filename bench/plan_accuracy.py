@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hubproc import free_port, start_hub
+from hubproc import free_port, start_hub, start_worker, wait_workers
 
 from tessera.cli_plan import workload
 from tessera.netlab import LinkSpec, check_available, emulated_node
@@ -96,14 +95,8 @@ def run_for_real(bench: BenchTopology, plan: Plan, rounds: int, work: Path, inde
                         continue
                     node = emulated_node(f"w{i}", 10 * index + i, link, ("127.0.0.1", port), free_port())
                     prefix, url = stack.enter_context(node)
-                    cmd = [*prefix, sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token,
-                           "--run", run_id, "--name", f"w{i}", "--threads", "1", "--state-dir",
-                           str(work / f"w{i}")]  # fmt: skip
-                    log = stack.enter_context((work / f"w{i}.log").open("w"))
-                    workers.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-                for w in workers:
-                    if w.wait(timeout=1800) != 0:
-                        raise RuntimeError(f"a worker of {bench.name} exited with {w.returncode}")
+                    workers.append(start_worker(stack, work, f"w{i}", (url, token, run_id), prefix=prefix))
+                wait_workers(workers, 1800, work)
             return [r.wall_s for r in client.rounds(run_id) if r.wall_s is not None]
     finally:
         hub.terminate()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from communication import DataParallel
-from hubproc import ROOT, free_port, start_hub
+from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 
 from tessera.core.tensors import to_bytes
 from tessera.demo import DemoSettings, demo_recipe
@@ -105,9 +105,7 @@ def dp_step_on_link(link: Wan, text: str, steps: int, work: Path, index: int) ->
                    "--json", str(report)]  # fmt: skip
             log = stack.enter_context((work / f"dp{rank}.log").open("w"))
             procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
-        for p in procs:
-            if p.wait(timeout=3600) != 0:
-                raise RuntimeError(f"a data-parallel rank exited with {p.returncode}; see {work}")
+        wait_workers(procs, 3600, work, "a data-parallel rank")
     return float(json.loads(report.read_text())["step_s"])
 
 
@@ -126,15 +124,10 @@ def run_tessera(link: Wan, text: str, target: float, work: Path, index: int) -> 
                     emulated_node(f"wan{i}", 10 * index + i, spec, ("127.0.0.1", port), free_port())
                 )
                 report = work / f"w{i}.json"
-                cmd = [*prefix, sys.executable, "-m", "tessera", "worker", "--hub", url, "--token", token,
-                       "--run", run_id, "--name", f"w{i}", "--threads", "1",
-                       "--state-dir", str(work / f"w{i}"), "--json", str(report)]  # fmt: skip
-                log = stack.enter_context((work / f"w{i}.log").open("w"))
-                procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+                hub_at = (url, token, run_id)
+                procs.append(start_worker(stack, work, f"w{i}", hub_at, "--json", str(report), prefix=prefix))
                 reports.append(report)
-            for p in procs:
-                if p.wait(timeout=3600) != 0:
-                    raise RuntimeError(f"a worker exited with {p.returncode}; see {work}")
+            wait_workers(procs, 3600, work)
             summaries = [json.loads(r.read_text()) for r in reports]
             started = max(s["started_at"] for s in summaries)
             return {
