@@ -143,7 +143,7 @@ class Merges:
 
     def _publish(
         self, s: Session, target: Run, parent: Version, merged: TensorDict, record: MergeRecord, after: float
-    ) -> Version:
+    ) -> None:
         """The target's next version; its open round (no work in it) closes on the merge."""
         blob, now = to_bytes(merged), self.hub.clock()
         version = Version(
@@ -170,7 +170,6 @@ class Merges:
         elif target.status == "active":
             target.status, target.finished_at = "finished", now
             self.hub.finish_parent(s, target, now)
-        return version
 
     def history(self, run_id: str, who: Principal) -> list[MergeReply]:
         """Every merge of the run, accepted or rejected, oldest first."""
