@@ -27,6 +27,7 @@ from tessera.task import configure_torch
 
 if TYPE_CHECKING:
     from tessera.demo import DemoSummary
+    from tessera.trust import Trust
 
 app = typer.Typer(
     add_completion=False,
@@ -49,23 +50,42 @@ def setup_logging(verbose: bool) -> None:
 # --- hub -------------------------------------------------------------------------------
 
 
+TrustOpt = Annotated[
+    list[str] | None,
+    typer.Option("--trust", help="Also trust this factory, package.module:function (repeat)"),
+]
+DataRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--data-root", help="A folder recipes may read their [data] path from (repeat)"),
+]
+
+
 @app.command()
 def hub(
     home: Annotated[Path, typer.Option(help="Folder for the SQLite database and blobs")] = HOME / "hub",
     host: str = "127.0.0.1",
     port: int = 8700,
     database: Annotated[str | None, typer.Option(help="SQLAlchemy URL instead of SQLite in --home")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Hub configuration TOML: [trust], [limits], [api]")
+    ] = None,
+    trust: TrustOpt = None,
+    data_root: DataRootOpt = None,
     threads: Annotated[int | None, typer.Option(help="torch threads for evaluation")] = None,
     verbose: bool = True,
 ) -> None:
-    """Serve a hub over HTTP. A new hub creates its first admin; the token goes to HOME/admin.token."""
+    """Serve a hub over HTTP. A new hub creates its first admin; the token goes to HOME/admin.token.
+
+    Recipes run only tessera's own factories and those you trust (--trust, or [trust] in --config)."""
     import uvicorn
 
     from tessera.hub.app import admin_token, create_app, open_service
+    from tessera.hub.config import load_hub_config
 
     setup_logging(verbose)
     configure_torch(threads)
-    service = open_service(home, database)
+    settings = load_hub_config(config, trust or [], [str(p) for p in data_root or []])
+    service = open_service(home, database, settings)
     if admin_token(service, home) is not None:
         console.print(f"admin token in {home / 'admin.token'} (create providers and tokens with it)")
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
@@ -195,21 +215,37 @@ def worker(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the worker's summary as JSON")
     ] = None,
+    trust: TrustOpt = None,
+    data_root: DataRootOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the code the run would execute here, then stop")
+    ] = False,
 ) -> None:
     """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes.
 
-    Under torchrun the whole group is one worker: all ranks train with DDP, rank 0 talks to the hub."""
+    Before joining, the worker shows the code the run executes here and refuses factories you do
+    not trust (tessera's own are; add others with --trust) and recipe data folders outside your
+    --data-root. Under torchrun the whole group is one worker: all ranks train with DDP, rank 0
+    talks to the hub."""
+    from tessera.trust import Trust
     from tessera.worker.client import HubClient
     from tessera.worker.group import Group, GroupWorkLoop, follow, in_torchrun
     from tessera.worker.loop import WorkerSettings, WorkLoop
 
     setup_logging(verbose)
     configure_torch(threads)
+    trusted = Trust.of(trust or [], data_root or [])
+    if dry_run:
+        show_run_code(hub_url, token, run, trusted, data)
+        return
     state = state_dir or HOME / "workers" / f"{run}-{name}"
-    settings = WorkerSettings(state_dir=state, name=name, data_path=data, module=module)
     group = Group() if in_torchrun() else None
+    ranks = group.world_size if group is not None else 1
+    settings = WorkerSettings(
+        state_dir=state, name=name, data_path=data, module=module, trust=trusted, ranks=ranks
+    )
     if group is not None and group.rank > 0:
-        follow(group, data)
+        follow(group, data, trusted)
         group.close()
         return
     client = HubClient.connect(hub_url, token, run_id=run)
@@ -238,6 +274,25 @@ def worker(
             "utilization": summary.utilization,
         }
         json_path.write_text(json.dumps(report, indent=2))
+
+
+def show_run_code(hub_url: str, token: str, run_id: str, trust: Trust, data: str | None) -> None:
+    """Print what the run's recipe would import, call and read on this machine; exit code 1 if
+    this machine does not trust all of it."""
+    from tessera.recipe import parse_recipe
+    from tessera.task import run_code
+    from tessera.worker.client import HubClient
+
+    with HubClient.connect(hub_url, token) as client:
+        recipe = parse_recipe(client.status(run_id).recipe)
+    code = run_code(recipe, trust)
+    for c in code:
+        console.print(f"{c.role}: {c.spec} ({c.origin or '[red]not trusted here[/red]'})", soft_wrap=True)
+    console.print(f"data read from: {data or recipe.data.path or 'the data source default'}", soft_wrap=True)
+    for c in code:
+        trust.require(c.spec, c.role)
+    if data is None and recipe.data.path is not None:
+        trust.data_path(recipe.data.path)
 
 
 # --- reading runs ----------------------------------------------------------------------
@@ -348,13 +403,14 @@ def sample(
     temperature: float = 0.7,
     seed: int = 0,
     expert: ExpertOpt = None,
+    trust: TrustOpt = None,
 ) -> None:
     """Generate text from the run's latest version (of each module, for a modular run)."""
     from tessera.models.lm import ByteLM
 
     source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
-    model, _, versions = latest_model(source, run_id, expert)
+    model, _, versions = latest_model(source, run_id, expert, trust)
     if not isinstance(model, ByteLM):
         raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
     ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
@@ -371,6 +427,7 @@ def export(
     run: RunOpt = None,
     token: Annotated[str | None, typer.Option(envvar="TESSERA_TOKEN", help="API token (with --hub)")] = None,
     expert: ExpertOpt = None,
+    trust: TrustOpt = None,
 ) -> None:
     """Write the run's latest model as one safetensors file; its metadata holds the recipe, the
     versions and the experts kept (rebuild with tessera.task.assemble)."""
@@ -379,7 +436,7 @@ def export(
 
     source = reader(hub_url, token, home)
     run_id = pick_run(source, run)
-    model, info, versions = latest_model(source, run_id, expert)
+    model, info, versions = latest_model(source, run_id, expert, trust)
     metadata = {
         "recipe": info.recipe,
         "run_id": run_id,
@@ -391,22 +448,24 @@ def export(
 
 
 def latest_model(
-    source: RunReader, run_id: str, experts: list[str] | None
+    source: RunReader, run_id: str, experts: list[str] | None, trust: list[str] | None = None
 ) -> tuple[torch.nn.Module, RunStatus, str]:
     """The run's model from the latest version of each module it needs (modules of experts left
-    out are not downloaded), the run's status, and which versions those are."""
+    out are not downloaded), the run's status, and which versions those are; built only from
+    factories this machine trusts (tessera's own and ``trust``)."""
     from tessera.core.modules import assign
     from tessera.core.tensors import from_bytes
     from tessera.recipe import parse_recipe
     from tessera.task import assemble, with_experts
+    from tessera.trust import Trust
 
     info = source.status(run_id)
     recipe = parse_recipe(info.recipe)
+    trusted = Trust.of(trust or [])
     parts = [info]
     if info.modules:
-        needed = set(
-            assign(recipe.modules, with_experts(recipe, experts).state_dict(), every_module=False).values()
-        )
+        model = with_experts(recipe, experts, trusted)
+        needed = set(assign(recipe.modules, model.state_dict(), every_module=False).values())
         parts = [m for m in info.modules if m.module in needed]
     tensors = []
     for part in parts:
@@ -417,7 +476,7 @@ def latest_model(
         for p in parts
         if (v := p.latest_version) is not None
     )
-    return assemble(recipe, tensors, experts), info, versions
+    return assemble(recipe, tensors, experts, trusted), info, versions
 
 
 @app.command()
@@ -568,7 +627,8 @@ def demo(
             def advanced(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            base = train_baseline(parse_recipe(demo_recipe(settings)), summary.tokens, workers, advanced)
+            recipe = parse_recipe(demo_recipe(settings))
+            base = train_baseline(recipe, summary.tokens, workers, advanced, settings.trust)
         summary.baseline = asdict(base)
         console.print(
             f"baseline: held-out loss {base.val_loss:.3f} after {base.steps} steps of batch "

@@ -24,9 +24,11 @@ import uvicorn
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
 from tessera.hub.app import admin_token, create_app, open_service
+from tessera.hub.config import HubConfig
 from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
+from tessera.trust import Trust
 from tessera.worker.client import HubClient
 
 
@@ -44,6 +46,11 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1:
             raise TesseraError("--workers, --rounds and --inner-steps must be at least 1")
+
+    @property
+    def trust(self) -> Trust:
+        """What the demo's hub and workers trust: tessera's own code, and the --data folder."""
+        return Trust.of(data_roots=[self.data_path] if self.data_path else [])
 
 
 OUTER_AND_EVAL = """[outer]
@@ -138,9 +145,9 @@ lr = 3e-3
 
 
 @contextmanager
-def embedded_hub(home: Path) -> Iterator[tuple[str, str]]:
+def embedded_hub(home: Path, trust: Trust | None = None) -> Iterator[tuple[str, str]]:
     """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token."""
-    service = open_service(home)
+    service = open_service(home, config=HubConfig(trust=trust or Trust()))
     admin = admin_token(service, home)
     if admin is None:
         raise TesseraError(f"{home} has a hub database but no admin.token; use another --home")
@@ -190,6 +197,7 @@ def start_workers(
             f"worker-{i}",
             "--threads",
             str(settings.threads_per_worker),
+            *(["--data-root", str(settings.data_path)] if settings.data_path else []),
         ]
         logfile = (state_dir / "worker.log").open("wb")
         procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
@@ -240,15 +248,19 @@ class BaselineResult:
 
 
 def train_baseline(
-    recipe: Recipe, tokens: int, workers: int, on_steps: Callable[[int, int], None] | None = None
+    recipe: Recipe,
+    tokens: int,
+    workers: int,
+    on_steps: Callable[[int, int], None] | None = None,
+    trust: Trust | None = None,
 ) -> BaselineResult:
     """One process, all training data, batch = workers x batch: the same tokens as the run.
 
     ``on_steps(done, total)`` is called every ``recipe.train.inner_steps`` steps.
     """
     start = time.perf_counter()
-    model = build_model(recipe)
-    data = load_data(recipe)
+    model = build_model(recipe, trust or Trust())
+    data = load_data(recipe, trust=trust or Trust())
     batch = recipe.train.batch_size * workers
     inputs, _ = next(data.train_batches(None, batch, 0))
     steps = max(tokens // inputs.numel(), 1)
@@ -286,7 +298,7 @@ def run_demo(
 ) -> DemoRun:
     """Embedded hub, one run from the demo recipe, worker processes until the run finishes."""
     start = time.perf_counter()
-    with embedded_hub(settings.home) as (url, admin), HubClient.connect(url, admin) as client:
+    with embedded_hub(settings.home, settings.trust) as (url, admin), HubClient.connect(url, admin) as client:
         collective = f"demo-{uuid.uuid4().hex[:8]}"
         client.create_provider(collective, kind="collective")
         tokens = []

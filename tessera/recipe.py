@@ -13,23 +13,33 @@
          topology = "name of the planned topology"
 [modules.<name>]  params = [patterns], depends, shards, owner, model_options, rounds, quorum,
          inner_steps, outer: separately versioned parts of the model (tessera.core.modules)
+
+A recipe arrives from the network, so every value is checked before anything uses it
+(``tessera.settings``: declared types, finite and bounded numbers, printable text, shallow
+nesting), and ``[run]`` and ``[model]`` must be present (an empty recipe is refused).
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tessera.core.codecs import CommunicationSettings
-from tessera.core.inner import InnerSettings
+from tessera.core.inner import MAX_INNER_STEPS, InnerSettings
 from tessera.core.modules import ModuleSpec, parse_modules
 from tessera.core.outer import OuterSettings
 from tessera.core.robust import AggregationSettings
 from tessera.core.validation import ValidationSettings
 from tessera.errors import ConfigError
+from tessera.settings import check_range, from_table, read_toml
+
+MAX_ROUNDS = 100_000
+MAX_QUORUM = 10_000
+MAX_WAIT_S = 30 * 24 * 3600.0  # deadlines and lease timeouts: at most 30 days
+MAX_EVAL_EXAMPLES = 16_384  # held-out examples the hub evaluates each version on
+REQUIRED_SECTIONS = ("run", "model")
 
 
 @dataclass(frozen=True)
@@ -45,14 +55,13 @@ class RunSettings:
     balance_steps: bool = False  # size each worker's H from its measured step time
 
     def __post_init__(self) -> None:
-        if self.rounds < 1:
-            raise ConfigError(f"run.rounds must be at least 1, got {self.rounds}")
-        if self.quorum < 1:
-            raise ConfigError(f"run.quorum must be at least 1, got {self.quorum}")
-        if self.round_deadline_s <= 0 or self.lease_timeout_s <= 0:
-            raise ConfigError("run.round_deadline_s and run.lease_timeout_s must be positive")
-        if self.max_staleness < 0:
-            raise ConfigError(f"run.max_staleness cannot be negative, got {self.max_staleness}")
+        if not 1 <= len(self.name) <= 200:
+            raise ConfigError("run.name must have 1 to 200 characters")
+        check_range("run.rounds", self.rounds, 1, MAX_ROUNDS)
+        check_range("run.quorum", self.quorum, 1, MAX_QUORUM)
+        check_range("run.round_deadline_s", self.round_deadline_s, 1e-3, MAX_WAIT_S)
+        check_range("run.lease_timeout_s", self.lease_timeout_s, 1e-3, MAX_WAIT_S)
+        check_range("run.max_staleness", self.max_staleness, 0, MAX_ROUNDS)
         if not 0 < self.staleness_decay <= 1:
             raise ConfigError(f"run.staleness_decay must be in (0, 1], got {self.staleness_decay}")
 
@@ -76,11 +85,13 @@ class EvalSettings:
     batches: int = 8
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.batches < 1:
-            raise ConfigError("eval.batch_size and eval.batches must be at least 1")
-
-
-MAX_PLANNED_STEPS = 1_000_000
+        check_range("eval.batch_size", self.batch_size, 1, 1024)
+        check_range("eval.batches", self.batches, 1, 1024)
+        if self.batch_size * self.batches > MAX_EVAL_EXAMPLES:
+            raise ConfigError(
+                f"eval.batch_size x eval.batches must be at most {MAX_EVAL_EXAMPLES} (the hub evaluates "
+                f"every version on them), got {self.batch_size * self.batches}"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,9 +105,9 @@ class PlanSection:
         if not isinstance(self.inner_steps, dict):
             raise ConfigError("plan.inner_steps must be a table of worker name = steps")
         for name, steps in self.inner_steps.items():
-            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_PLANNED_STEPS:
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_INNER_STEPS:
                 raise ConfigError(
-                    f"plan.inner_steps.{name} must be an integer from 1 to {MAX_PLANNED_STEPS}, got {steps!r}"
+                    f"plan.inner_steps.{name} must be an integer from 1 to {MAX_INNER_STEPS}, got {steps!r}"
                 )
 
     def steps_for(self, worker_name: str, default: int) -> int:
@@ -122,7 +133,7 @@ class Recipe:
         """The recipe as module ``name`` trains: its rounds, quorum, H and model options."""
         spec = self.modules[name]
         try:
-            outer = _section(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer})
+            outer = from_table(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer})
         except ConfigError as exc:
             raise ConfigError(f"modules.{name}.outer: {exc}") from exc
         return replace(
@@ -150,34 +161,22 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _section(name: str, cls: type, table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    known = {f.name for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {name}.{key}; allowed keys: {sorted(known)}")
-        values[key] = value
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"[{name}]: {exc}") from exc
-
-
 def parse_recipe(text: str) -> Recipe:
     """Parse recipe TOML; every problem raises ConfigError naming the key to fix."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"recipe is not valid TOML: {exc}") from exc
+    doc = read_toml(text, "recipe")
     unknown = sorted(set(doc) - set(SECTIONS) - {"seed", "modules"})
     if unknown:
         raise ConfigError(f"unknown recipe sections {unknown}; allowed: {sorted(SECTIONS)}")
-    parts = {name: _section(name, cls, doc.get(name, {})) for name, cls in SECTIONS.items()}
+    missing = [name for name in REQUIRED_SECTIONS if name not in doc]
+    if missing:
+        raise ConfigError(
+            f"the recipe has no {' or '.join(f'[{m}]' for m in missing)} section; a recipe names at "
+            'least its run and its model: [run] name = "my-run", [model] factory = "tessera.models.lm:build"'
+        )
+    parts = {name: from_table(name, cls, doc.get(name, {})) for name, cls in SECTIONS.items()}
     seed = doc.get("seed", 0)
-    if not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     recipe = Recipe(seed=seed, modules=parse_modules(doc.get("modules", {})), **parts)
     for name in recipe.modules:
         recipe.for_module(name)  # a module's own settings are checked now
@@ -195,7 +194,7 @@ def with_plan(
 ) -> str:
     """The recipe with a [plan] section appended (refused if it has one already), and, unless the
     recipe chose its own [communication], the plan's wire format for both directions."""
-    doc = tomllib.loads(recipe_text)
+    doc = read_toml(recipe_text, "recipe")
     if "plan" in doc:
         raise ConfigError("the recipe has a [plan] section already; remove it or leave out --plan")
     steps = ", ".join(f"{json.dumps(name)} = {int(h)}" for name, h in inner_steps.items())

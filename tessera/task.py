@@ -1,14 +1,14 @@
 """Turn a recipe into live objects: the model, its data source and its loss.
 
-A recipe names factories as ``package.module:function``; any importable function works, so a
-user brings their own model and data without touching tessera's code.
+A recipe names factories as ``package.module:function``. Only factories the machine trusts are
+imported and called (``tessera.trust``), with options they declare; a model's size is computed
+on PyTorch's meta device, without allocating it, before it is built.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,31 +17,36 @@ from torch import nn
 from tessera.core.inner import LossFn, loss_function
 from tessera.core.tensors import TensorDict, clone_tensors
 from tessera.data.source import DataSource
-from tessera.errors import ConfigError, DataError
+from tessera.errors import ConfigError, DataError, TesseraError
 from tessera.recipe import Recipe
+from tessera.trust import Trust, check_options
+
+DEFAULT_TRUST = Trust()  # tessera's own factories and declared entry points; no data folders
 
 
-def resolve_factory(spec: str) -> Callable[..., Any]:
-    """Import ``package.module:function``; a wrong name raises ConfigError."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"factory {spec!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for factory {spec!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"{module_name!r} has no callable {attr!r} (factory {spec!r})")
+def model_factory(recipe: Recipe, trust: Trust) -> Callable[..., Any]:
+    """The recipe's trusted model factory, its options checked against its parameters."""
+    factory = trust.resolve(recipe.model.factory, "model")
+    check_options(factory, recipe.model.options, recipe.model.factory)
     return factory
 
 
-def build_model(recipe: Recipe) -> nn.Module:
+def call_factory(factory: Callable[..., Any], spec: str, *args: Any, **options: Any) -> Any:
+    """A trusted factory's result; its own errors about the values it got become ConfigErrors."""
+    try:
+        return factory(*args, **options)
+    except TesseraError:
+        raise
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
+        raise ConfigError(f"{spec} refused its options: {type(exc).__name__}: {exc}") from exc
+
+
+def build_model(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> nn.Module:
     """The recipe's model with deterministic initial weights (seeded by ``recipe.seed``)."""
-    factory = resolve_factory(recipe.model.factory)
+    factory = model_factory(recipe, trust)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = factory(**recipe.model.options)
+        model = call_factory(factory, recipe.model.factory, **recipe.model.options)
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model factory {recipe.model.factory!r} returned {type(model).__name__}, "
@@ -50,16 +55,56 @@ def build_model(recipe: Recipe) -> nn.Module:
     return model
 
 
-def load_data(recipe: Recipe, path: str | None = None) -> DataSource:
-    """The recipe's data source, reading ``path`` (a worker's own data) or the recipe's."""
-    factory = resolve_factory(recipe.data.source)
-    source = factory(path if path is not None else recipe.data.path, **recipe.data.options)
+def model_bytes(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> int:
+    """Bytes of the recipe's parameters and buffers, measured on the meta device: nothing is
+    allocated, so a model far too big for the machine is measured, not built."""
+    factory = model_factory(recipe, trust)
+    with torch.device("meta"):
+        model = call_factory(factory, recipe.model.factory, **recipe.model.options)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model factory {recipe.model.factory!r} returned {type(model).__name__}")
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TRUST) -> DataSource:
+    """The recipe's data source, reading ``path`` (a worker's own data, its owner's choice) or the
+    recipe's path, which must lie inside one of the machine's data roots."""
+    spec = recipe.data.source
+    factory = trust.resolve(spec, "data")
+    check_options(factory, recipe.data.options, spec, given=("path",))
+    if path is None and recipe.data.path is not None:
+        path = str(trust.data_path(recipe.data.path))
+    source = call_factory(factory, spec, path, **recipe.data.options)
     for method in ("shard_names", "train_batches", "validation_batches"):
         if not callable(getattr(source, method, None)):
-            raise ConfigError(f"data source {recipe.data.source!r} returned an object without {method}()")
+            raise ConfigError(f"data source {spec!r} returned an object without {method}()")
     if not source.shard_names():
-        raise DataError(f"data source {recipe.data.source!r} has no shards")
+        raise DataError(f"data source {spec!r} has no shards")
     return source
+
+
+@dataclass(frozen=True)
+class Code:
+    """A factory a run calls on the machine that trains or evaluates it, and why it is trusted."""
+
+    role: str  # model | data
+    spec: str
+    origin: str | None  # None: not trusted here
+
+
+def run_code(recipe: Recipe, trust: Trust) -> list[Code]:
+    """The code ``recipe`` would run here, imported by nothing (to show before joining a run)."""
+    specs = [("model", recipe.model.factory), ("data", recipe.data.source)]
+    return [Code(role, spec, trust.origin(spec)) for role, spec in specs]
+
+
+def require_trusted(recipe: Recipe, trust: Trust) -> list[Code]:
+    """``run_code``, or ConfigError naming the first factory this machine does not trust."""
+    code = run_code(recipe, trust)
+    for c in code:
+        trust.require(c.spec, c.role)
+    return code
 
 
 def loss_of(recipe: Recipe) -> LossFn:
@@ -86,17 +131,22 @@ def training_flops_per_token(model: nn.Module) -> float:
     return 6.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def assemble(recipe: Recipe, parts: Sequence[TensorDict], experts: Sequence[str] | None = None) -> nn.Module:
+def assemble(
+    recipe: Recipe,
+    parts: Sequence[TensorDict],
+    experts: Sequence[str] | None = None,
+    trust: Trust = DEFAULT_TRUST,
+) -> nn.Module:
     """A run's model from its versions' tensors (one per module of a modular run). With
     ``experts`` only those experts are built and loaded: the others' tensors are left out (a data
     owner's opt-out); without, a modular LM routes between all of them."""
-    model = with_experts(recipe, experts)
+    model = with_experts(recipe, experts, trust)
     wanted = set(model.state_dict())
     model.load_state_dict({k: v for part in parts for k, v in part.items() if k in wanted})
     return model
 
 
-def with_experts(recipe: Recipe, experts: Sequence[str] | None) -> nn.Module:
+def with_experts(recipe: Recipe, experts: Sequence[str] | None, trust: Trust = DEFAULT_TRUST) -> nn.Module:
     """The recipe's model built with only ``experts`` (all of them when None)."""
     if experts is not None:
         known = recipe.model.options.get("experts")
@@ -107,7 +157,7 @@ def with_experts(recipe: Recipe, experts: Sequence[str] | None) -> nn.Module:
             raise ConfigError(f"no experts {unknown} in this run; it has {list(known)}")
         options = {**recipe.model.options, "experts": list(experts)}
         recipe = replace(recipe, model=replace(recipe.model, options=options))
-    return build_model(recipe)
+    return build_model(recipe, trust)
 
 
 def configure_torch(threads: int | None) -> None:

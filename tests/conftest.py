@@ -7,13 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
 from tessera.hub.app import create_app
+from tessera.hub.config import HubConfig
 from tessera.hub.service import HubService
 from tessera.hub.state import Base, State
 from tessera.hub.store import FileBlobStore
+from tessera.trust import Trust
 from tessera.worker.client import HubClient
 
 
@@ -79,6 +82,24 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+def reading(folder: Path) -> Trust:
+    """What a test's hub and workers trust: tessera's own factories, and recipes reading ``folder``."""
+    return Trust.of(data_roots=[folder])
+
+
+@pytest.fixture
+def trust(corpus_dir: Path) -> Trust:
+    return reading(corpus_dir)
+
+
+@pytest.fixture(autouse=True)
+def ieee_floats() -> Iterator[None]:
+    """Tests that run the CLI in this process flush denormal floats to zero (tessera's torch
+    setting); the next test gets IEEE floats again (Hypothesis needs them)."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -116,8 +137,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def service(database_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[HubService]:
-    svc = HubService(State(database_url), FileBlobStore(tmp_path / "blobs"), clock)
+def service(database_url: str, tmp_path: Path, clock: FakeClock, trust: Trust) -> Iterator[HubService]:
+    svc = HubService(State(database_url), FileBlobStore(tmp_path / "blobs"), clock, HubConfig(trust=trust))
     yield svc
     svc.state.close()
 

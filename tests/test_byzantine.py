@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tessera.hub.config import HubConfig
 from tessera.hub.service import HubService
 from tessera.hub.state import State
 from tessera.hub.store import FileBlobStore
 from tessera.worker.adversary import ROBUST_SECTIONS, Attack, lockstep_run
-from tests.conftest import FakeClock, postgres_url, tiny_recipe
+from tests.conftest import FakeClock, postgres_url, reading, tiny_recipe
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -22,7 +23,7 @@ def run_with(
     tmp.mkdir(parents=True)
     clock = FakeClock()
     url = f"sqlite:///{tmp / 'hub.sqlite'}" if backend == "sqlite" else postgres_url()
-    service = HubService(State(url), FileBlobStore(tmp / "blobs"), clock)
+    service = HubService(State(url), FileBlobStore(tmp / "blobs"), clock, HubConfig(trust=reading(corpus)))
     recipe = tiny_recipe(corpus, rounds=4, quorum=len(attacks), inner_steps=25, extra=ROBUST_SECTIONS)
     admin = service.providers.principal(service.providers.bootstrap_admin())
     created = service.create_run(admin, recipe.replace("num_shards = 2", "num_shards = 4"))

@@ -14,9 +14,9 @@ from tessera.errors import ConfigError, ContributionRejected, MalformedContribut
 from tessera.plan.profile import WIRE_FORMATS
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
-from tests.conftest import tiny_recipe
+from tests.conftest import reading, tiny_recipe
+from tests.harness import run_loops
 from tests.test_hub_api import join, meta, work, zero_update
-from tests.test_two_hubs import run_loops
 
 NAMES = ["fp32", "bf16", "fp16", "int8", "int4", "int3", "int2", "topk1"]
 
@@ -155,7 +155,8 @@ def test_workers_send_encoded_contributions_and_the_run_learns(
         for i in range(2)
     ]
     loops = [
-        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5, trust=reading(corpus_dir)))
+        for i, c in enumerate(clients)
     ]
     assert not run_loops(loops)
     rounds = admin.rounds(run_id)
@@ -213,7 +214,8 @@ def test_workers_rebuild_versions_from_compressed_changes(
         HubClient(http, admin.create_provider(f"dl-{i}").token, retry_s=0, run_id=run_id) for i in range(2)
     ]
     loops = [
-        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5, trust=reading(corpus_dir)))
+        for i, c in enumerate(clients)
     ]
     assert not run_loops(loops)
     versions = [admin.version(run_id, n) for n in range(5)]
@@ -240,7 +242,8 @@ def test_overlapped_workers_train_on_while_rounds_travel(
         HubClient(http, admin.create_provider(f"ov-{i}").token, retry_s=0, run_id=run_id) for i in range(2)
     ]
     loops = [
-        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5, trust=reading(corpus_dir)))
+        for i, c in enumerate(clients)
     ]
     summaries: list[WorkerSummary] = []
     assert not run_loops(loops, on_done=summaries.append)

@@ -77,19 +77,19 @@ def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_recipe_defaults_and_errors() -> None:
-    recipe = parse_recipe("[run]\nrounds = 3\n[train]\ninner_steps = 7\n")
+    recipe = parse_recipe("[run]\nrounds = 3\n[model]\n[train]\ninner_steps = 7\n")
     assert recipe.run.rounds == 3 and recipe.train.inner_steps == 7
     assert recipe.outer.lr == 0.7 and recipe.outer.momentum == 0.9 and recipe.outer.kind == "nesterov"
     with pytest.raises(ConfigError, match="unknown key train.stepz"):
-        parse_recipe("[train]\nstepz = 3\n")
+        parse_recipe("[run]\n[model]\n[train]\nstepz = 3\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse_recipe("[run\n")
     with pytest.raises(ConfigError, match="run.rounds"):
-        parse_recipe("[run]\nrounds = 0\n")
+        parse_recipe("[model]\n[run]\nrounds = 0\n")
     with pytest.raises(ConfigError, match="unknown recipe sections"):
         parse_recipe("[bogus]\n")
     with pytest.raises(ConfigError, match="loss"):
-        parse_recipe('[train]\nloss = "hinge"\n')
+        parse_recipe('[run]\n[model]\n[train]\nloss = "hinge"\n')
 
 
 def test_shipped_recipes_parse_and_match_the_demo() -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tessera.demo import embedded_hub
+from tessera.trust import Trust
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkLoop
-from tests.conftest import tiny_recipe
-from tests.test_two_hubs import run_loops
+from tests.conftest import reading, tiny_recipe
+from tests.harness import run_loops
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,11 +74,13 @@ def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path)
 
 @pytest.mark.timeout(240)
 def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_dir: Path) -> None:
-    with embedded_hub(tmp_path / "hub") as (url, admin_token), HubClient.connect(url, admin_token) as admin:
+    hub = embedded_hub(tmp_path / "hub", reading(corpus_dir))
+    with hub as (url, admin_token), HubClient.connect(url, admin_token) as admin:
         created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=4000))
         token = admin.create_provider("volunteer").token
         state = tmp_path / "worker"
-        args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state))
+        args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state),
+                "--data-root", str(corpus_dir))  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "tessera", *args],
             cwd=ROOT,
@@ -106,11 +109,18 @@ def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_
 def test_own_model_and_data_through_the_real_hub(tmp_path: Path) -> None:
     """examples/line_kinds.toml: a user's classifier and data source, two workers, real HTTP."""
     recipe = (ROOT / "examples" / "line_kinds.toml").read_text().replace("rounds = 5", "rounds = 3")
-    with embedded_hub(tmp_path / "hub") as (url, admin_token), HubClient.connect(url, admin_token) as admin:
+    trust = Trust.of(["examples.line_kinds:build_model", "examples.line_kinds:load"])
+    with (
+        embedded_hub(tmp_path / "hub", trust) as (url, admin_token),
+        HubClient.connect(url, admin_token) as admin,
+    ):
         created = admin.create_run(recipe)
         tokens = [admin.create_provider(f"lab-{i}").token for i in range(2)]
         clients = [HubClient.connect(url, t, run_id=created.run_id) for t in tokens]
-        loops = [WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}")) for i, c in enumerate(clients)]
+        loops = [
+            WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", trust=trust))
+            for i, c in enumerate(clients)
+        ]
         errors = run_loops(loops)
         for c in clients:
             c.close()
@@ -133,12 +143,20 @@ def test_modular_run_with_the_cli_status_sample_export_and_merge(tmp_path: Path,
     text = modular_recipe(corpus_dir).replace(
         'experts = ["alpha", "beta"]', 'experts = ["alpha", "beta", "general"]'
     )
-    with embedded_hub(home) as (url, admin_token), HubClient.connect(url, admin_token) as admin:
+    with (
+        embedded_hub(home, reading(corpus_dir)) as (url, admin_token),
+        HubClient.connect(url, admin_token) as admin,
+    ):
         run_id = admin.create_run(text + GENERAL).run_id
         clients = [HubClient.connect(url, admin_token, run_id=run_id) for _ in range(4)]
         modules = ["trunk", "trunk", "alpha", "beta"]
         loops = [
-            WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=2, module=m))
+            WorkLoop(
+                c,
+                WorkerSettings(
+                    tmp_path / f"w{i}", name=f"w{i}", wait_s=2, module=m, trust=reading(corpus_dir)
+                ),
+            )
             for i, (c, m) in enumerate(zip(clients, modules, strict=True))
         ]
         assert not run_loops(loops)

@@ -22,7 +22,7 @@ from tessera.hub.schemas import ContributionMeta
 from tessera.hub.state import LedgerEntry, State, Version
 from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
-from tests.test_two_hubs import ROOT, free_port, start_hub
+from tests.harness import ROOT, free_port, start_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 WORKER_KILLS = 24
@@ -32,15 +32,16 @@ HUB_KILLS_AT = {8, 16}
 class Cluster:
     """One hub process and N worker processes on loopback, each restartable."""
 
-    def __init__(self, home: Path, port: int, database_url: str) -> None:
+    def __init__(self, home: Path, port: int, database_url: str, corpus: Path) -> None:
         self.home, self.port, self.database_url = home, port, database_url
+        self.reads = ("--data-root", str(corpus))  # hub and workers read the test corpus
         self.url = f"http://127.0.0.1:{port}"
         self.hub = self.start_hub()
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.worker_args: dict[int, list[str]] = {}
 
     def start_hub(self) -> subprocess.Popen[bytes]:
-        return start_hub(self.home / "hub", self.port, self.database_url)
+        return start_hub(self.home / "hub", self.port, self.database_url, *self.reads)
 
     def kill_hub(self) -> None:
         self.hub.send_signal(signal.SIGKILL)
@@ -63,6 +64,7 @@ class Cluster:
             str(self.home / f"w{i}"),
             "--threads",
             "1",
+            *self.reads,
         ]
         self.restart_worker(i)
 
@@ -93,7 +95,7 @@ def run_status(url: str, token: str, run_id: str) -> str:
 
 def test_run_survives_killed_workers_and_hub(tmp_path: Path, corpus_dir: Path, database_url: str) -> None:
     rng = random.Random(7)
-    cluster = Cluster(tmp_path, free_port(), database_url)
+    cluster = Cluster(tmp_path, free_port(), database_url, corpus_dir)
     admin_token = (tmp_path / "hub" / "admin.token").read_text().strip()
     try:
         with HubClient.connect(cluster.url, admin_token) as admin:
@@ -140,7 +142,7 @@ def test_run_survives_killed_workers_and_hub(tmp_path: Path, corpus_dir: Path, d
 def test_upload_cut_off_mid_transfer_leaves_nothing(
     tmp_path: Path, corpus_dir: Path, database_url: str
 ) -> None:
-    cluster = Cluster(tmp_path, free_port(), database_url)
+    cluster = Cluster(tmp_path, free_port(), database_url, corpus_dir)
     admin_token = (tmp_path / "hub" / "admin.token").read_text().strip()
     try:
         with HubClient.connect(cluster.url, admin_token) as admin:

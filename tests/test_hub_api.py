@@ -67,12 +67,12 @@ def test_full_round_closes_on_quorum_with_metrics(http: TestClient, admin: HubCl
     ra = a.submit(meta(ga, wa, tokens=100), to_bytes(zero_update(a, ga)))
     assert ra.status == "accepted" and ra.weight == 100
     assert a.lease(wa).status == "wait"  # one contribution per worker per round
-    b.submit(meta(gb, wb, tokens=300), to_bytes(zero_update(b, gb)))
+    b.submit(meta(gb, wb, tokens=150), to_bytes(zero_update(b, gb)))
     status = admin.status(run_id)
     assert status.rounds_done == 1 and status.latest_version.number == 1
     assert set(status.latest_version.contributions) == {ga.lease_id, gb.lease_id}
     first = admin.rounds(run_id)[0]
-    assert first.status == "closed" and first.accepted == 2 and first.tokens == 400
+    assert first.status == "closed" and first.accepted == 2 and first.tokens == 250
     assert first.close_reason == "quorum" and first.val_loss is not None
     assert first.bytes_in > 0 and first.bytes_out == 2 * admin.version(run_id, 0).nbytes
     # Nesterov first step with a uniform 0.01 pseudo-gradient: theta - 0.7 * (0.01 + 0.9 * 0.01)
@@ -250,7 +250,7 @@ def test_unknown_things_are_404(http: TestClient, admin: HubClient, run: str) ->
     with pytest.raises(NotFound):
         client.lease("unregistered")
     auth = {"Authorization": f"Bearer {admin.token}"}
-    bad_recipe = http.post("/v1/runs", content=b"[run]\nrounds = 0\n", headers=auth)
+    bad_recipe = http.post("/v1/runs", content=b"[run]\nrounds = 0\n[model]\n", headers=auth)
     assert bad_recipe.status_code == 400 and "run.rounds" in bad_recipe.json()["detail"]
 
 
@@ -282,3 +282,33 @@ def test_an_expired_lease_is_reissued(http: TestClient, admin: HubClient, clock:
     clock.advance(first.deadline - clock.now + 1)
     second = work(a, wa)
     assert second.lease_id != first.lease_id and second.round == first.round and second.deadline > clock.now
+
+
+def test_numbers_beyond_any_column_and_deep_recipes_are_refused_not_failed(
+    http: TestClient, admin: HubClient, run: str
+) -> None:
+    auth = {"Authorization": f"Bearer {admin.token}"}
+    for path in (f"/v1/runs/{run}/versions/{2**63}", f"/v1/runs/{run}/versions/{2**64 + 1}"):
+        assert http.get(path, headers=auth).status_code == 422
+    assert http.get(f"/v1/runs/{run}/contributions", params={"round": 2**63}, headers=auth).status_code == 422
+    deep = http.post("/v1/runs", content=("a = " + "[" * 900 + "]" * 900).encode(), headers=auth)
+    assert deep.status_code == 400 and "nests" in deep.json()["detail"]
+    label = http.post(
+        f"/v1/providers/{admin.whoami().provider_id}/tokens", json={"label": "a\u202eb"}, headers=auth
+    )
+    assert label.status_code == 422 and "pattern" in label.json()["detail"]
+
+
+def test_reading_runs_builds_no_model_and_finished_runs_leave_memory(
+    http: TestClient, admin: HubClient, service: HubService, corpus_dir: Path
+) -> None:
+    done = admin.create_run(tiny_recipe(corpus_dir, rounds=1, quorum=1)).run_id
+    client, wid = join(http, admin, done, "solo")
+    grant = work(client, wid)
+    assert done in service.cached_runs()
+    client.submit(meta(grant, wid), to_bytes(zero_update(client, grant)))
+    assert admin.status(done).status == "finished" and done not in service.cached_runs()
+    restarted = HubService(service.state, service.store, config=service.config)  # a hub after a restart
+    who = restarted.providers.principal(admin.token)
+    listed = [restarted.status(run_id, who) for run_id in restarted.run_ids(who)]
+    assert [s.run_id for s in listed] == [done] and restarted.cached_runs() == []

@@ -55,3 +55,31 @@ def test_ledger_visibility(http: TestClient, admin: HubClient, corpus_dir: Path)
     assert [b.name for b in mine.providers] == ["m"] and [b.name for b in mine.collectives] == ["lab"]
     theirs = HubClient(http, outsider.token, retry_s=0).ledger()
     assert [b.name for b in theirs.providers] == ["o"] and theirs.collectives == []
+
+
+def test_balances_cannot_overflow(service: HubService) -> None:
+    """Sums beyond SQLite's 2^63 integers: the ledger still answers (summed as floats)."""
+    from tessera.hub.state import Provider, new_run
+
+    admin = service.providers.principal(service.providers.bootstrap_admin())
+    with service.state.transaction() as s:
+        s.add(Provider(id="p" * 32, name="big", kind="person", is_admin=False, created_at=0.0))
+        s.flush()
+        s.add(new_run("r" * 32, "big", "", "p" * 32, None, 0.0))
+        s.flush()
+        for i in range(3):
+            s.add(
+                LedgerEntry(
+                    provider_id="p" * 32,
+                    run_id="r" * 32,
+                    contribution_id=f"c{i}",
+                    version_id="v",
+                    kind="compute",
+                    tokens=2**62,
+                    flops_per_token=1.0,
+                    amount=1.0,
+                    created_at=0.0,
+                )  # fmt: skip
+            )
+    [big] = [b for b in service.ledger.report(admin).providers if b.name == "big"]
+    assert big.tokens == 3 * 2**62 and big.pflop == 3.0

@@ -4,7 +4,8 @@ import torch
 from tessera.errors import ConfigError
 from tessera.models.lm import ByteLM, ByteLMConfig, build, flops_per_token
 from tessera.recipe import parse_recipe
-from tessera.task import build_model, resolve_factory
+from tessera.task import build_model
+from tessera.trust import Trust
 
 SMALL = ByteLMConfig(context=16, d_model=32, n_layers=1, n_heads=2)
 
@@ -36,7 +37,7 @@ def test_config_validation_names_the_option() -> None:
 
 def test_build_model_is_deterministic_and_leaves_global_rng_alone() -> None:
     recipe = parse_recipe(
-        "seed = 3\n[model]\noptions = { context = 16, d_model = 32, n_layers = 1, n_heads = 2 }"
+        "seed = 3\n[run]\n[model]\noptions = { context = 16, d_model = 32, n_layers = 1, n_heads = 2 }"
     )
     torch.manual_seed(123)
     before = torch.rand(1)
@@ -62,4 +63,4 @@ def test_flops_per_token_counts_6n_and_attention() -> None:
 @pytest.mark.parametrize("spec", ["nocolon", "no_such_module_xyz:f", "tessera.models.lm:nothing"])
 def test_resolve_factory_errors(spec: str) -> None:
     with pytest.raises(ConfigError):
-        resolve_factory(spec)
+        Trust(frozenset() if spec == "nocolon" else frozenset({spec})).resolve(spec, "model")

@@ -18,8 +18,8 @@ from tessera.recipe import parse_recipe
 from tessera.task import assemble
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkLoop
-from tests.conftest import tiny_recipe
-from tests.test_two_hubs import run_loops
+from tests.conftest import reading, tiny_recipe
+from tests.harness import run_loops
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,12 +64,12 @@ def test_a_module_trains_with_its_own_settings() -> None:
     text = (
         'rounds = 5\n[modules.m]\nparams = ["*"]\nrounds = 2\ninner_steps = 7\nouter = { kind = "average" }\n'
     )
-    recipe = parse_recipe("[run]\n" + text)
+    recipe = parse_recipe("[model]\n[run]\n" + text)
     mine = recipe.for_module("m")
     assert (mine.run.rounds, mine.train.inner_steps, mine.outer.kind) == (2, 7, "average")
     assert recipe.run.rounds == 5 and recipe.outer.kind == "nesterov"
     with pytest.raises(ConfigError, match="modules.m.outer"):
-        parse_recipe('[modules.m]\nparams = ["*"]\nouter = { kind = "adam" }\n')
+        parse_recipe('[run]\n[model]\n[modules.m]\nparams = ["*"]\nouter = { kind = "adam" }\n')
 
 
 def test_every_tensor_in_exactly_one_module() -> None:
@@ -219,7 +219,13 @@ def test_modular_run_trains_trunk_then_experts_with_partial_downloads(
     for module, module_tokens in tokens.items():
         for i, token in enumerate(module_tokens):
             client = HubClient(http, token, retry_s=0, run_id=run_id)
-            settings = WorkerSettings(tmp_path / f"{module}{i}", name=f"{module}{i}", wait_s=2, module=module)
+            settings = WorkerSettings(
+                tmp_path / f"{module}{i}",
+                name=f"{module}{i}",
+                wait_s=2,
+                module=module,
+                trust=reading(corpus_dir),
+            )
             clients.append(client)
             loops.append(WorkLoop(client, settings))
     assert not run_loops(loops)
@@ -307,7 +313,12 @@ def trained_modular_run(http: TestClient, admin: HubClient, corpus_dir: Path, tm
     for i, module in enumerate(["trunk", "trunk", "alpha", "beta"]):
         client = HubClient(http, admin.create_provider(f"m{i}").token, retry_s=0, run_id=run_id)
         loops.append(
-            WorkLoop(client, WorkerSettings(tmp_path / f"m{i}", name=f"m{i}", wait_s=2, module=module))
+            WorkLoop(
+                client,
+                WorkerSettings(
+                    tmp_path / f"m{i}", name=f"m{i}", wait_s=2, module=module, trust=reading(corpus_dir)
+                ),
+            )
         )
     assert not run_loops(loops)
     return run_id
@@ -398,7 +409,9 @@ depends = ["body"]
     loops = [
         WorkLoop(
             HubClient(http, admin.create_provider(f"g{i}").token, retry_s=0, run_id=run_id),
-            WorkerSettings(tmp_path / f"g{i}", name=f"g{i}", wait_s=2, module=module),
+            WorkerSettings(
+                tmp_path / f"g{i}", name=f"g{i}", wait_s=2, module=module, trust=reading(corpus_dir)
+            ),
         )
         for i, module in enumerate(["body", "readout"])
     ]

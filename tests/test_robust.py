@@ -68,7 +68,21 @@ def test_norm_verdict() -> None:
     assert norm_verdict(100.0, [1.0, 2.0], on) is None  # too little history to judge
     assert norm_verdict(5.9, [1.0, 2.0, 3.0], on) is None  # 5.9 <= 3 x median 2
     assert "exceeds 3 x the median norm 2" in (norm_verdict(6.1, [1.0, 2.0, 3.0], on) or "")
-    assert norm_verdict(1e9, [1.0, 2.0, 3.0], ValidationSettings()) is None  # off by default
+    # on by default at 10 x the median; 0 turns it off
+    assert "exceeds 10 x the median" in (norm_verdict(21.0, [1.0, 2.0, 3.0], ValidationSettings()) or "")
+    assert norm_verdict(19.0, [1.0, 2.0, 3.0], ValidationSettings()) is None
+    assert norm_verdict(1e9, [1.0, 2.0, 3.0], ValidationSettings(norm_bound=0)) is None
+
+
+def test_size_verdict_bounds_an_update_by_its_base_version() -> None:
+    from tessera.core.validation import ValidationSettings, base_size, size_verdict
+
+    assert base_size(3.0, 4) == 3.0 and base_size(0.0, 100) == 1.0  # a zero module may still move
+    default = ValidationSettings()
+    assert size_verdict(29.0, 3.0, default) is None
+    assert "exceeds 10 x the size 3" in (size_verdict(31.0, 3.0, default) or "")
+    assert size_verdict(float("inf"), 3.0, default) is not None
+    assert size_verdict(float("nan"), 3.0, default) is not None
 
 
 def test_probe_verdict() -> None:

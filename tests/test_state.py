@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import text
 
 from tessera.errors import ConfigError
-from tessera.hub.state import SCHEMA_VERSION, Meta, State
+from tessera.hub.state import BIGINT_COLUMNS, SCHEMA_VERSION, Meta, State
 
 
 def test_schema_is_created_then_reused(tmp_path: Path) -> None:
@@ -42,15 +42,27 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
     state = State(database_url)
     with state.transaction() as s:
         s.execute(text("DROP INDEX ix_runs_parent_id"))
-        for table, column in (
+        dropped = (
             ("versions", "change_sha"),
             ("versions", "change_nbytes"),
             ("contributions", "compute_s"),
             ("runs", "parent_id"),
             ("runs", "module"),
             ("versions", "merge_id"),
-        ):
+            ("runs", "model_bytes"),
+            ("runs", "error"),
+            ("runs", "error_at"),
+            ("workers", "ranks"),
+            ("rounds", "failures"),
+            ("rounds", "error"),
+        )
+        for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        if state.engine.dialect.name == "postgresql":  # schema 6 kept tokens and sizes in INTEGER
+            for table, columns in BIGINT_COLUMNS.items():
+                for column in columns:
+                    if (table, column) not in dropped:
+                        s.execute(text(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE INTEGER"))
         row = s.get(Meta, "schema_version")
         assert row is not None
         row.value = "4"
@@ -64,4 +76,15 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT compute_s FROM contributions")).all() == []
         assert s.execute(text("SELECT parent_id, module FROM runs")).all() == []
         assert s.execute(text("SELECT merge_id FROM versions")).all() == []
+        assert s.execute(text("SELECT model_bytes, error, error_at FROM runs")).all() == []
+        assert s.execute(text("SELECT ranks FROM workers")).all() == []
+        assert s.execute(text("SELECT failures, error FROM rounds")).all() == []
+        if upgraded.engine.dialect.name == "postgresql":
+            kinds = s.execute(
+                text(
+                    "SELECT data_type FROM information_schema.columns "
+                    "WHERE table_name = 'ledger' AND column_name = 'tokens'"
+                )
+            ).scalar()
+            assert kinds == "bigint"
     upgraded.close()

@@ -13,16 +13,18 @@ import pytest
 from tessera.recipe import with_plan
 from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
-from tests.test_two_hubs import ROOT, free_port, start_hub
+from tests.harness import ROOT, free_port, start_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 CHECKSUM = re.compile(r"rank (\d): lease (\w+) trained, weight checksum (\S+)")
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def hub(tmp_path: Path, corpus_dir: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
-    proc = start_hub(tmp_path / "hub", port, f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    proc = start_hub(
+        tmp_path / "hub", port, f"sqlite:///{tmp_path / 'hub.sqlite'}", "--data-root", str(corpus_dir)
+    )
     try:
         yield f"http://127.0.0.1:{port}", (tmp_path / "hub" / "admin.token").read_text().strip()
     finally:
@@ -39,6 +41,7 @@ def test_torchrun_group_is_one_worker(hub: tuple[str, str], corpus_dir: Path, tm
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "tessera", "worker", "--hub", url, "--token", token, "--run-id", run_id,
         "--name", "ddp-pair", "--state-dir", str(tmp_path / "worker"), "--threads", "1",
+        "--data-root", str(corpus_dir),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]

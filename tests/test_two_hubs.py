@@ -3,87 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
 from tessera.hub.state import Contribution, State, Version
 from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
-from tests.conftest import postgres_url, tiny_recipe
+from tessera.worker.loop import WorkerSettings, WorkLoop
+from tests.conftest import postgres_url, reading, tiny_recipe
+from tests.harness import free_port, run_loops, start_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"hub process exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v1/runs", timeout=1).status_code == 401:  # up, and asks for a token
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise TimeoutError(f"hub at {url} did not come up")
-
-
-def start_hub(home: Path, port: int, database_url: str) -> subprocess.Popen[bytes]:
-    """A `tessera hub` process on 127.0.0.1:port, returned once it answers."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "tessera",
-        "hub",
-        "--home",
-        str(home),
-        "--port",
-        str(port),
-        "--database",
-        database_url,
-        "--threads",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until_up(f"http://127.0.0.1:{port}", proc)
-    return proc
-
-
-def run_loops(
-    loops: list[WorkLoop], timeout: float = 180, on_done: Callable[[WorkerSummary], None] | None = None
-) -> list[BaseException]:
-    """Run work loops in threads until they end; return what any of them raised."""
-    errors: list[BaseException] = []
-
-    def work(loop: WorkLoop) -> None:
-        try:
-            summary = loop.run()
-            if on_done is not None:
-                on_done(summary)
-        except BaseException as exc:  # returned to the test, which asserts on it
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(loop,)) for loop in loops]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=timeout)
-    return errors
 
 
 @pytest.fixture
@@ -92,11 +24,11 @@ def database_url() -> str:
 
 
 @pytest.fixture
-def two_hubs(database_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def two_hubs(database_url: str, tmp_path: Path, corpus_dir: Path) -> Iterator[tuple[str, str]]:
     procs, urls = [], []
     for _ in range(2):  # one after the other: the first creates the admin
         port = free_port()
-        procs.append(start_hub(tmp_path / "hub", port, database_url))
+        procs.append(start_hub(tmp_path / "hub", port, database_url, "--data-root", str(corpus_dir)))
         urls.append(f"http://127.0.0.1:{port}")
     try:
         yield urls[0], urls[1]
@@ -117,7 +49,8 @@ def test_concurrent_uploads_through_two_hubs(
     urls = (a, b, a, b)
     clients = [HubClient.connect(url, t, run_id=created.run_id) for url, t in zip(urls, tokens, strict=True)]
     loops = [
-        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5)) for i, c in enumerate(clients)
+        WorkLoop(c, WorkerSettings(tmp_path / f"w{i}", name=f"w{i}", wait_s=5, trust=reading(corpus_dir)))
+        for i, c in enumerate(clients)
     ]
     errors = run_loops(loops)
     for c in clients:

@@ -14,6 +14,9 @@ from tests.conftest import tiny_recipe
 from tests.test_hub_api import join, meta, work
 
 pytestmark = pytest.mark.timeout(120)
+# The aggregation tests send an outlier far larger than the tiny model: validation lets it through,
+# so that what is tested is what aggregation does with it.
+OUTLIERS_PASS = "[validation]\nmax_relative_norm = 1000.0\n"
 
 
 def constant_update(client: HubClient, blob_sha: str, value: float) -> dict[str, torch.Tensor]:
@@ -65,7 +68,10 @@ def test_quality_probe_rejects_a_harmful_update(http: TestClient, admin: HubClie
 def test_robust_aggregation_of_a_round(
     http: TestClient, admin: HubClient, corpus_dir: Path, method: str, expected: float
 ) -> None:
-    extra = f'[outer]\nkind = "average"\n[aggregation]\nmethod = "{method}"\ntrim_fraction = 0.34\n'
+    extra = (
+        f'[outer]\nkind = "average"\n[aggregation]\nmethod = "{method}"\ntrim_fraction = 0.34\n'
+        + OUTLIERS_PASS
+    )
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra=extra))
     submit_values(http, admin, created.run_id, [0.01, 0.02, 10.0])
     reader = HubClient(http, admin.token, retry_s=0, run_id=created.run_id)
@@ -75,7 +81,22 @@ def test_robust_aggregation_of_a_round(
 
 
 def test_clipping_is_counted_in_round_metrics(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
-    extra = "[aggregation]\nclip_multiple = 1.0\n"
+    extra = "[aggregation]\nclip_multiple = 1.0\n" + OUTLIERS_PASS
     created = admin.create_run(tiny_recipe(corpus_dir, quorum=3, extra=extra))
     submit_values(http, admin, created.run_id, [0.01, 0.01, 5.0])
     assert admin.rounds(created.run_id)[0].clipped == 1
+
+
+def test_an_update_far_larger_than_the_model_is_rejected_by_default(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
+    """1e30 in every tensor is finite, so the structural checks pass it; with no norm history yet
+    the size bound (always on) rejects it, and the next version stays finite."""
+    created = admin.create_run(tiny_recipe(corpus_dir, quorum=2))
+    replies = submit_values(http, admin, created.run_id, [1e30, 0.01, 0.01])
+    assert [r[0] for r in replies] == ["rejected", "accepted", "accepted"]
+    assert "exceeds 10 x the size" in (replies[0][1] or "") and "max_relative_norm" in (replies[0][1] or "")
+    version = admin.status(created.run_id).latest_version
+    assert version is not None and version.number == 1 and version.val_loss is not None
+    reader = HubClient(http, admin.token, retry_s=0, run_id=created.run_id)
+    assert all(bool(torch.isfinite(t).all()) for t in from_bytes(reader.blob(version.blob_sha256)).values())

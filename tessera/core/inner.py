@@ -38,6 +38,10 @@ def loss_function(name: str) -> LossFn:
     return LOSSES[name]
 
 
+MAX_INNER_STEPS = 1_000_000
+MAX_BATCH_SIZE = 65_536
+
+
 @dataclass(frozen=True)
 class InnerSettings:
     inner_steps: int = 100
@@ -48,12 +52,16 @@ class InnerSettings:
     loss: str = "cross_entropy"
 
     def __post_init__(self) -> None:
-        if self.inner_steps < 1:
-            raise ConfigError(f"train.inner_steps must be at least 1, got {self.inner_steps}")
-        if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.inner_steps <= MAX_INNER_STEPS:
+            raise ConfigError(
+                f"train.inner_steps must be from 1 to {MAX_INNER_STEPS}, got {self.inner_steps}"
+            )
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ConfigError(f"train.batch_size must be from 1 to {MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip cannot be negative (0 turns them off)")
         loss_function(self.loss)
 
 

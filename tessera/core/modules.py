@@ -33,6 +33,9 @@ MODULE_KEYS = (
 )
 
 
+MAX_SETTING = 1_000_000  # rounds, quorum and inner steps of a module
+
+
 @dataclass(frozen=True)
 class ModuleSpec:
     name: str
@@ -58,8 +61,12 @@ class ModuleSpec:
             raise ConfigError(f"{where}.model_options and {where}.outer must be tables")
         for key in ("rounds", "quorum", "inner_steps"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{where}.{key} must be a positive integer, got {value!r}")
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SETTING
+            ):
+                raise ConfigError(
+                    f"{where}.{key} must be a positive integer up to {MAX_SETTING}, got {value!r}"
+                )
 
     def matches(self, tensor_name: str) -> bool:
         return any(fnmatch.fnmatchcase(tensor_name, p) for p in self.params)

@@ -89,6 +89,10 @@ class AggregationSettings:
             raise ConfigError(f"aggregation.min_cosine must be in [-1, 1], got {self.min_cosine}")
         if self.clip_multiple < 0:
             raise ConfigError(f"aggregation.clip_multiple cannot be negative, got {self.clip_multiple}")
+        if not 1 <= self.min_cosine_count <= 10_000:
+            raise ConfigError(
+                f"aggregation.min_cosine_count must be from 1 to 10000, got {self.min_cosine_count}"
+            )
 
     @property
     def streaming(self) -> bool:

@@ -16,7 +16,6 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -186,9 +185,11 @@ def load(
     context: int = 128,
     num_shards: int = 4,
     domains: list[str] | None = None,
-    **options: Any,
+    held_out_fraction: float = 0.05,
 ) -> TextCorpus:
     """Data factory named in recipes as ``tessera.data.text:load``; no path: the stdlib."""
     root = Path(path).expanduser() if path else stdlib_root()
     only = tuple(domains or ())
-    return TextCorpus(root=root, context=context, num_shards=num_shards, only=only, **options)
+    return TextCorpus(
+        root=root, context=context, num_shards=num_shards, only=only, held_out_fraction=held_out_fraction
+    )

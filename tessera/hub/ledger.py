@@ -3,13 +3,15 @@
 A contribution is credited once, when the version that includes it is committed (the round's
 close), with ``tokens x FLOPs per token`` in PFLOP. Rejected work, and work dropped at the
 close, is never credited; a retried upload is one contribution, so one credit (unique key).
+Balances are summed in floating point, so no total overflows on any backend (SQLite's integer
+SUM stops at 2^63).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import Float, cast, func, select
 from sqlalchemy.orm import Session
 
 from tessera.hub.auth import Principal, may_read_ledger_of
@@ -59,7 +61,7 @@ class Ledger:
                     select(
                         LedgerEntry.provider_id,
                         func.sum(LedgerEntry.amount).label("pflop"),
-                        func.sum(LedgerEntry.tokens).label("tokens"),
+                        func.sum(cast(LedgerEntry.tokens, Float)).label("tokens"),
                         func.count().label("n"),
                     ).group_by(LedgerEntry.provider_id)
                 )

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tessera.core.merging import MergeSettings, align, merge
 from tessera.core.tensors import TensorDict, from_bytes, to_bytes
-from tessera.errors import ConfigError, Forbidden, NotFound
+from tessera.errors import ConfigError, Conflict, Forbidden, NotFound
 from tessera.hub.auth import Principal
 from tessera.hub.modules import frozen_versions, modules_of
 from tessera.hub.schemas import MergeInput, MergeReply, MergeRequest
@@ -47,8 +47,8 @@ class Merges:
     def merge(self, run_id: str, who: Principal, req: MergeRequest) -> MergeReply:
         """Merge, evaluate the target before and after on its held-out data (with the versions it
         depends on now), and keep the merge only if the loss did not rise."""
+        plan = self._plan(run_id, who, req)  # who may merge, and what exists, before the settings
         settings = MergeSettings(req.method, tuple(req.weights), req.scale, req.density)
-        plan = self._plan(run_id, who, req)
         current = from_bytes(self.hub.store.get(plan.latest.blob_sha))
         merged = self._merged(plan, current, settings)
         runtime = self.hub.runtime(plan.target.id)
@@ -78,7 +78,7 @@ class Merges:
                 )
             target = family[req.target]
             if target.status == "active" and target.workers_registered > 0:
-                raise ConfigError(f"module {req.target} is training; merge into it after it finishes")
+                raise Conflict(f"module {req.target} is training; merge into it after it finishes")
             inputs = [(m, family[m], latest(s, family[m]), first(s, family[m])) for m in req.inputs]
             return Plan(target, latest(s, target), first(s, target), inputs)
 
@@ -115,7 +115,7 @@ class Merges:
         with hub._lock, hub.state.transaction() as s:
             target = hub._run(s, plan.target.id, lock=True)
             if latest(s, target).id != plan.latest.id:
-                raise ConfigError(f"module {req.target} got a new version meanwhile; merge again")
+                raise Conflict(f"module {req.target} got a new version meanwhile; merge again")
             record = MergeRecord(
                 id=hub_id(),
                 run_id=run_id,
@@ -173,7 +173,7 @@ class Merges:
 
     def history(self, run_id: str, who: Principal) -> list[MergeReply]:
         """Every merge of the run, accepted or rejected, oldest first."""
-        self.hub.authorize(run_id, who)
+        self.hub.authorize_read(run_id, who)
         with self.hub.state.transaction() as s:
             rows = s.scalars(
                 select(MergeRecord).where(MergeRecord.run_id == run_id).order_by(MergeRecord.created_at)

@@ -13,12 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tessera.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from tessera.errors import ConfigError, Conflict, Forbidden, NotFound, Unauthorized
 from tessera.hub.auth import Principal, require_admin
 from tessera.hub.schemas import CreatedProvider, ProviderInfo, TokenReply
 from tessera.hub.state import ApiToken, Membership, Provider, State
 
 TOKEN_PREFIX = "tsr_"
+MAX_TOKEN_CHARS = 200
 KINDS = ("person", "company", "collective", "sponsor")
 
 
@@ -46,12 +47,20 @@ class ProviderService:
         except IntegrityError:  # another hub process on this database bootstrapped first
             return None
 
-    def principal(self, token: str | None) -> Principal:
-        """The provider behind a token; 401 for a missing, unknown or revoked token."""
+    @staticmethod
+    def check_format(token: str | None) -> str:
+        """``token`` if it could be one of this hub's; 401 at once, without a lookup, otherwise."""
         if not token:
             raise Unauthorized(
                 "this request needs `Authorization: Bearer <token>`; ask the hub's admin for one"
             )
+        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("token unknown or revoked; ask the hub's admin for a new one")
+        return token
+
+    def principal(self, token: str | None) -> Principal:
+        """The provider behind a token; 401 for a missing, unknown or revoked token."""
+        token = self.check_format(token)
         with self.state.transaction() as s:
             row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
             if (
@@ -73,7 +82,7 @@ class ProviderService:
             raise ConfigError(f"provider kind {kind!r} unknown: use one of {list(KINDS)}")
         with self.state.transaction() as s:
             if s.scalar(select(Provider).where(Provider.name == name)) is not None:
-                raise ConfigError(f"a provider named {name!r} exists already; choose another name")
+                raise Conflict(f"a provider named {name!r} exists already; choose another name")
             provider = self._add_provider(s, name, kind, is_admin)
             token = self._add_token(s, provider.id, "created with the provider")
             return CreatedProvider(
@@ -85,7 +94,7 @@ class ProviderService:
         with self.state.transaction() as s:
             collective, member = self._provider(s, collective_id), self._provider(s, member_id)
             if collective.kind != "collective":
-                raise ConfigError(f"{collective.name} is a {collective.kind}, not a collective")
+                raise Conflict(f"{collective.name} is a {collective.kind}, not a collective")
             if s.get(Membership, (collective.id, member.id)) is None:
                 s.add(Membership(collective_id=collective.id, member_id=member.id))
                 s.flush()

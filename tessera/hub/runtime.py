@@ -1,7 +1,8 @@
 """What the hub keeps in memory per run: model for evaluation, held-out batches, checks.
 
 Everything here is rebuilt from the recipe stored in the database, so a restarted hub needs
-nothing else. A module's runtime holds the model as that module trains it (its recipe's
+nothing else (and the hub may drop a runtime from memory at any time: finished runs' are).
+A module's runtime holds the model as that module trains it (its recipe's
 ``model_options``), the module's tensors as reference, the frozen modules it depends on, and
 the held-out data of its shards.
 """
@@ -16,11 +17,20 @@ from tessera.core.codecs import codec
 from tessera.core.inner import Batch, LossFn, evaluate
 from tessera.core.modules import freeze_outside
 from tessera.core.outer import OuterOptimizer, outer_optimizer
-from tessera.core.tensors import TensorDict, check_compatible, float_tensors
+from tessera.core.tensors import TensorDict, check_compatible, float_tensors, global_norm
+from tessera.core.validation import base_size
 from tessera.data.source import DataSource, ShardedValidation
-from tessera.errors import ConfigError, MalformedContribution
+from tessera.errors import ConfigError, DataError, MalformedContribution
 from tessera.recipe import Recipe
-from tessera.task import build_model, load_data, loss_of, model_tensors, training_flops_per_token
+from tessera.task import (
+    DEFAULT_TRUST,
+    build_model,
+    load_data,
+    loss_of,
+    model_tensors,
+    training_flops_per_token,
+)
+from tessera.trust import Trust
 
 SAFETENSORS_HEADER_ALLOWANCE = 4096
 HEADER_BYTES_PER_TENSOR = 256
@@ -40,18 +50,26 @@ class RunRuntime:
     module: str | None = None
     frozen: TensorDict = field(default_factory=dict)  # the modules it depends on, at their versions
     frozen_ids: tuple[str, ...] = ()  # ids of those versions
+    probe_losses: dict[str, float] = field(default_factory=dict)  # version id -> probe loss
+    sizes: dict[str, float] = field(default_factory=dict)  # version id -> its size (validation)
 
     @classmethod
-    def build(cls, recipe: Recipe, module: str | None = None, data: DataSource | None = None) -> RunRuntime:
+    def build(
+        cls,
+        recipe: Recipe,
+        module: str | None = None,
+        data: DataSource | None = None,
+        trust: Trust = DEFAULT_TRUST,
+    ) -> RunRuntime:
         """The runtime of a run, or of one module of a modular run (``data``: the recipe's data
-        source, when the caller has it loaded already)."""
-        data = data or load_data(recipe)
+        source, when the caller has it loaded already), with the factories ``trust`` allows."""
+        data = data or load_data(recipe, trust=trust)
         if module is None:
-            model = build_model(recipe)
+            model = build_model(recipe, trust)
             initial = model_tensors(model)
             return cls.of(recipe, model, data, initial, data.shard_names())
         trains = recipe.for_module(module)
-        model = build_model(trains)
+        model = build_model(trains, trust)
         names = freeze_outside(model, recipe.modules, module)
         mine = {k: v for k, v in model_tensors(model).items() if k in names}
         spec = recipe.modules[module]
@@ -84,6 +102,22 @@ class RunRuntime:
             initial=initial,
             module=module,
         )
+
+    @property
+    def targets_per_example(self) -> int:
+        """Target elements in one example of the held-out data: what one example of a batch
+        trains on (bounds the tokens a contribution may claim)."""
+        if not self.validation:
+            raise DataError("the run's data source gave no held-out batches")
+        _, targets = self.validation[0]
+        return max(1, int(targets[0].numel())) if targets.ndim else 1
+
+    def size_of(self, version_id: str, tensors: TensorDict) -> float:
+        """The size an update of this version is measured against (cached per version)."""
+        if version_id not in self.sizes:
+            floats = float_tensors(tensors)
+            self.sizes[version_id] = base_size(global_norm(floats), sum(t.numel() for t in floats.values()))
+        return self.sizes[version_id]
 
     def load(self, tensors: TensorDict) -> None:
         """The model with these weights (and a module's frozen dependencies)."""

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from tessera.names import PRINTABLE_PATTERN, check_unicode
 
 ID = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 NAME_PATTERN = r"^[A-Za-z0-9_.@ -]+$"
-PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL text refuses NUL)
+# Names and labels others read: no control or format characters (bidi overrides), tessera.names.
+Printable = Annotated[str, Field(pattern=PRINTABLE_PATTERN), AfterValidator(check_unicode)]
+
+
+def whole(value: Any) -> Any:
+    """A JSON number with no fraction (8.0) is an integer, as JSON Schema counts it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(whole)]  # messages are strict otherwise: no "8", no true
+MAX_COUNT = 2**53  # tokens and other counts: exact in a float, and in a BIGINT column
+MAX_STEPS = 1_000_000  # as tessera.core.inner.MAX_INNER_STEPS
+MAX_SECONDS = 30 * 24 * 3600.0  # as the longest lease (tessera.recipe.MAX_WAIT_S)
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: 0 is not false
 
 
 class CreateRunReply(Message):
@@ -45,7 +59,7 @@ class CreatedProvider(Message):
 
 
 class TokenRequest(Message):
-    label: str = Field(default="", max_length=200, pattern=PRINTABLE)
+    label: Printable = Field(default="", max_length=200)
 
 
 class MemberRequest(Message):
@@ -53,8 +67,9 @@ class MemberRequest(Message):
 
 
 class RegisterRequest(Message):
-    name: str = Field(default="worker", min_length=1, max_length=200, pattern=PRINTABLE)
+    name: Printable = Field(default="worker", min_length=1, max_length=200)
     module: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
+    ranks: Whole = Field(default=1, ge=1, le=65_536, description="torchrun ranks training as this worker")
 
 
 class RegisterReply(Message):
@@ -110,10 +125,10 @@ class ContributionMeta(Message):
     contribution_id: str = ID
     lease_id: str = ID
     worker_id: str = ID
-    tokens: int = Field(ge=1)
-    steps: int = Field(ge=1)
+    tokens: Whole = Field(ge=1, le=MAX_COUNT, description="target elements trained on (bounded by the lease)")
+    steps: Whole = Field(ge=1, le=MAX_STEPS, description="inner steps (at most the lease's)")
     train_loss: float = Field(allow_inf_nan=False)
-    compute_s: float = Field(ge=0.0, allow_inf_nan=False)
+    compute_s: float = Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)
     codec: str = Field(default="fp32", max_length=16, pattern=r"^[a-z0-9.]+$")
 
 
@@ -161,9 +176,11 @@ class MergeRequest(Message):
         min_length=1, max_length=64
     )
     method: Literal["average", "task_arithmetic", "ties"] = "ties"
-    weights: list[float] = Field(default_factory=list, max_length=64)
+    weights: list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=list, max_length=64
+    )
     scale: float = Field(default=1.0, allow_inf_nan=False)
-    density: float = Field(default=0.2, gt=0.0, le=1.0)
+    density: float = Field(default=0.2, ge=1e-6, le=1.0)
 
 
 class MergeInput(Message):
@@ -200,12 +217,16 @@ class RoundMetrics(Message):
     bytes_out: int
     wall_s: float | None
     close_reason: str | None
+    failures: int = 0  # closes of this round that failed; each restarted it (see error)
+    error: str | None = None  # why the last one failed
 
 
 class RunStatus(Message):
     run_id: str
     name: str
     status: Literal["active", "finished"]
+    error: str | None = None  # the last failure to close a round or load the run, until one closes
+    error_at: float | None = None
     rounds_total: int
     rounds_done: int
     current_round: int

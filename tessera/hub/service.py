@@ -2,15 +2,22 @@
 
 The HTTP layer translates requests into calls on ``HubService``; everything that decides
 whether work counts happens here, at one commit point per request.
+
+Failures are state: a round that cannot close (a lost blob, a version that would not be finite,
+a recipe this hub no longer trusts) is recorded on its run (``error`` in its status, ``failures``
+and ``error`` on the round); the round's contributions are rejected with that reason and their
+workers lease again, so the run goes on, and so do the other runs and the deadline ticker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,9 +30,10 @@ from tessera.core.modules import assign, training_order
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.robust import Aggregate, AggregationSettings, aggregate
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
-from tessera.core.validation import norm_verdict, probe_verdict
-from tessera.errors import ConfigError, Forbidden, LeaseError, NotFound
-from tessera.hub.auth import Principal, may_work_on, require_participant
+from tessera.core.validation import norm_verdict, probe_verdict, size_verdict
+from tessera.errors import ClaimOutOfBounds, ConfigError, Forbidden, LeaseError, NotFound, QuotaExceeded
+from tessera.hub.auth import Principal, may_read, require_participant, require_reader
+from tessera.hub.config import HubConfig
 from tessera.hub.ledger import Ledger, credit_compute
 from tessera.hub.merges import Merges
 from tessera.hub.modules import check_module, frozen_versions, modules_of
@@ -43,6 +51,7 @@ from tessera.hub.schemas import (
     RunStatus,
     VersionInfo,
 )
+from tessera.hub.signal import RoundSignal
 from tessera.hub.state import (
     Contribution,
     Lease,
@@ -64,7 +73,7 @@ from tessera.hub.views import (
     version_info,
 )
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, load_data, model_tensors
+from tessera.task import build_model, load_data, model_bytes, model_tensors
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +88,16 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Upload:
-    """An accepted upload: the float32 safetensors the hub keeps, and the bytes that travelled."""
+    """An accepted upload: the decoded float32 tensors as checked (safetensors, what the round
+    aggregates), and the bytes that travelled."""
 
     blob: bytes
     wire_bytes: int
 
 
 WAIT_RETRY_S = 1.0
-CROSS_PROCESS_POLL_S = 0.5
+MAX_SQL_INT = 2**63 - 1
+CACHED_RECIPES = 1024
 
 
 def new_id() -> str:
@@ -100,14 +111,31 @@ def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
 
 
 class HubService:
-    def __init__(self, state: State, store: BlobStore, clock: Callable[[], float] = time.time) -> None:
+    """The hub's runs, leases, contributions and rounds, on ``state`` and ``store``.
+
+    Keeps nothing that matters in memory: runtimes (models, held-out data) and parsed recipes are
+    caches rebuilt from the database; ``config`` says what code and data the hub trusts and the
+    limits it holds providers to. One process-wide lock serializes changes within this process;
+    a run's row lock serializes them across processes sharing one database.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        store: BlobStore,
+        clock: Callable[[], float] = time.time,
+        config: HubConfig | None = None,
+    ) -> None:
         self.state = state
         self.store = store
         self.clock = clock
+        self.config = config or HubConfig()
+        self.trust, self.limits = self.config.trust, self.config.limits
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._runtimes: dict[str, RunRuntime] = {}
-        self._probe_base: dict[str, float] = {}  # version id -> probe loss
+        self.rounds_closed = RoundSignal()
+        self._runtimes: OrderedDict[str, RunRuntime] = OrderedDict()
+        self._recipes: OrderedDict[str, Recipe] = OrderedDict()
+        self._failures: dict[str, str] = {}  # run id -> the last failure logged
         self.providers = ProviderService(state, clock)
         self.ledger = Ledger(state)
         self.merges = Merges(self)
@@ -118,12 +146,17 @@ class HubService:
         """A run with version 0 of its model; a modular run gets one child run per module,
         each with version 0 of that module's tensors (its own versions, rounds and lineage)."""
         recipe = parse_recipe(recipe_text)
-        collective_id = self._collective_id(recipe.run.collective)
+        collective_id = self._collective_id(recipe.run.collective, who)
+        size = self._model_size(recipe)
+        with self.state.transaction() as s:
+            self._check_run_quota(s, who, size)
         modules = self._module_runtimes(recipe)
-        runtime = None if modules else RunRuntime.build(recipe)
+        runtime = None if modules else RunRuntime.build(recipe, trust=self.trust)
         run_id, now = new_id(), self.clock()
         with self._lock, self.state.transaction() as s:
+            self._check_run_quota(s, who, size)  # again, as it commits
             run = new_run(run_id, recipe.run.name, recipe_text, who.provider_id, collective_id, now)
+            run.model_bytes = size
             s.add(run)
             s.flush()  # the run row first: versions and rounds refer to it
             if runtime is not None:
@@ -140,6 +173,38 @@ class HubService:
             "created run %s (%s)%s", run_id, recipe.run.name, f", modules {list(modules)}" if modules else ""
         )
         return CreateRunReply(run_id=run_id)
+
+    def _model_size(self, recipe: Recipe) -> int:
+        """The model's bytes, measured on the meta device after the trust and option checks;
+        ConfigError beyond the hub's ``max_model_bytes``."""
+        size = model_bytes(recipe, self.trust)
+        if size > self.limits.max_model_bytes:
+            raise ConfigError(
+                f"the model has {size / 2**20:.0f} MiB of parameters and buffers; this hub takes models "
+                f"of at most {self.limits.max_model_bytes / 2**20:.0f} MiB (limits.max_model_bytes)"
+            )
+        return size
+
+    def _check_run_quota(self, s: Session, who: Principal, size: int) -> None:
+        """QuotaExceeded when ``who`` (not an admin) owns the most active runs, or models, allowed."""
+        if who.is_admin:
+            return
+        active = (Run.owner_id == who.provider_id, Run.status == "active", Run.parent_id.is_(None))
+        count, total = s.execute(
+            select(func.count(), func.coalesce(func.sum(Run.model_bytes), 0)).where(*active)
+        ).one()
+        if count >= self.limits.max_active_runs:
+            raise QuotaExceeded(
+                f"{who.name} owns {count} active runs, the most this hub allows a provider "
+                "(limits.max_active_runs); wait until one finishes"
+            )
+        if total + size > self.limits.max_provider_model_bytes:
+            raise QuotaExceeded(
+                f"{who.name}'s active runs hold {total / 2**20:.0f} MiB of models; with this one "
+                f"{(total + size) / 2**20:.0f} MiB, more than the "
+                f"{self.limits.max_provider_model_bytes / 2**20:.0f} MiB this hub allows a provider "
+                "(limits.max_provider_model_bytes)"
+            )
 
     def _start(self, s: Session, run: Run, runtime: RunRuntime) -> None:
         """Version 0 and the open round 0 of a run or module; version 0 is evaluated now unless
@@ -165,10 +230,12 @@ class HubService:
         """One runtime per module, dependencies first, after checking the module map (ConfigError)."""
         if not recipe.modules:
             return {}
-        whole = model_tensors(build_model(recipe))
+        whole = model_tensors(build_model(recipe, self.trust))
         assign(recipe.modules, whole)  # every tensor in exactly one module, no module empty
-        data = load_data(recipe)
-        runtimes = {name: RunRuntime.build(recipe, name, data) for name in training_order(recipe.modules)}
+        data = load_data(recipe, trust=self.trust)
+        runtimes = {
+            name: RunRuntime.build(recipe, name, data, self.trust) for name in training_order(recipe.modules)
+        }
         for name, runtime in runtimes.items():
             check_module(name, runtime, whole)
             owner = recipe.modules[name].owner
@@ -182,21 +249,48 @@ class HubService:
         return runtimes
 
     def runtime(self, run_id: str) -> RunRuntime:
+        """The run's model, held-out data and checks, built from its recipe on first use and kept
+        for the ``limits.cached_runtimes`` runs used last."""
         with self._lock:
             if run_id not in self._runtimes:
                 with self.state.transaction() as s:
-                    run = self._run(s, run_id)
-                    recipe_text, module = run.recipe, run.module
-                recipe = parse_recipe(recipe_text)
+                    module = self._run(s, run_id).module
+                recipe = self.whole_recipe(run_id)
                 if recipe.modules and module is None:
                     raise ConfigError(
                         f"run {run_id} is modular: work on one of its modules "
                         f"({', '.join(recipe.modules)}); `tessera worker --module` picks one"
                     )
-                self._runtimes[run_id] = RunRuntime.build(recipe, module)
+                self._runtimes[run_id] = RunRuntime.build(recipe, module, trust=self.trust)
+                while len(self._runtimes) > self.limits.cached_runtimes:
+                    self._runtimes.popitem(last=False)
+            self._runtimes.move_to_end(run_id)
             return self._runtimes[run_id]
 
-    def _collective_id(self, name: str | None) -> str | None:
+    def cached_runs(self) -> list[str]:
+        """Runs whose runtime (model, held-out data) this process holds, least recently used first."""
+        with self._lock:
+            return list(self._runtimes)
+
+    def whole_recipe(self, run_id: str) -> Recipe:
+        """The run's recipe as stored (a module's: its modular run's), parsed once and cached."""
+        with self._lock:
+            if run_id not in self._recipes:
+                with self.state.transaction() as s:
+                    text = self._run(s, run_id).recipe
+                self._recipes[run_id] = parse_recipe(text)
+                while len(self._recipes) > CACHED_RECIPES:
+                    self._recipes.popitem(last=False)
+            return self._recipes[run_id]
+
+    def recipe_of(self, run: Run) -> Recipe:
+        """The recipe as the run trains: a module's own rounds, quorum and H applied."""
+        recipe = self.whole_recipe(run.id)
+        return recipe.for_module(run.module) if run.module else recipe
+
+    def _collective_id(self, name: str | None, who: Principal) -> str | None:
+        """The id of the recipe's collective; a run is attached to a collective only by one of its
+        members (or the collective itself, or a hub admin)."""
         if name is None:
             return None
         collective_id = self.providers.find(name)
@@ -204,20 +298,37 @@ class HubService:
             provider = s.get(Provider, collective_id)
             if provider is None or provider.kind != "collective":
                 raise ConfigError(f"run.collective {name!r} is not a collective on this hub")
+        if not (who.is_admin or collective_id in who.collectives or collective_id == who.provider_id):
+            raise Forbidden(
+                f"{who.name} is not a member of the collective {name}: only its members attach runs to it"
+            )
         return collective_id
 
     def authorize(self, run_id: str, who: Principal) -> None:
-        """403 unless ``who`` may work on the run and read it (see tessera.hub.auth)."""
+        """403 unless ``who`` may work on the run (see tessera.hub.auth)."""
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             require_participant(who, run_id, run.owner_id, run.collective_id)
 
+    def authorize_read(self, run_id: str, who: Principal) -> None:
+        """403 unless ``who`` may read the run's status, metrics, versions and blobs."""
+        with self.state.transaction() as s:
+            run = self._run(s, run_id)
+            require_reader(who, run_id, run.owner_id, run.collective_id)
+
     # --- workers and leases ------------------------------------------------------------
 
-    def register(self, run_id: str, who: Principal, name: str, module: str | None = None) -> RegisterReply:
+    def register(
+        self, run_id: str, who: Principal, name: str, module: str | None = None, ranks: int = 1
+    ) -> RegisterReply:
         """A new worker of the run; on a modular run, of ``module`` (or of the module with the
-        fewest workers among those ``who`` may train)."""
+        fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with."""
         self.authorize(run_id, who)
+        if ranks > self.limits.max_ranks:
+            raise QuotaExceeded(
+                f"a worker of {ranks} ranks; this hub takes at most {self.limits.max_ranks} "
+                "(limits.max_ranks)"
+            )
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             family = modules_of(s, run)
@@ -232,6 +343,7 @@ class HubService:
         shards = self.runtime(target).shards
         with self._lock, self.state.transaction() as s:
             run = self._run(s, target, lock=True)
+            self._check_worker_quota(s, target, who)
             index = run.workers_registered
             shard = shards[index % len(shards)]
             run.workers_registered += 1
@@ -242,6 +354,7 @@ class HubService:
                 name=name,
                 index=index,
                 shard=shard,
+                ranks=ranks,
                 registered_at=self.clock(),
                 last_seen_at=self.clock(),
             )
@@ -249,12 +362,23 @@ class HubService:
         log.info("run %s: worker %s (%s) registered, shard %s", target, worker.id, name, shard)
         return RegisterReply(worker_id=worker.id, shard=shard, run_id=target, module=module)
 
+    def _check_worker_quota(self, s: Session, run_id: str, who: Principal) -> None:
+        if who.is_admin:
+            return
+        mine = (Worker.run_id == run_id, Worker.provider_id == who.provider_id)
+        count = s.scalar(select(func.count()).select_from(Worker).where(*mine)) or 0
+        if count >= self.limits.max_workers:
+            raise QuotaExceeded(
+                f"{who.name} has registered {count} workers in run {run_id}, the most this hub allows a "
+                "provider (limits.max_workers); a restarted worker resumes with its --state-dir instead"
+            )
+
     def _module_to_join(self, family: dict[str, Run], who: Principal, module: str | None) -> Run:
         if module is not None:
             if module not in family:
                 raise NotFound(f"no module {module!r} in this run; its modules: {', '.join(family)}")
             return family[module]
-        recipe = self.runtime(next(iter(family.values())).id).recipe
+        recipe = self.whole_recipe(next(iter(family.values())).id)
         open_ = [
             r
             for name, r in family.items()
@@ -272,18 +396,23 @@ class HubService:
         return who.provider_id == owner_id or owner_id in who.collectives
 
     def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
-        """A lease on the current round; if the worker already contributed, wait up to wait_s."""
+        """A lease on the current round; if the worker already contributed, wait up to ``wait_s``
+        seconds in this thread (in-process callers; over HTTP the wait holds no thread)."""
+        give_up = time.monotonic() + wait_s
+        while True:
+            since = self.rounds_closed.generation
+            reply = self.try_lease(run_id, who, worker_id)
+            remaining = give_up - time.monotonic()
+            if reply.status != "wait" or remaining <= 0:
+                return reply
+            self.rounds_closed.wait(since, remaining)
+
+    def try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
+        """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``."""
         self.authorize(run_id, who)
         self.runtime(run_id)
-        give_up = self.clock() + wait_s
-        with self._changed:
-            while True:
-                reply = self._try_lease(run_id, who, worker_id)
-                remaining = give_up - self.clock()
-                if reply.status != "wait" or remaining <= 0:
-                    return reply
-                # Woken by a round closed in this process; other hub processes are seen on re-check.
-                self._changed.wait(timeout=min(remaining, CROSS_PROCESS_POLL_S))
+        with self._lock:
+            return self._try_lease(run_id, who, worker_id)
 
     def _try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
         now = self.clock()
@@ -389,7 +518,7 @@ class HubService:
                 return previous
             tensors = runtime.decode(from_bytes(body), meta.codec)
             verdict = self._validate(run_id, meta, tensors)
-            upload = Upload(body if meta.codec == "fp32" else to_bytes(tensors), len(body))
+            upload = Upload(to_bytes(tensors), len(body))  # what was checked is what is aggregated
             with self.state.transaction() as s:  # again under the run's row lock: another hub
                 self._run(s, run_id, lock=True)  # process may have taken the lease meanwhile
                 reply = self._check_submission(s, run_id, who, meta) or self._record(
@@ -402,8 +531,8 @@ class HubService:
     def _check_submission(
         self, s: Session, run_id: str, who: Principal, meta: ContributionMeta
     ) -> ContributionReply | None:
-        """The earlier reply for a retried upload, or None after checking worker and lease."""
-        self._worker(s, run_id, meta.worker_id, who)
+        """The earlier reply for a retried upload, or None after checking worker, lease and claims."""
+        worker = self._worker(s, run_id, meta.worker_id, who)
         done = s.scalar(
             select(Contribution).where(Contribution.run_id == run_id, Contribution.id == meta.contribution_id)
         )
@@ -418,10 +547,38 @@ class HubService:
             raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
         if lease.deadline <= self.clock():
             raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
+        self._check_claims(lease, worker, meta)
         return None
 
+    def _check_claims(self, lease: Lease, worker: Worker, meta: ContributionMeta) -> None:
+        """ClaimOutOfBounds unless steps, tokens and compute time fit the lease: steps at most its H
+        (2H with overlapped rounds: steps made while the lease travelled count too), tokens at most
+        steps x batch size x targets per example x the worker's ranks, compute time at most the
+        lease's duration."""
+        runtime = self.runtime(lease.run_id)
+        recipe = runtime.recipe
+        max_steps = lease.inner_steps * (2 if recipe.communication.overlap else 1)
+        if meta.steps > max_steps:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.steps} inner steps; its lease allows at most {max_steps}"
+            )
+        per_example = runtime.targets_per_example
+        most = meta.steps * recipe.train.batch_size * per_example * worker.ranks
+        if meta.tokens > most:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.tokens} tokens; {meta.steps} steps of batch "
+                f"{recipe.train.batch_size} x {per_example} targets per example x {worker.ranks} ranks "
+                f"train on at most {most}"
+            )
+        duration = lease.deadline - lease.issued_at
+        if meta.compute_s > duration:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.compute_s:.0f} s of compute; "
+                f"its lease lasted {duration:.0f} s"
+            )
+
     def _validate(self, run_id: str, meta: ContributionMeta, tensors: TensorDict) -> Verdict:
-        """Norm bound and quality probe (see tessera.core.validation); no state changes."""
+        """Size bound, norm bound and quality probe (tessera.core.validation); no state changes."""
         runtime = self.runtime(run_id)
         settings = runtime.recipe.validation
         norm = global_norm(tensors)
@@ -436,18 +593,21 @@ class HubService:
             ).all()
             lease = s.get(Lease, meta.lease_id)
             base = s.get(Version, lease.version_id) if lease else None
-        reason = norm_verdict(norm, history, settings)
-        if reason is None and settings.probe and base is not None:
-            reason = self._probe(runtime, base, tensors)
-        return Verdict(norm=norm, reason=reason)
-
-    def _probe(self, runtime: RunRuntime, base: Version, delta: TensorDict) -> str | None:
+        if base is None:
+            raise LeaseError(f"lease {meta.lease_id} is unknown for this run; lease again")
         params = from_bytes(self.store.get(base.blob_sha))
-        if base.id not in self._probe_base:
-            self._probe_base[base.id] = runtime.probe_loss(params)
+        reason = size_verdict(norm, runtime.size_of(base.id, params), settings)
+        reason = reason or norm_verdict(norm, history, settings)
+        if reason is None and settings.probe:
+            reason = self._probe(runtime, base, params, tensors)
+        return Verdict(norm=norm, reason=reason)  # finite: float32 values squared fit a float64
+
+    def _probe(self, runtime: RunRuntime, base: Version, params: TensorDict, delta: TensorDict) -> str | None:
+        if base.id not in runtime.probe_losses:
+            runtime.probe_losses[base.id] = runtime.probe_loss(params)
         share = 1.0 / runtime.recipe.run.quorum  # its part in an equal-weight average of the round
         candidate = runtime.probe_loss(apply_delta(params, delta, scale=share))
-        return probe_verdict(self._probe_base[base.id], candidate, runtime.recipe.validation)
+        return probe_verdict(runtime.probe_losses[base.id], candidate, runtime.recipe.validation)
 
     def _record(
         self, s: Session, run_id: str, meta: ContributionMeta, upload: Upload, verdict: Verdict
@@ -492,7 +652,7 @@ class HubService:
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = self.store.put(upload.blob)
             record.accepted += 1
-            record.tokens += meta.tokens
+            record.tokens = min(record.tokens + meta.tokens, MAX_SQL_INT)  # a metric: saturates
         if contribution.status == "rejected":
             record.rejected += 1
         record.bytes_in += upload.wire_bytes
@@ -509,22 +669,93 @@ class HubService:
         return sum(self._maybe_close(run_id) for run_id in run_ids)
 
     def _maybe_close(self, run_id: str) -> bool:
-        settings = self.runtime(run_id).recipe.run
+        """Close the run's round if it is due. Never raises: a failure is recorded on the run (and,
+        if the close itself failed, the round starts again without its contributions)."""
+        try:
+            with self.state.transaction() as s:
+                run = self._run(s, run_id)
+                due = run.status == "active" and self._due(run, self._round(s, run_id, run.current_round))
+        except Exception as exc:  # e.g. a stored recipe this hub no longer trusts
+            self._note_failure(run_id, exc, restart_round=False)
+            return False
+        if not due:
+            return False
+        try:
+            finished = self._close_if_due(run_id)
+        except Exception as exc:  # a failure is state: recorded, and the hub goes on
+            self._note_failure(run_id, exc, restart_round=True)
+            return False
+        self._failures.pop(run_id, None)
+        if finished:
+            with self._lock:
+                self._runtimes.pop(run_id, None)  # a finished run's model leaves memory
+        self.rounds_closed.notify()
+        return finished is not None
+
+    def _due(self, run: Run, record: RoundRecord) -> str | None:
+        """Why the open round closes now ("quorum" or "deadline"), or None."""
+        settings = self.recipe_of(run).run
+        if record.accepted >= settings.quorum:
+            return "quorum"
+        if record.accepted > 0 and self.clock() - record.started_at >= settings.round_deadline_s:
+            return "deadline"
+        return None
+
+    def _close_if_due(self, run_id: str) -> bool | None:
+        """Close the round under the run's lock if it is still due: None if not, else whether the
+        run finished with it."""
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id, lock=True)
             if run.status != "active":
-                return False
+                return None
             record = self._round(s, run_id, run.current_round)
-            if record.accepted >= settings.quorum:
-                reason = "quorum"
-            elif record.accepted > 0 and self.clock() - record.started_at >= settings.round_deadline_s:
-                reason = "deadline"
-            else:
-                return False
+            reason = self._due(run, record)
+            if reason is None:
+                return None
             self._close_round(s, run, record, reason)
-        with self._changed:
-            self._changed.notify_all()
-        return True
+            return run.status == "finished"
+
+    def _note_failure(self, run_id: str, exc: Exception, restart_round: bool) -> None:
+        """Record ``exc`` on the run (logged once per distinct failure); with ``restart_round``, the
+        round's contributions are rejected with the reason and their workers lease again."""
+        message = f"{type(exc).__name__}: {exc}"
+        if self._failures.get(run_id) == message and not restart_round:
+            return
+        if self._failures.get(run_id) != message:
+            log.error("run %s: %s", run_id, message, exc_info=exc)
+        self._failures[run_id] = message
+        try:
+            with self._lock, self.state.transaction() as s:
+                run = self._run(s, run_id, lock=True)
+                if restart_round and run.status == "active":
+                    self._restart_round(s, run, message)
+                run.error = (
+                    f"round {run.current_round} could not close: {message}" if restart_round else message
+                )
+                run.error_at = self.clock()
+        except Exception:  # the database itself failed; the next attempt records it
+            log.exception("run %s: recording a failure failed", run_id)
+
+    def _restart_round(self, s: Session, run: Run, message: str) -> None:
+        """The open round again from the start, without the contributions it could not use."""
+        record = self._round(s, run.id, run.current_round)
+        contributions = s.scalars(
+            select(Contribution).where(
+                Contribution.run_id == run.id,
+                Contribution.round == record.number,
+                Contribution.status == "accepted",
+            )
+        ).all()
+        for c in contributions:
+            c.status, c.weight = "rejected", 0.0
+            c.reason = f"the round could not close ({message}); this work was not used: lease again"
+            lease = s.get(Lease, c.lease_id)
+            if lease is not None:
+                lease.state = "void"
+        record.rejected += len(contributions)
+        record.accepted, record.tokens = 0, 0
+        record.failures += 1
+        record.error, record.started_at = message, self.clock()
 
     def _close_round(self, s: Session, run: Run, record: RoundRecord, reason: str) -> None:
         runtime = self.runtime(run.id)
@@ -545,6 +776,8 @@ class HubService:
         outer_state, residual = split_state(stored)
         new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
         published = self._publish(runtime, params, new_params, residual)
+        val_loss = runtime.evaluate(published.tensors)
+        require_finite(published.tensors, val_loss)
         blob, change = to_bytes(published.tensors), to_bytes(published.change)
         now = self.clock()
         version = Version(
@@ -557,11 +790,12 @@ class HubService:
             change_nbytes=len(change),
             parent_id=base.id,
             contributions=[c.id for c in contributions],
-            val_loss=runtime.evaluate(published.tensors),
+            val_loss=val_loss,
             created_at=now,
         )
         s.add(version)
         s.flush()
+        run.error, run.error_at = None, None
         credit_compute(s, run.id, version.id, contributions, runtime.flops_per_token, now)
         state = join_state(new_state, published.residual)
         run.outer_state_sha = self.store.put(to_bytes(state)) if state else None
@@ -649,7 +883,7 @@ class HubService:
         self, run_id: str, who: Principal, round_number: int | None = None
     ) -> list[ContributionInfo]:
         """Contributions of a run (or one round), with status and the reason of rejections."""
-        self.authorize(run_id, who)
+        self.authorize_read(run_id, who)
         with self.state.transaction() as s:
             self._run(s, run_id)
             query = select(Contribution).where(Contribution.run_id == run_id)
@@ -659,7 +893,7 @@ class HubService:
 
     def download(self, run_id: str, who: Principal, sha: str) -> bytes:
         """A version's blob or its change from the parent; its size counts as bytes out of the round."""
-        self.authorize(run_id, who)
+        self.authorize_read(run_id, who)
         with self._lock, self.state.transaction() as s:
             run = self._run(s, run_id)
             owned = s.scalar(
@@ -680,7 +914,7 @@ class HubService:
 
     def status(self, run_id: str, who: Principal) -> RunStatus:
         """A run's progress; a modular run's is its modules' (``modules``) added up."""
-        self.authorize(run_id, who)
+        self.authorize_read(run_id, who)
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             family = modules_of(s, run)
@@ -691,6 +925,8 @@ class HubService:
                 run_id=run.id,
                 name=run.name,
                 status=run.status,  # type: ignore[arg-type]
+                error=next((m.error for m in modules if m.error), None),
+                error_at=next((m.error_at for m in modules if m.error), None),
                 rounds_total=sum(m.rounds_total for m in modules),
                 rounds_done=sum(m.rounds_done for m in modules),
                 current_round=0,
@@ -712,7 +948,9 @@ class HubService:
             run_id=run.id,
             name=run.name,
             status=run.status,  # type: ignore[arg-type]
-            rounds_total=self.runtime(run.id).recipe.run.rounds,
+            error=run.error,
+            error_at=run.error_at,
+            rounds_total=self._rounds_total(run),
             rounds_done=latest.number,
             current_round=run.current_round,
             latest_version=version_info(latest),
@@ -723,8 +961,14 @@ class HubService:
             parent_id=run.parent_id,
         )
 
+    def _rounds_total(self, run: Run) -> int:
+        try:
+            return self.recipe_of(run).run.rounds
+        except ConfigError:  # a recipe stored before this hub checked recipes as it does now
+            return run.current_round
+
     def rounds(self, run_id: str, who: Principal) -> list[RoundMetrics]:
-        self.authorize(run_id, who)
+        self.authorize_read(run_id, who)
         with self.state.transaction() as s:
             self._run(s, run_id)
             records = s.scalars(
@@ -733,7 +977,7 @@ class HubService:
             return [round_metrics(r) for r in records]
 
     def version(self, run_id: str, who: Principal, number: int | None = None) -> VersionInfo:
-        self.authorize(run_id, who)
+        self.authorize_read(run_id, who)
         with self.state.transaction() as s:
             run = self._run(s, run_id)
             return version_info(self._version(s, run_id, run.current_round if number is None else number))
@@ -742,7 +986,7 @@ class HubService:
         """The runs ``who`` may see, oldest first."""
         with self.state.transaction() as s:
             runs = s.scalars(select(Run).where(Run.parent_id.is_(None)).order_by(Run.created_at)).all()
-            return [r.id for r in runs if may_work_on(who, r.owner_id, r.collective_id)]
+            return [r.id for r in runs if may_read(who, r.owner_id, r.collective_id)]
 
     # --- lookups -----------------------------------------------------------------------
 
@@ -782,6 +1026,16 @@ class HubService:
 
 
 RESIDUAL = "download_residual."  # prefix of the download codec's residual in the outer-state blob
+
+
+def require_finite(tensors: TensorDict, val_loss: float) -> None:
+    """ValueError unless a new version and its held-out loss are finite (else the round fails)."""
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None or not math.isfinite(val_loss):
+        raise ValueError(
+            f"the round's aggregated update gives a version that is not finite (tensor {bad}, held-out "
+            f"loss {val_loss}); its contributions are not used"
+        )
 
 
 def split_state(stored: TensorDict) -> tuple[TensorDict, TensorDict]:

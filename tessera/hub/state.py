@@ -5,12 +5,15 @@ The hub keeps no state outside this database and the blob store, so a restarted 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -28,10 +31,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 6  # raise on every change of the tables below
-# Upgrades of older databases in place, one schema version at a time: added columns only
-# (SQLite and PostgreSQL alike).
-MIGRATIONS = {
+SCHEMA_VERSION = 7  # raise on every change of the tables below
+# Upgrades of older databases in place, one schema version at a time: added columns (SQLite and
+# PostgreSQL alike), and ("postgresql", statement) for PostgreSQL alone (SQLite's INTEGER is
+# 64 bits already).
+BIGINT_COLUMNS = {
+    "contributions": ("tokens", "nbytes"),
+    "rounds": ("tokens", "bytes_in", "bytes_out"),
+    "ledger": ("tokens",),
+    "versions": ("nbytes", "change_nbytes"),
+}
+MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
     "4": [
         "ALTER TABLE versions ADD COLUMN change_sha VARCHAR(64)",
         "ALTER TABLE versions ADD COLUMN change_nbytes INTEGER",
@@ -42,6 +52,19 @@ MIGRATIONS = {
         "ALTER TABLE runs ADD COLUMN module VARCHAR(64)",
         "CREATE INDEX ix_runs_parent_id ON runs (parent_id)",
         "ALTER TABLE versions ADD COLUMN merge_id VARCHAR(32)",
+    ],
+    "6": [
+        "ALTER TABLE runs ADD COLUMN model_bytes BIGINT DEFAULT 0",
+        "ALTER TABLE runs ADD COLUMN error TEXT",
+        "ALTER TABLE runs ADD COLUMN error_at FLOAT",
+        "ALTER TABLE workers ADD COLUMN ranks INTEGER DEFAULT 1",
+        "ALTER TABLE rounds ADD COLUMN failures INTEGER DEFAULT 0",
+        "ALTER TABLE rounds ADD COLUMN error TEXT",
+        *(
+            ("postgresql", f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT")
+            for table, columns in BIGINT_COLUMNS.items()
+            for column in columns
+        ),
     ],
 }
 
@@ -103,6 +126,10 @@ class Run(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     module: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # measured on the meta device
+    # the last failure to close a round (or to load the run), shown in its status until a round closes
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: str | None, now: float) -> Run:
@@ -117,6 +144,7 @@ def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: s
         current_round=0,
         workers_registered=0,
         created_at=now,
+        model_bytes=0,
     )
 
 
@@ -128,6 +156,7 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200))
     index: Mapped[int] = mapped_column(Integer)  # registration order within the run
     shard: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    ranks: Mapped[int] = mapped_column(Integer, default=1)  # torchrun ranks training as this worker
     registered_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
 
@@ -139,10 +168,10 @@ class Version(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     blob_sha: Mapped[str] = mapped_column(String(64))
-    nbytes: Mapped[int] = mapped_column(Integer)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
     # the change from the parent version in the run's download codec (None for version 0)
     change_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    change_nbytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    change_nbytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     contributions: Mapped[list[str]] = mapped_column(JSON, default=list)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -188,9 +217,11 @@ class RoundRecord(Base):
     accepted: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
     clipped: Mapped[int] = mapped_column(Integer, default=0)
-    tokens: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_in: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_out: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # closes that failed (then restarted)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last failure
 
 
 def new_round(run_id: str, number: int, base_version_id: str, started_at: float) -> RoundRecord:
@@ -205,6 +236,7 @@ def new_round(run_id: str, number: int, base_version_id: str, started_at: float)
         tokens=0,
         bytes_in=0,
         bytes_out=0,
+        failures=0,
     )
 
 
@@ -218,7 +250,8 @@ class Lease(Base):
     inner_steps: Mapped[int] = mapped_column(Integer)
     issued_at: Mapped[float] = mapped_column(Float)
     deadline: Mapped[float] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16), default="open")  # open | used
+    # open | used | void (its round's close failed: the worker leases again)
+    state: Mapped[str] = mapped_column(String(16), default="open")
 
 
 class Contribution(Base):
@@ -232,8 +265,8 @@ class Contribution(Base):
     round: Mapped[int] = mapped_column(Integer, index=True)
     base_version_number: Mapped[int] = mapped_column(Integer)
     blob_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    nbytes: Mapped[int] = mapped_column(Integer)
-    tokens: Mapped[int] = mapped_column(Integer)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
     steps: Mapped[int] = mapped_column(Integer)
     compute_s: Mapped[float] = mapped_column(Float, default=0.0)  # the worker's inner-step time
     train_loss: Mapped[float] = mapped_column(Float)
@@ -258,7 +291,7 @@ class LedgerEntry(Base):
     contribution_id: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))  # compute
-    tokens: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
     flops_per_token: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
@@ -273,16 +306,31 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def private_file(path: Path, create: bool = True) -> None:
+    """``path`` readable and writable by this user only (created empty if missing and ``create``)."""
+    if create and not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    if path.exists():
+        path.chmod(0o600)
+
+
 class State:
     """Owns the engine; hands out transactions. ``url`` is any SQLAlchemy database URL."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = create_engine(url, **self._engine_options(url))
+        database = self.engine.url.database
+        sqlite_file = url.startswith("sqlite") and database not in (None, "", ":memory:")
+        if sqlite_file:
+            private_file(Path(str(database)))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._create_or_check_schema()
+        if sqlite_file:  # the write-ahead log and its index hold the same data
+            for suffix in ("-wal", "-shm"):
+                private_file(Path(f"{database}{suffix}"), create=False)
 
     def _create_or_check_schema(self) -> None:
         """Create the tables in an empty database; refuse one written by another schema."""
@@ -301,8 +349,10 @@ class State:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 return
             while row.value in MIGRATIONS:
-                for statement in MIGRATIONS[row.value]:
-                    s.execute(text(statement))
+                for step in MIGRATIONS[row.value]:
+                    dialect, statement = step if isinstance(step, tuple) else (None, step)
+                    if dialect in (None, self.engine.dialect.name):
+                        s.execute(text(statement))
                 row.value = str(int(row.value) + 1)
             if row.value != str(SCHEMA_VERSION):
                 raise ConfigError(

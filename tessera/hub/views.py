@@ -76,4 +76,6 @@ def round_metrics(r: RoundRecord) -> RoundMetrics:
         bytes_out=r.bytes_out,
         wall_s=None if r.closed_at is None else r.closed_at - r.started_at,
         close_reason=r.close_reason,
+        failures=r.failures or 0,
+        error=r.error,
     )

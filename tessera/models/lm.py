@@ -126,9 +126,17 @@ class ByteLM(nn.Module):
         return idx.view(-1)
 
 
-def build(**options: Any) -> ByteLM:
-    """Model factory named in recipes as ``tessera.models.lm:build``."""
-    return ByteLM(ByteLMConfig(**options))
+def build(
+    vocab_size: int = 256,
+    context: int = 128,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    mlp_ratio: int = 4,
+    dropout: float = 0.0,
+) -> ByteLM:
+    """Model factory named in recipes as ``tessera.models.lm:build`` (options: ByteLMConfig's)."""
+    return ByteLM(ByteLMConfig(vocab_size, context, d_model, n_layers, n_heads, mlp_ratio, dropout))
 
 
 def flops_per_token(cfg: ByteLMConfig) -> float:

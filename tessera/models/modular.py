@@ -21,7 +21,6 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -144,9 +143,21 @@ def posterior(logp: torch.Tensor, idx: torch.Tensor, log_prior: torch.Tensor) ->
     return F.log_softmax(evidence + log_prior[:, None, None], dim=0)
 
 
-def build(experts: Sequence[str] = (), expert_ratio: int = 4, **trunk: Any) -> ModularLM:
-    """Model factory named in recipes as ``tessera.models.modular:build``."""
-    return ModularLM(ModularLMConfig(ByteLMConfig(**trunk), tuple(experts), expert_ratio))
+def build(
+    experts: Sequence[str] = (),
+    expert_ratio: int = 4,
+    vocab_size: int = 256,
+    context: int = 128,
+    d_model: int = 128,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    mlp_ratio: int = 4,
+    dropout: float = 0.0,
+) -> ModularLM:
+    """Model factory named in recipes as ``tessera.models.modular:build``: the trunk's options
+    are ByteLMConfig's."""
+    trunk = ByteLMConfig(vocab_size, context, d_model, n_layers, n_heads, mlp_ratio, dropout)
+    return ModularLM(ModularLMConfig(trunk, tuple(experts), expert_ratio))
 
 
 def module_params(cfg: ModularLMConfig) -> dict[str, list[str]]:

@@ -64,7 +64,8 @@ class LockstepWorker:
         self, service: HubService, token: str, run_id: str, state_dir: Path, attack: Attack | None
     ) -> None:
         client = InProcessClient(service, token, run_id)
-        self.loop = WorkLoop(client, WorkerSettings(state_dir, name=attack or "honest"))
+        settings = WorkerSettings(state_dir, name=attack or "honest", trust=service.trust)  # one machine
+        self.loop = WorkLoop(client, settings)
         self.attack = attack
         self.generator = torch.Generator().manual_seed(1234)
         self.outcome = Outcome()

@@ -2,7 +2,8 @@
 
 The ``httpx.Client`` is injectable: tests pass the hub's in-process ASGI app (a Starlette
 ``TestClient``), production uses a real connection. Transport errors and 5xx answers are
-retried with backoff; 4xx answers raise the matching ``TesseraError``.
+retried with backoff, 429 answers after their ``Retry-After``; other 4xx answers raise the
+matching ``TesseraError``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import httpx
 from pydantic import BaseModel
 
 from tessera.errors import (
+    ClaimOutOfBounds,
     ConfigError,
+    Conflict,
     ContributionRejected,
     Forbidden,
     HubUnavailable,
@@ -24,8 +27,10 @@ from tessera.errors import (
     MalformedContribution,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
     StaleContribution,
     TesseraError,
+    TooManyRequests,
     Unauthorized,
 )
 from tessera.hub.schemas import (
@@ -54,13 +59,17 @@ ERRORS: dict[str, type[TesseraError]] = {
     for cls in (
         ContributionRejected,
         MalformedContribution,
+        ClaimOutOfBounds,
         PayloadTooLarge,
         LeaseError,
         StaleContribution,
         NotFound,
         Unauthorized,
         Forbidden,
+        QuotaExceeded,
+        TooManyRequests,
         ConfigError,
+        Conflict,
     )
 }
 META_HEADER = "X-Tessera-Contribution"
@@ -75,7 +84,7 @@ class HubAPI(Protocol):
     @property
     def run_id(self) -> str: ...
     def select_run(self, run_id: str) -> None: ...
-    def register(self, name: str, module: str | None = None) -> RegisterReply: ...
+    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply: ...
     def status(self, run_id: str) -> RunStatus: ...
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply: ...
     def blob(self, sha: str, run_id: str | None = None) -> bytes: ...
@@ -134,6 +143,12 @@ class HubClient:
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
+                if response.status_code == 429:
+                    wait = retry_after(response, delay)
+                    if time.monotonic() + wait <= give_up:
+                        log.info("hub busy (%s); retrying in %.1fs", response.text[:200], wait)
+                        time.sleep(wait)
+                        continue
                 if response.status_code < 500:
                     return raise_for_error(response)
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -163,8 +178,8 @@ class HubClient:
             headers={"Content-Type": "application/toml"},
         )
 
-    def register(self, name: str, module: str | None = None) -> RegisterReply:
-        body = {"name": name, "module": module}
+    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply:
+        body = {"name": name, "module": module, "ranks": ranks}
         return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json=body)
 
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
@@ -243,6 +258,14 @@ class HubClient:
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)
         return self._json(VersionInfo, "GET", f"/v1/runs/{run_id}/versions/{which}")
+
+
+def retry_after(response: httpx.Response, default: float) -> float:
+    """Seconds a 429 answer asks to wait (its ``Retry-After``), at most a minute."""
+    try:
+        return min(60.0, max(0.0, float(response.headers.get("retry-after", default))))
+    except ValueError:
+        return default
 
 
 def raise_for_error(response: httpx.Response) -> httpx.Response:

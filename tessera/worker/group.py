@@ -28,7 +28,8 @@ from tessera.data.source import DataSource
 from tessera.errors import ConfigError
 from tessera.hub.schemas import ContributionReply, LeaseGrant
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, load_data
+from tessera.task import DEFAULT_TRUST, build_model, load_data
+from tessera.trust import Trust
 from tessera.worker.client import HubAPI
 from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
 
@@ -160,11 +161,16 @@ class GroupWorkLoop(WorkLoop):
             self.group.broadcast_bytes(DONE)
 
 
-def follow(group: Group, data_path: str | None) -> int:
-    """Ranks above 0: train each lease rank 0 broadcasts until it says done; returns leases done."""
+def follow(group: Group, data_path: str | None, trust: Trust = DEFAULT_TRUST) -> int:
+    """Ranks above 0: train each lease rank 0 broadcasts until it says done; returns leases done.
+    Rank 0 joined the run only after checking its code against the same trust."""
     recipe = parse_recipe(group.broadcast_bytes(None).decode())
     trainer = GroupTrainer(
-        group, recipe, build_model(recipe), load_data(recipe, data_path), data_path is not None
+        group,
+        recipe,
+        build_model(recipe, trust),
+        load_data(recipe, data_path, trust),
+        data_path is not None,
     )
     done = 0
     while (message := group.broadcast_bytes(None)) != DONE:

@@ -33,8 +33,8 @@ class InProcessClient:
     def select_run(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def register(self, name: str, module: str | None = None) -> RegisterReply:
-        return self.service.register(self.run_id, self.who(), name, module)
+    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply:
+        return self.service.register(self.run_id, self.who(), name, module, ranks)
 
     def status(self, run_id: str) -> RunStatus:
         return self.service.status(run_id, self.who())

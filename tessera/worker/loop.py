@@ -2,6 +2,9 @@
 
 Only outbound HTTP. The worker remembers its identity and blobs in ``state_dir``, so a
 restarted worker picks up the run where it left: it gets its open lease back, or a new one.
+Before it joins a run it shows the code the run's recipe would run here and refuses a run whose
+factories, or data folder, its owner does not trust (``WorkerSettings.trust``): nothing of the
+recipe is imported or read until then.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from tessera.data.source import DataSource
 from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.hub.store import FileBlobStore
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, load_data, model_tensors
+from tessera.task import DEFAULT_TRUST, Code, build_model, load_data, model_tensors, require_trusted
+from tessera.trust import Trust
 from tessera.worker.client import HubAPI
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ class WorkerSettings:
     data_path: str | None = None  # the worker's own data; None: the recipe's data source
     wait_s: float = 10.0
     module: str | None = None  # of a modular run: the module to train (None: the hub picks)
+    trust: Trust = DEFAULT_TRUST  # the code and data folders this machine's owner allows
+    ranks: int = 1  # torchrun ranks training as this worker
 
 
 @dataclass
@@ -103,14 +109,16 @@ class WorkLoop:
         self.client = client
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        recipe = parse_recipe(client.status(client.run_id).recipe)
+        self.code = require_trusted(recipe, settings.trust)
+        log.info("run %s runs here: %s", client.run_id, describe(self.code, recipe, settings.data_path))
+        self.data: DataSource = load_data(recipe, settings.data_path, settings.trust)
         self.identity = self._identity()
         client.select_run(self.identity.run_id)
-        recipe = parse_recipe(client.status(self.identity.run_id).recipe)
         module = self.identity.module
         self.recipe: Recipe = recipe.for_module(module) if module else recipe
-        self.model: nn.Module = build_model(self.recipe)
+        self.model: nn.Module = build_model(self.recipe, settings.trust)
         self.trained_names = trained_names(self.model, self.recipe, module)
-        self.data: DataSource = load_data(self.recipe, settings.data_path)
         self.trainer = InnerTrainer(self.model, self.recipe.train)
         self.blobs = BlobCache(settings.state_dir / "blobs", client)
         self.frozen = Frozen(FileBlobStore(settings.state_dir / "frozen"), client)
@@ -124,7 +132,7 @@ class WorkLoop:
             if (saved.joined or saved.run_id) == self.client.run_id:
                 log.info("resuming as worker %s of run %s", saved.worker_id, saved.run_id)
                 return saved
-        reply = self.client.register(self.settings.name, self.settings.module)
+        reply = self.client.register(self.settings.name, self.settings.module, self.settings.ranks)
         identity = Identity(
             run_id=reply.run_id or self.client.run_id,
             worker_id=reply.worker_id,
@@ -265,6 +273,13 @@ class WorkLoop:
 
     def train(self, lease: LeaseGrant) -> InnerResult:
         return self.trainer.train(self.batches(lease), lease.inner_steps)
+
+
+def describe(code: list[Code], recipe: Recipe, data_path: str | None) -> str:
+    """What a run executes and reads on this machine, in one line."""
+    where = data_path or recipe.data.path or "the data source's own default"
+    calls = "; ".join(f"{c.role} {c.spec} ({c.origin})" for c in code)
+    return f"{calls}; data read from {where}"
 
 
 def initial_version(model: nn.Module, names: set[str] | None = None) -> Held:

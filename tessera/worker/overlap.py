@@ -8,7 +8,8 @@ boundary the worker moves its model by w minus the point it had reached at the u
 model becomes w plus the progress made since: the outer update arrives one to a few steps late
 (the steps it took the network), never lost. The next contribution is based on w, like any
 other, and counts every step since the upload. If H steps are done before w has arrived, the
-worker trains on rather than wait, and the contribution counts those steps too.
+worker waits for it: a contribution counts at most H steps from before its lease plus the H of
+its lease (the hub accepts at most 2H on an overlapped run).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Overlapped:
         lease, anchor, pending = first.lease, self.loop.trained(), None
         batches, progress = self.loop.batches(lease), Progress()
         while stop is None or not stop.is_set():
-            if pending is not None and (arrived := pending.take(block=False)) is not None:
+            h_done = progress.steps >= lease.inner_steps  # H steps since the upload: wait for w
+            if pending is not None and (arrived := pending.take(block=h_done)) is not None:
                 record(arrived.reply, summary, on_contribution)
                 if arrived.lease is None or arrived.tensors is None:
                     return summary  # the run is done; progress since the last upload is not needed

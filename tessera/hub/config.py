@@ -1,0 +1,91 @@
+"""A hub's own configuration: what code and data it trusts, and the limits it holds providers to.
+
+Read from a TOML file (``tessera hub --config FILE``), every key optional:
+
+    [trust]
+    factories = ["mypackage.models:build"]   # beyond tessera's own and declared entry points
+    data_roots = ["/srv/tessera-data"]        # folders a recipe's [data] path may point into
+    entry_points = true
+
+    [limits]                                  # per provider; hub admins are exempt but for size
+    max_model_bytes = 2147483648              # one run's parameters and buffers (meta device)
+    ...                                       # the other fields of HubLimits
+
+    [api]
+    docs = "token"                            # /openapi.json: "token" (needs one), "public", "off"
+
+Limits counted in memory (waiting leases, probe bytes) hold per hub process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tessera.errors import ConfigError
+from tessera.settings import from_table, read_toml
+from tessera.trust import Trust
+
+MIB = 1 << 20
+GIB = 1 << 30
+ApiDocs = Literal["token", "public", "off"]
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    max_model_bytes: int = 2 * GIB  # one run's model (a 500M-parameter fp32 model)
+    max_provider_model_bytes: int = 4 * GIB  # a provider's active runs together
+    max_active_runs: int = 8  # active runs one provider owns
+    max_workers: int = 64  # workers one provider registers in one run
+    max_ranks: int = 1024  # torchrun ranks one worker may declare
+    max_waiting_leases: int = 32  # lease requests of one provider waiting at once
+    max_probe_bytes_per_hour: int = 2 * GIB  # bandwidth-probe bytes one provider moves, per hour
+    max_recipe_bytes: int = 256 * 1024
+    cached_runtimes: int = 8  # runs whose model and held-out data the hub keeps in memory
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"limits.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrustSection:
+    factories: list[str] = field(default_factory=list)
+    data_roots: list[str] = field(default_factory=list)
+    entry_points: bool = True
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    docs: ApiDocs = "token"
+
+    def __post_init__(self) -> None:
+        if self.docs not in ("token", "public", "off"):
+            raise ConfigError(f"api.docs must be 'token', 'public' or 'off', got {self.docs!r}")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    trust: Trust = field(default_factory=Trust)
+    limits: HubLimits = field(default_factory=HubLimits)
+    api_docs: ApiDocs = "token"
+
+
+def load_hub_config(path: Path | None, factories: list[str], data_roots: list[str]) -> HubConfig:
+    """The configuration in ``path`` (if any), with ``--trust`` and ``--data-root`` added."""
+    doc = read_toml(path.read_text(), f"hub configuration {path}") if path is not None else {}
+    unknown = sorted(set(doc) - {"trust", "limits", "api"})
+    if unknown:
+        raise ConfigError(f"unknown sections {unknown} in {path}; allowed: api, limits, trust")
+    trust = from_table("trust", TrustSection, doc.get("trust", {}))
+    return HubConfig(
+        trust=Trust(
+            frozenset([*trust.factories, *factories]),
+            tuple(Path(p) for p in [*trust.data_roots, *data_roots]),
+            trust.entry_points,
+        ),
+        limits=from_table("limits", HubLimits, doc.get("limits", {})),
+        api_docs=from_table("api", ApiSection, doc.get("api", {})).docs,
+    )
