@@ -739,13 +739,7 @@ class HubService:
     def _restart_round(self, s: Session, run: Run, message: str) -> None:
         """The open round again from the start, without the contributions it could not use."""
         record = self._round(s, run.id, run.current_round)
-        contributions = s.scalars(
-            select(Contribution).where(
-                Contribution.run_id == run.id,
-                Contribution.round == record.number,
-                Contribution.status == "accepted",
-            )
-        ).all()
+        contributions = self._accepted(s, run.id, record.number)
         for c in contributions:
             c.status, c.weight = "rejected", 0.0
             c.reason = f"the round could not close ({message}); this work was not used: lease again"
@@ -759,13 +753,7 @@ class HubService:
 
     def _close_round(self, s: Session, run: Run, record: RoundRecord, reason: str) -> None:
         runtime = self.runtime(run.id)
-        contributions = s.scalars(
-            select(Contribution).where(
-                Contribution.run_id == run.id,
-                Contribution.round == record.number,
-                Contribution.status == "accepted",
-            )
-        ).all()
+        contributions = self._accepted(s, run.id, record.number)
         combined = self._aggregate(contributions, runtime.recipe.aggregation)
         record.clipped = combined.clipped
         contributions = self._drop_misaligned(record, contributions, combined.dropped)
@@ -1014,6 +1002,15 @@ class HubService:
         if version is None:
             raise NotFound(f"run {run_id} has no version {number}")
         return version
+
+    @staticmethod
+    def _accepted(s: Session, run_id: str, number: int) -> Sequence[Contribution]:
+        """The contributions counted in round ``number`` so far."""
+        return s.scalars(
+            select(Contribution).where(
+                Contribution.run_id == run_id, Contribution.round == number, Contribution.status == "accepted"
+            )
+        ).all()
 
     @staticmethod
     def _round(s: Session, run_id: str, number: int) -> RoundRecord:
