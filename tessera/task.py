@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from tessera.core.inner import LossFn, loss_function
 from tessera.core.tensors import TensorDict, clone_tensors
@@ -55,11 +56,29 @@ def build_model(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> nn.Module:
     return model
 
 
+class SkipMetaInit(TorchFunctionMode):
+    """Random initialisation of meta tensors as a no-op (they hold no values; on meta, normal_
+    would first import torch's compiler, 2 s)."""
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in META_INIT:
+            target = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+META_INIT = frozenset({"normal_", "uniform_", "trunc_normal_", "bernoulli_", "exponential_"})
+
+
 def model_bytes(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> int:
     """Bytes of the recipe's parameters and buffers, measured on the meta device: nothing is
     allocated, so a model far too big for the machine is measured, not built."""
     factory = model_factory(recipe, trust)
-    with torch.device("meta"):
+    with torch.device("meta"), SkipMetaInit():
         model = call_factory(factory, recipe.model.factory, **recipe.model.options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {recipe.model.factory!r} returned {type(model).__name__}")

@@ -330,7 +330,9 @@ def test_junk_recipes_and_quotas_create_nothing(hub: Hub, attacker: HubClient, c
             ("[run]\nrounds = 1000001\n[model]\n", "run.rounds must be from 1 to 100000"),
             ("a = " + "[" * 600 + "]" * 600 + "\n", "nests"),
             ('[run]\nname = "admin\u202egnp.exe"\n[model]\n', "U+202E"),
-            ("[run]\n[model]\noptions = { d_model = 100000, n_layers = 100, n_heads = 4 }\n", "MiB"),
+            ("[run]\n[model]\noptions = { d_model = 65536, n_layers = 64, n_heads = 4 }\n", "MiB"),
+            ("[run]\n[model]\noptions = { n_layers = 1000000000 }\n", "n_layers must be from 1 to 1024"),
+            ("[run]\n[data]\noptions = { num_shards = 100000000 }\n[model]\n", "num_shards must be from 1"),
         ):
             answer = http.post("/v1/runs", content=text.encode())
             assert answer.status_code == 400 and message in answer.json()["detail"], (text[:40], answer.text)
@@ -342,8 +344,10 @@ def test_junk_recipes_and_quotas_create_nothing(hub: Hub, attacker: HubClient, c
         assert over.status_code == 403 and over.json()["error"] == "quota_exceeded"
         workers = [http.post(f"/v1/runs/{mine[0]}/workers", json={"name": f"w{i}"}) for i in range(6)]
         bidi = http.post(f"/v1/runs/{mine[0]}/workers", json={"name": "worker\u202e"})
+        group = http.post(f"/v1/runs/{mine[1]}/workers", json={"name": "dgx", "ranks": 5})  # counts 5
     assert [w.status_code for w in workers] == [201] * 4 + [403] * 2
     assert "limits.max_workers" in workers[4].json()["detail"] and bidi.status_code == 422
+    assert group.status_code == 403 and "with 5 more" in group.json()["detail"]
     assert len(hub.admin.runs()) == runs + 3 and hub.admin.status(mine[0]).workers == 4
 
 

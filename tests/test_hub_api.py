@@ -308,6 +308,7 @@ def test_reading_runs_builds_no_model_and_finished_runs_leave_memory(
     assert done in service.cached_runs()
     client.submit(meta(grant, wid), to_bytes(zero_update(client, grant)))
     assert admin.status(done).status == "finished" and done not in service.cached_runs()
+    assert client.lease(wid).status == "done" and done not in service.cached_runs()  # said, not built
     restarted = HubService(service.state, service.store, config=service.config)  # a hub after a restart
     who = restarted.providers.principal(admin.token)
     listed = [restarted.status(run_id, who) for run_id in restarted.run_ids(who)]

@@ -12,10 +12,13 @@ from tessera.core.merging import MergeSettings, merge
 from tessera.core.modules import assign, closure, parse_modules, training_order
 from tessera.core.tensors import from_bytes
 from tessera.errors import ConfigError, Forbidden
+from tessera.hub.config import HubConfig, HubLimits
 from tessera.hub.schemas import MergeRequest
+from tessera.hub.service import HubService
+from tessera.hub.state import Run
 from tessera.models.modular import build, module_params
 from tessera.recipe import parse_recipe
-from tessera.task import assemble
+from tessera.task import assemble, model_bytes
 from tessera.worker.client import HubClient
 from tessera.worker.loop import WorkerSettings, WorkLoop
 from tests.conftest import reading, tiny_recipe
@@ -426,3 +429,38 @@ depends = ["body"]
         and readout.initial_val_loss is not None
         and losses[-1] < readout.initial_val_loss
     )
+
+
+def test_a_modular_run_is_charged_every_model_it_makes_the_hub_hold(
+    service: HubService, corpus_dir: Path
+) -> None:
+    text = modular_recipe(corpus_dir)
+    recipe = parse_recipe(text)
+    held = model_bytes(recipe) + sum(model_bytes(recipe.for_module(m)) for m in recipe.modules)
+
+    def hub(limit: int) -> HubService:
+        config = HubConfig(service.trust, HubLimits(max_model_bytes=limit))
+        return HubService(service.state, service.store, config=config)
+
+    admin = service.providers.principal(service.providers.bootstrap_admin())
+    with pytest.raises(ConfigError, match="max_model_bytes"):
+        hub(held - 1).create_run(admin, text)
+    run_id = hub(held).create_run(admin, text).run_id
+    with service.state.transaction() as s:
+        assert s.get(Run, run_id).model_bytes == held  # type: ignore[union-attr]
+
+
+def test_a_rebuilt_module_runtime_evaluates_on_its_dependencies(
+    http: TestClient, admin: HubClient, service: HubService, corpus_dir: Path, tmp_path: Path
+) -> None:
+    """A hub that restarted (or dropped the runtime from its cache) loads the final versions a
+    module trains on before it evaluates or probes the module."""
+    run_id = trained_modular_run(http, admin, corpus_dir, tmp_path)
+    modules = {m.module: m for m in admin.status(run_id).modules}
+    alpha, trunk = modules["alpha"], modules["trunk"]
+    assert alpha.latest_version is not None and trunk.latest_version is not None
+    restarted = HubService(service.state, service.store, config=service.config)
+    runtime = restarted.runtime(alpha.run_id)
+    assert runtime.frozen_ids == (trunk.latest_version.version_id,)
+    tensors = from_bytes(service.store.get(alpha.latest_version.blob_sha256))
+    assert runtime.evaluate(tensors) == pytest.approx(alpha.latest_version.val_loss, rel=1e-5)

@@ -433,3 +433,18 @@ def test_hub_sizes_inner_steps_from_measured_step_times(
         assert client.submit(m, to_bytes(zero_update(client, grant))).status == "accepted"
     steps = {name: work(client, worker_id).inner_steps for name, (client, worker_id) in workers.items()}
     assert steps == {"fast": 30, "slow": 10}  # both about 3 s of compute
+
+
+def test_a_worker_that_claims_impossibly_fast_steps_does_not_shrink_the_others(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
+    recipe = tiny_recipe(corpus_dir, quorum=3, inner_steps=30, extra_run="balance_steps = true")
+    run_id = admin.create_run(recipe).run_id
+    step_s = {"fast": 0.1, "slow": 0.3, "liar": 1e-6}
+    workers = {name: join(http, admin, run_id, name) for name in step_s}
+    for name, (client, worker_id) in workers.items():
+        grant = work(client, worker_id)
+        m = meta(grant, worker_id).model_copy(update={"steps": 30, "compute_s": 30 * step_s[name]})
+        assert client.submit(m, to_bytes(zero_update(client, grant))).status == "accepted"
+    steps = {name: work(client, worker_id).inner_steps for name, (client, worker_id) in workers.items()}
+    assert steps == {"fast": 30, "slow": 10, "liar": 30}  # the claim is not the yardstick, nor rewarded

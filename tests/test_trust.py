@@ -106,9 +106,14 @@ def test_options_must_be_the_factorys_declared_parameters_and_types() -> None:
 
 
 def test_model_size_is_measured_without_allocating() -> None:
-    """48 TB of parameters: measured on the meta device in a moment; building it would fail."""
-    huge = parse_recipe(recipe(extra="options = { d_model = 100000, n_layers = 100, n_heads = 4 }"))
-    assert model_bytes(huge) > 4e13
+    """13 TB of parameters: measured on the meta device in a moment; building it would fail.
+    Options beyond the factory's own bounds are refused before anything is built."""
+    huge = parse_recipe(recipe(extra="options = { d_model = 65536, n_layers = 64, n_heads = 4 }"))
+    assert model_bytes(huge) > 1.3e13
+    for options, message in (("n_layers = 1000000000", "n_layers must be from 1 to 1024"),
+                             ("d_model = 100000", "d_model must be from 1 to 65536")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            model_bytes(parse_recipe(recipe(extra=f"options = {{ {options} }}")))
     small = parse_recipe(recipe(extra="options = { context = 16, d_model = 16, n_layers = 1, n_heads = 2 }"))
     assert model_bytes(small) == sum(t.numel() * 4 for t in build_model(small).state_dict().values())
 

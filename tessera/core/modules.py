@@ -34,6 +34,7 @@ MODULE_KEYS = (
 
 
 MAX_SETTING = 1_000_000  # rounds, quorum and inner steps of a module
+MAX_MODULES = 64
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ def parse_modules(table: Any) -> dict[str, ModuleSpec]:
     """The ``[modules]`` section: one table per module; ConfigError naming the key otherwise."""
     if not isinstance(table, dict):
         raise ConfigError("[modules] must hold one table per module, e.g. [modules.trunk]")
+    if len(table) > MAX_MODULES:
+        raise ConfigError(f"a recipe has at most {MAX_MODULES} modules, got {len(table)}")
     specs = {}
     for name, entry in table.items():
         if not isinstance(entry, dict):

@@ -21,11 +21,15 @@ import numpy as np
 import torch
 
 from tessera.data.source import Batch
-from tessera.errors import DataError
+from tessera.errors import ConfigError, DataError
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".toml", ".json", ".cfg", ".ini", ".csv", ".html")
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 ROOT_DOMAIN = "modules"
+MAX_CONTEXT = 1 << 16
+MAX_SHARDS = 4096
+MAX_BATCH_TOKENS = 1 << 24  # bytes of one batch (16 MiB; int64 inputs and targets: 256 MiB)
+MAX_HELD_OUT_TOKENS = 1 << 24
 
 
 def stdlib_root() -> Path:
@@ -89,9 +93,25 @@ class TextCorpus:
     shards: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.context <= MAX_CONTEXT:
+            raise ConfigError(f"data context must be from 1 to {MAX_CONTEXT}, got {self.context}")
+        if not 1 <= self.num_shards <= MAX_SHARDS:
+            raise ConfigError(f"data num_shards must be from 1 to {MAX_SHARDS}, got {self.num_shards}")
+        if not 0 < self.held_out_fraction < 0.5:
+            raise ConfigError(f"data held_out_fraction must be in (0, 0.5), got {self.held_out_fraction}")
         if not self.root.is_dir():
             raise DataError(f"data folder {self.root} does not exist; pass a folder of text files")
         self._load()
+
+    def check_batches(self, batch_size: int, count: int) -> None:
+        """ConfigError before allocating batches of more than ``MAX_BATCH_TOKENS`` bytes each, or
+        held-out sets of more than ``MAX_HELD_OUT_TOKENS``."""
+        tokens = batch_size * (self.context + 1)
+        if tokens > MAX_BATCH_TOKENS or tokens * count > MAX_HELD_OUT_TOKENS:
+            raise ConfigError(
+                f"batches of {batch_size} x context {self.context} ({count} of them) exceed what the text "
+                f"loader builds ({MAX_BATCH_TOKENS} bytes a batch, {MAX_HELD_OUT_TOKENS} held out)"
+            )
 
     def _load(self) -> None:
         parts: dict[str, list[bytes]] = {}
@@ -144,6 +164,7 @@ class TextCorpus:
         return np.concatenate([self.domains[d] for d in self.shards[shard]])
 
     def train_batches(self, shard: str | None, batch_size: int, seed: int) -> Iterator[Batch]:
+        self.check_batches(batch_size, 1)
         data = self.shard_bytes(shard)
         rng = np.random.default_rng(seed)
         while True:
@@ -161,6 +182,7 @@ class TextCorpus:
         return self._held_out_batches(data, batch_size, count, f" (shard {shard})")
 
     def _held_out_batches(self, data: np.ndarray, batch_size: int, count: int, what: str) -> list[Batch]:
+        self.check_batches(batch_size, count)
         if len(data) <= self.context + 1:
             raise DataError(f"held-out split of {self.root}{what} is too small for context {self.context}")
         rng = np.random.default_rng(0)

@@ -282,7 +282,7 @@ def add_run_routes(app: FastAPI, service: HubService) -> None:
         status_code=201,
         response_model=CreateRunReply,
         openapi_extra=TOML_BODY,
-        responses=error_docs(413),
+        responses=error_docs(413, 429),
     )
     async def create_run(request: Request, who: Who) -> CreateRunReply:
         """Create a run from a recipe (TOML in the body); the caller becomes its owner."""
@@ -293,7 +293,9 @@ def add_run_routes(app: FastAPI, service: HubService) -> None:
             raise TesseraError("recipe must be UTF-8 TOML text") from exc
         if "\x00" in text:
             raise TesseraError("recipe contains a NUL character; send plain TOML text")
-        return await run_in_threadpool(service.create_run, who, text)
+        admission: Admission = request.app.state.admission
+        with admission.creating_run(who):
+            return await run_in_threadpool(service.create_run, who, text)
 
     @app.get("/v1/runs", response_model=list[RunStatus])
     def list_runs(who: Who) -> list[RunStatus]:

@@ -9,7 +9,7 @@ collective itself (its own token); others.
 | create providers, collectives, members   | yes   | -         | -      | no         | no    |
 | create a run                             | yes   | -         | yes    | yes        | yes   |
 | attach a run to a collective             | yes   | -         | yes    | yes        | no    |
-| register, lease, upload (work on a run)  | yes   | yes       | yes    | no         | no    |
+| register, lease, upload (work on a run)  | yes   | yes       | yes    | no*        | no    |
 | read a run's versions and blobs          | yes   | yes       | yes    | yes        | no    |
 | read a run's status and metrics          | yes   | yes       | yes    | yes        | no    |
 | merge a run's modules                    | yes   | yes       | no     | no         | no    |
@@ -17,7 +17,8 @@ collective itself (its own token); others.
 | create or revoke one's own tokens        | yes   | yes       | yes    | yes        | yes   |
 | revoke another provider's token          | yes   | no        | no     | no         | no    |
 
-"member" means any provider for a run without a collective. A missing, unknown or revoked
+"member" means any provider for a run without a collective. * A collective that creates a run
+owns it, and works on it as its owner. A missing, unknown or revoked
 token is 401; a known token without the right is 403. Quotas (tessera.hub.config.HubLimits)
 apply to everyone but hub admins.
 """

@@ -34,11 +34,11 @@ ApiDocs = Literal["token", "public", "off"]
 
 @dataclass(frozen=True)
 class HubLimits:
-    max_model_bytes: int = 2 * GIB  # one run's model (a 500M-parameter fp32 model)
+    max_model_bytes: int = 2 * GIB  # one run's models (a 500M-parameter fp32 model; modular: all)
     max_provider_model_bytes: int = 4 * GIB  # a provider's active runs together
     max_active_runs: int = 8  # active runs one provider owns
-    max_workers: int = 64  # workers one provider registers in one run
-    max_ranks: int = 1024  # torchrun ranks one worker may declare
+    max_workers: int = 64  # workers one provider registers in one run (a torchrun worker: its ranks)
+    max_ranks: int = 64  # torchrun ranks one worker may declare
     max_waiting_leases: int = 32  # lease requests of one provider waiting at once
     max_probe_bytes_per_hour: int = 2 * GIB  # bandwidth-probe bytes one provider moves, per hour
     max_recipe_bytes: int = 256 * 1024

@@ -6,7 +6,8 @@ whether work counts happens here, at one commit point per request.
 Failures are state: a round that cannot close (a lost blob, a version that would not be finite,
 a recipe this hub no longer trusts) is recorded on its run (``error`` in its status, ``failures``
 and ``error`` on the round); the round's contributions are rejected with that reason and their
-workers lease again, so the run goes on, and so do the other runs and the deadline ticker.
+workers lease again, so the run goes on, and so do the other runs and the deadline ticker. A
+database error is recorded too, but the round keeps its contributions and closes on a later try.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import statistics
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tessera.core.aggregation import WeightedMean, staleness_weight
@@ -147,6 +150,8 @@ class HubService:
         each with version 0 of that module's tensors (its own versions, rounds and lineage)."""
         recipe = parse_recipe(recipe_text)
         collective_id = self._collective_id(recipe.run.collective, who)
+        with self.state.transaction() as s:
+            self._check_run_quota(s, who, 0)  # before any factory is called
         size = self._model_size(recipe)
         with self.state.transaction() as s:
             self._check_run_quota(s, who, size)
@@ -175,13 +180,15 @@ class HubService:
         return CreateRunReply(run_id=run_id)
 
     def _model_size(self, recipe: Recipe) -> int:
-        """The model's bytes, measured on the meta device after the trust and option checks;
+        """Bytes of the models the run makes the hub hold (a modular run: one per module, as each
+        module trains it), measured on the meta device after the trust and option checks;
         ConfigError beyond the hub's ``max_model_bytes``."""
-        size = model_bytes(recipe, self.trust)
+        recipes = [recipe, *(recipe.for_module(name) for name in recipe.modules)]
+        size = sum(model_bytes(r, self.trust) for r in recipes)
         if size > self.limits.max_model_bytes:
             raise ConfigError(
-                f"the model has {size / 2**20:.0f} MiB of parameters and buffers; this hub takes models "
-                f"of at most {self.limits.max_model_bytes / 2**20:.0f} MiB (limits.max_model_bytes)"
+                f"the run's models have {size / 2**20:.0f} MiB of parameters and buffers; this hub takes "
+                f"runs of at most {self.limits.max_model_bytes / 2**20:.0f} MiB (limits.max_model_bytes)"
             )
         return size
 
@@ -224,7 +231,7 @@ class HubService:
         )
         s.add(version)
         s.add(new_round(run.id, 0, version.id, run.created_at))
-        self._runtimes[run.id] = runtime
+        self._keep(run.id, runtime)
 
     def _module_runtimes(self, recipe: Recipe) -> dict[str, RunRuntime]:
         """One runtime per module, dependencies first, after checking the module map (ConfigError)."""
@@ -261,11 +268,19 @@ class HubService:
                         f"run {run_id} is modular: work on one of its modules "
                         f"({', '.join(recipe.modules)}); `tessera worker --module` picks one"
                     )
-                self._runtimes[run_id] = RunRuntime.build(recipe, module, trust=self.trust)
-                while len(self._runtimes) > self.limits.cached_runtimes:
-                    self._runtimes.popitem(last=False)
+                runtime = RunRuntime.build(recipe, module, trust=self.trust)
+                with self.state.transaction() as s:  # a module evaluates on top of its dependencies
+                    self.load_frozen(runtime, frozen_versions(s, self._run(s, run_id), runtime.recipe) or [])
+                self._keep(run_id, runtime)
             self._runtimes.move_to_end(run_id)
             return self._runtimes[run_id]
+
+    def _keep(self, run_id: str, runtime: RunRuntime) -> None:
+        """Cache ``runtime``, dropping the least recently used beyond ``limits.cached_runtimes``."""
+        with self._lock:
+            self._runtimes[run_id] = runtime
+            while len(self._runtimes) > self.limits.cached_runtimes:
+                self._runtimes.popitem(last=False)
 
     def cached_runs(self) -> list[str]:
         """Runs whose runtime (model, held-out data) this process holds, least recently used first."""
@@ -343,7 +358,7 @@ class HubService:
         shards = self.runtime(target).shards
         with self._lock, self.state.transaction() as s:
             run = self._run(s, target, lock=True)
-            self._check_worker_quota(s, target, who)
+            self._check_worker_quota(s, target, who, ranks)
             index = run.workers_registered
             shard = shards[index % len(shards)]
             run.workers_registered += 1
@@ -362,15 +377,18 @@ class HubService:
         log.info("run %s: worker %s (%s) registered, shard %s", target, worker.id, name, shard)
         return RegisterReply(worker_id=worker.id, shard=shard, run_id=target, module=module)
 
-    def _check_worker_quota(self, s: Session, run_id: str, who: Principal) -> None:
+    def _check_worker_quota(self, s: Session, run_id: str, who: Principal, ranks: int) -> None:
+        """QuotaExceeded when ``who`` (not an admin) would have more than ``max_workers`` in the run,
+        counting a torchrun worker once per rank (its claims may count every rank's tokens)."""
         if who.is_admin:
             return
         mine = (Worker.run_id == run_id, Worker.provider_id == who.provider_id)
-        count = s.scalar(select(func.count()).select_from(Worker).where(*mine)) or 0
-        if count >= self.limits.max_workers:
+        count = s.scalar(select(func.coalesce(func.sum(Worker.ranks), 0)).where(*mine)) or 0
+        if count + ranks > self.limits.max_workers:
             raise QuotaExceeded(
-                f"{who.name} has registered {count} workers in run {run_id}, the most this hub allows a "
-                "provider (limits.max_workers); a restarted worker resumes with its --state-dir instead"
+                f"{who.name} has registered {count} workers (ranks) in run {run_id}; with {ranks} more, "
+                f"more than this hub allows a provider (limits.max_workers); a restarted worker resumes "
+                "with its --state-dir instead"
             )
 
     def _module_to_join(self, family: dict[str, Run], who: Principal, module: str | None) -> Run:
@@ -410,6 +428,10 @@ class HubService:
     def try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
         """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``."""
         self.authorize(run_id, who)
+        with self.state.transaction() as s:
+            if self._run(s, run_id).status == "finished":  # no model is built to say so
+                self._worker(s, run_id, worker_id, who)
+                return LeaseReply(status="done")
         self.runtime(run_id)
         with self._lock:
             return self._try_lease(run_id, who, worker_id)
@@ -478,7 +500,9 @@ class HubService:
     def _inner_steps(self, s: Session, run: Run, worker: Worker) -> int:
         """H for this worker: the plan's, if it names the worker; with ``run.balance_steps``, the
         recipe's H scaled by the fastest worker's measured step time over this worker's, so that
-        fast and slow workers finish a round together; else the recipe's H."""
+        fast and slow workers finish a round together (step times are claims: one under a tenth of
+        the median is not believed as the fastest, and no worker gets more than the recipe's H);
+        else the recipe's H."""
         recipe = self.runtime(run.id).recipe
         default = recipe.plan.steps_for(worker.name, recipe.train.inner_steps)
         if worker.name in recipe.plan.inner_steps or not recipe.run.balance_steps:
@@ -486,7 +510,11 @@ class HubService:
         times = self._step_times(s, run)
         if worker.id not in times:
             return default
-        return max(1, round(recipe.train.inner_steps * min(times.values()) / times[worker.id]))
+        floor = statistics.median(times.values()) / 10
+        fastest = min(t for t in times.values() if t >= floor)
+        return max(
+            1, min(recipe.train.inner_steps, round(recipe.train.inner_steps * fastest / times[worker.id]))
+        )
 
     @staticmethod
     def _step_times(s: Session, run: Run) -> dict[str, float]:
@@ -682,6 +710,9 @@ class HubService:
             return False
         try:
             finished = self._close_if_due(run_id)
+        except DBAPIError as exc:  # the database (locked, a deadlock): the close is tried again
+            self._note_failure(run_id, exc, restart_round=False)
+            return False
         except Exception as exc:  # a failure is state: recorded, and the hub goes on
             self._note_failure(run_id, exc, restart_round=True)
             return False

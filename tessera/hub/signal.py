@@ -10,6 +10,7 @@ least every ``poll_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 
@@ -27,7 +28,8 @@ class RoundSignal:
             self._lock.notify_all()
             waiters = list(self._waiters)
         for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits there
+                loop.call_soon_threadsafe(event.set)
 
     def wait(self, since: int, timeout: float) -> None:
         """Block until a notification after generation ``since``, or ``min(timeout, poll_s)``."""

@@ -18,6 +18,8 @@ from torch import nn
 from tessera.errors import ConfigError
 
 REFUSED_KEYS = ("auto_map", "trust_remote_code", "model_type")  # other code, or another architecture
+MAX_SETTING = 1 << 20  # any integer setting (widths, vocabulary, positions)
+MAX_LAYERS = 1024  # settings named for layers: checked before building, even on the meta device
 
 
 class CausalLM(nn.Module):
@@ -52,5 +54,9 @@ def causal_lm(model_type: str, config: dict[str, Any] | None = None) -> CausalLM
     unknown = sorted(k for k in settings if k not in known or k.startswith("_") or k in REFUSED_KEYS)
     if unknown:
         raise ConfigError(f"{model_type} config has no settable keys {unknown}; see {config_class.__name__}")
+    for key, value in settings.items():
+        most = MAX_LAYERS if "layer" in key else MAX_SETTING
+        if isinstance(value, int) and not isinstance(value, bool) and not -1 <= value <= most:
+            raise ConfigError(f"{model_type} config {key} = {value} is out of range (at most {most})")
     model = AutoModelForCausalLM.from_config(config_class(**settings), trust_remote_code=False)
     return CausalLM(model)

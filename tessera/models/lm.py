@@ -12,6 +12,11 @@ from torch import nn
 
 from tessera.errors import ConfigError
 
+# Upper bounds: a recipe's options are checked before anything is built (even on the meta device,
+# a billion layers would take the machine's memory as Python objects).
+LIMITS = {"vocab_size": 1 << 20, "context": 1 << 16, "d_model": 1 << 16, "n_layers": 1024, "n_heads": 1024,
+          "mlp_ratio": 64}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ByteLMConfig:
@@ -24,11 +29,13 @@ class ByteLMConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        for name, most in LIMITS.items():
+            if not 1 <= getattr(self, name) <= most:
+                raise ConfigError(f"model {name} must be from 1 to {most}, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"model d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads", "mlp_ratio"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

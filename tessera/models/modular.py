@@ -30,6 +30,7 @@ from tessera.errors import ConfigError
 from tessera.models.lm import Block, ByteLM, ByteLMConfig
 
 EXPERT_NAME = re.compile(r"\.experts\.[^.]+\.")
+MAX_EXPERTS = 256
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class ModularLMConfig:
     expert_ratio: int = 4  # an expert's hidden width over d_model
 
     def __post_init__(self) -> None:
+        if len(self.experts) > MAX_EXPERTS:
+            raise ConfigError(f"a modular LM has at most {MAX_EXPERTS} experts, got {len(self.experts)}")
         if len(set(self.experts)) != len(self.experts):
             raise ConfigError(f"model experts must be distinct, got {list(self.experts)}")
         for name in self.experts:
             if not name.isidentifier():
                 raise ConfigError(f"expert name {name!r} must be a Python identifier (it names parameters)")
-        if self.expert_ratio < 1:
-            raise ConfigError(f"model expert_ratio must be at least 1, got {self.expert_ratio}")
+        if not 1 <= self.expert_ratio <= 64:
+            raise ConfigError(f"model expert_ratio must be from 1 to 64, got {self.expert_ratio}")
 
 
 def feed_forward(d_model: int, hidden: int) -> nn.Sequential:
