@@ -121,6 +121,7 @@ def fresh_postgres(url: str) -> str:
         if current:
             emptied = ", ".join(t for t in tables if t != "tessera_meta")
             conn.execute(text(f"TRUNCATE {emptied} RESTART IDENTITY CASCADE"))
+            conn.execute(text("DELETE FROM tessera_meta WHERE key <> 'schema_version'"))
     if not current:
         Base.metadata.drop_all(engine)
     engine.dispose()
