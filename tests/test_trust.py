@@ -173,3 +173,13 @@ def test_the_example_hub_configuration(tmp_path: Path) -> None:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_hub_config(bad, [], [])
+
+
+def test_the_demo_trusts_the_data_folder_it_is_given(corpus_dir: Path) -> None:
+    from tessera.demo import DemoSettings, demo_recipe
+
+    settings = DemoSettings(workers=2, data_path=corpus_dir)
+    parsed = parse_recipe(demo_recipe(settings))
+    assert load_data(parsed, trust=settings.trust).shard_names()  # what its hub and workers get
+    with pytest.raises(ConfigError, match="--data-root"):
+        load_data(parsed)
