@@ -2,7 +2,7 @@
 
 The reference LM (stdlib corpus, demo model) trains in lockstep on a real in-process hub with
 robust settings, once with 3 honest workers (clean) and once per attack with the same 3 honest
-workers plus 1 adversary (tessera.worker.adversary: sign_flip x10, noise at the honest scale,
+workers plus 1 adversary (tessera.testing.adversary: sign_flip x10, noise at the honest scale,
 NaN). Reported per attack: clean and attacked held-out loss, how many uploads the adversary
 made, how many of them the hub rejected, refused or clipped, and honest uploads rejected.
 
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from tessera.blobs import FileBlobStore
 from tessera.demo import DemoSettings, demo_recipe
 from tessera.hub.service import HubService
 from tessera.hub.state import State
-from tessera.hub.store import FileBlobStore
-from tessera.worker.adversary import ROBUST_SECTIONS, Attack, lockstep_run
+from tessera.testing.adversary import ROBUST_SECTIONS, Attack, lockstep_run
 
 
 class ManualClock:
@@ -52,7 +52,7 @@ def run(recipe: str, attacks: list[Attack | None], home: Path) -> dict[str, obje
     service.state.close()
     per_worker = []
     for w in workers:
-        mine = [c for c in records if c.worker_id == w.loop.identity.worker_id]
+        mine = [c for c in records if c.worker_id == w.loop.session.identity.worker_id]
         refused = w.outcome.statuses.count("refused")
         per_worker.append(
             {

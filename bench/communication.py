@@ -88,7 +88,7 @@ def diloco(
     trainers = [InnerTrainer(m, recipe.train) for m in workers]
     feedback = [ErrorFeedback(codec(wire.codec)) for _ in shards]
     outer, state, residual = outer_optimizer(recipe.outer), {}, None
-    sent = 0  # version 0: workers build it from the recipe's seed (tessera.worker.loop.initial_version)
+    sent = 0  # version 0: workers build it from the recipe's seed (tessera.worker.session.initial_version)
     for _ in range(rounds):
         mean = WeightedMean()
         for model, trainer, it, fb in zip(workers, trainers, shards, feedback, strict=True):

@@ -26,8 +26,9 @@ import httpx
 import torch
 from hubproc import free_port, start_hub
 
+from tessera.api.messages import ContributionMeta
+from tessera.api.protocol import META_HEADER
 from tessera.core.tensors import from_bytes, to_bytes
-from tessera.hub.schemas import ContributionMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -79,7 +80,7 @@ async def one_worker(
         r = await client.post(
             f"/v1/runs/{run}/contributions",
             content=body,
-            headers={"X-Tessera-Contribution": meta.model_dump_json()},
+            headers={META_HEADER: meta.model_dump_json()},
         )
         latencies.append(time.perf_counter() - start)
         if r.raise_for_status().json()["status"] != "accepted":

@@ -30,12 +30,12 @@ import torch
 from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 from torch.utils.flop_counter import FlopCounterMode
 
+from tessera.api.client import HubClient
 from tessera.core.inner import InnerTrainer, evaluate
 from tessera.core.tensors import from_bytes
 from tessera.demo import modular_recipe
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import assemble, build_model, configure_torch, load_data, loss_of
-from tessera.worker.client import HubClient
 
 DOMAINS = ("encodings", "idlelib", "asyncio", "email")
 

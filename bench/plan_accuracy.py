@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 from hubproc import free_port, start_hub, start_worker, wait_workers
 
+from tessera.api.client import HubClient
 from tessera.cli_plan import workload
-from tessera.netlab import LinkSpec, check_available, emulated_node
 from tessera.plan.planner import Plan, PlanSettings, make_plan
 from tessera.plan.profile import profile_recipe
 from tessera.plan.topology import parse_topology
 from tessera.recipe import load_recipe, parse_recipe, with_plan
 from tessera.task import configure_torch
-from tessera.worker.client import HubClient
+from tessera.testing.netlab import LinkSpec, check_available, emulated_node
 from tessera.worker.probe import matmul_flops, measure_step
 
 ROOT = Path(__file__).resolve().parents[1]

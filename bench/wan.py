@@ -37,13 +37,13 @@ from pathlib import Path
 from communication import DataParallel
 from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 
+from tessera.api.client import HubClient
 from tessera.core.tensors import to_bytes
 from tessera.demo import DemoSettings, demo_recipe
-from tessera.netlab import LinkSpec, Namespace, PeerLinks, check_available, emulated_node
 from tessera.plan.cost import ring_allreduce_s
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, configure_torch, load_data
-from tessera.worker.client import HubClient
+from tessera.testing.netlab import LinkSpec, Namespace, PeerLinks, check_available, emulated_node
 from tessera.worker.probe import measure_step
 
 WORKERS = 4

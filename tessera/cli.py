@@ -21,8 +21,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus, VersionInfo
 from tessera.errors import TesseraError
-from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus, VersionInfo
 from tessera.task import configure_torch
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ def create_run(
     ] = None,
 ) -> None:
     """Create a run on a hub from a recipe; you become its owner."""
+    from tessera.api.client import HubClient
     from tessera.cli_plan import read_plan
     from tessera.recipe import load_recipe, with_plan
-    from tessera.worker.client import HubClient
 
     load_recipe(recipe)  # fail here, with the file's name, before asking the hub
     text = recipe.read_text()
@@ -139,7 +139,7 @@ def provider_create(
     admin: Annotated[bool, typer.Option("--admin", help="Make a hub admin")] = False,
 ) -> None:
     """Create a provider (or a collective) and print its first token."""
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         created = client.create_provider(name, kind, admin)
@@ -152,7 +152,7 @@ def provider_add_member(
     collective: str, member: str, token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700"
 ) -> None:
     """Add a provider to a collective (names or ids)."""
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         info = client.add_member(collective, member)
@@ -162,7 +162,7 @@ def provider_add_member(
 @app.command()
 def whoami(token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700") -> None:
     """Show the provider behind a token."""
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         info = client.whoami()
@@ -177,7 +177,7 @@ def token_create(
     label: str = "",
 ) -> None:
     """Create a new API token (for yourself, or as admin for another provider)."""
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         reply = client.create_token(provider or client.whoami().provider_id, label)
@@ -187,7 +187,7 @@ def token_create(
 @tokens_app.command("revoke")
 def token_revoke(token_id: str, token: TokenOpt, hub_url: HubUrl = "http://127.0.0.1:8700") -> None:
     """Revoke a token by its id; requests with it are refused from then on."""
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         client.revoke_token(token_id)
@@ -227,10 +227,11 @@ def worker(
     not trust (tessera's own are; add others with --trust) and recipe data folders outside your
     --data-root. Under torchrun the whole group is one worker: all ranks train with DDP, rank 0
     talks to the hub."""
+    from tessera.api.client import HubClient
     from tessera.trust import Trust
-    from tessera.worker.client import HubClient
     from tessera.worker.group import Group, GroupWorkLoop, follow, in_torchrun
-    from tessera.worker.loop import WorkerSettings, WorkLoop
+    from tessera.worker.loop import WorkLoop
+    from tessera.worker.session import WorkerSettings
 
     setup_logging(verbose)
     configure_torch(threads)
@@ -279,9 +280,9 @@ def worker(
 def show_run_code(hub_url: str, token: str, run_id: str, trust: Trust, data: str | None) -> None:
     """Print what the run's recipe would import, call and read on this machine; exit code 1 if
     this machine does not trust all of it."""
+    from tessera.api.client import HubClient
     from tessera.recipe import parse_recipe
     from tessera.task import run_code
-    from tessera.worker.client import HubClient
 
     with HubClient.connect(hub_url, token) as client:
         recipe = parse_recipe(client.status(run_id).recipe)
@@ -340,7 +341,7 @@ class LocalReader:
 
 class RemoteReader:
     def __init__(self, url: str, token: str | None) -> None:
-        from tessera.worker.client import HubClient
+        from tessera.api.client import HubClient
 
         self.client = HubClient.connect(url, token, retry_s=5.0)
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
@@ -494,8 +495,8 @@ def merge(
     """Merge modules into one, as a validated step: kept only if held-out loss does not rise."""
     from pydantic import ValidationError
 
-    from tessera.hub.schemas import MergeRequest
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
+    from tessera.api.messages import MergeRequest
 
     fields = {"target": into, "inputs": inputs, "method": method, "weights": weight or [], "scale": scale}
     try:

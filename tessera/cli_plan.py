@@ -228,7 +228,7 @@ def probe(
     """Measure this machine and print its node entry for a topology file."""
     import platform
 
-    from tessera.worker.client import HubClient
+    from tessera.api.client import HubClient
     from tessera.worker.probe import device, device_kind, matmul_flops, measure_link, measure_step, memory_gb
 
     configure_torch(None)

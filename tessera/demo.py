@@ -21,15 +21,15 @@ from pathlib import Path
 
 import uvicorn
 
+from tessera.api.client import HubClient
+from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
 from tessera.hub.app import admin_token, create_app, open_service
 from tessera.hub.config import HubConfig
-from tessera.hub.schemas import LedgerReport, RoundMetrics, RunStatus
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
 from tessera.trust import Trust
-from tessera.worker.client import HubClient
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import torch
 from sqlalchemy import create_engine, inspect, text
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
+from tessera.blobs import FileBlobStore
 from tessera.hub.app import create_app
 from tessera.hub.config import HubConfig
 from tessera.hub.service import HubService
 from tessera.hub.state import SCHEMA_VERSION, Base, State
-from tessera.hub.store import FileBlobStore
 from tessera.trust import Trust
-from tessera.worker.client import HubClient
 
 
 class FakeClock:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tessera.worker.loop import WorkerSummary, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,9 +24,10 @@ import httpx
 import pytest
 import torch
 
+from tessera.api.client import HubClient
+from tessera.api.messages import ContributionMeta, LeaseGrant
+from tessera.api.protocol import META_HEADER
 from tessera.core.tensors import from_bytes, to_bytes
-from tessera.hub.schemas import ContributionMeta, LeaseGrant
-from tessera.worker.client import META_HEADER, HubClient
 from tests.conftest import tiny_recipe
 from tests.harness import ROOT, free_port, start_hub, write_factory_module
 

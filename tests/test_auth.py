@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
 from tessera.hub.service import HubService
-from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tessera.blobs import FileBlobStore
 from tessera.hub.config import HubConfig
 from tessera.hub.service import HubService
 from tessera.hub.state import State
-from tessera.hub.store import FileBlobStore
-from tessera.worker.adversary import ROBUST_SECTIONS, Attack, lockstep_run
+from tessera.testing.adversary import ROBUST_SECTIONS, Attack, lockstep_run
 from tests.conftest import FakeClock, postgres_url, reading, tiny_recipe
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,7 +33,7 @@ def run_with(
     service.state.close()
     assert loss is not None
     final = [
-        [c.status for c in records if c.worker_id == w.loop.identity.worker_id]
+        [c.status for c in records if c.worker_id == w.loop.session.identity.worker_id]
         + ["refused"] * w.outcome.statuses.count("refused")
         for w in workers
     ]

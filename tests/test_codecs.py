@@ -8,12 +8,13 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
 from tessera.core.codecs import ErrorFeedback, apply_change, codec, pack, publish, unpack
 from tessera.core.tensors import from_bytes, model_float_tensors, to_bytes
 from tessera.errors import ConfigError, ContributionRejected, MalformedContribution
 from tessera.plan.profile import WIRE_FORMATS
-from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings, WorkerSummary
 from tests.conftest import reading, tiny_recipe
 from tests.harness import run_loops
 from tests.test_hub_api import join, meta, work, zero_update
@@ -161,10 +162,10 @@ def test_workers_send_encoded_contributions_and_the_run_learns(
     assert not run_loops(loops)
     rounds = admin.rounds(run_id)
     assert [r.accepted for r in rounds] == [2, 2, 2]
-    fp32 = len(to_bytes(model_float_tensors(loops[0].model)))
+    fp32 = len(to_bytes(model_float_tensors(loops[0].session.model)))
     assert all(r.bytes_in < 0.6 * 2 * fp32 for r in rounds)  # int8 ~1/4, top-10% ~0.15 of fp32
     assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
-    assert loops[0].feedback.residual is not None  # error feedback kept what was not sent
+    assert loops[0].session.feedback.residual is not None  # error feedback kept what was not sent
 
 
 def test_hub_refuses_a_payload_in_another_codec(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:
@@ -223,9 +224,15 @@ def test_workers_rebuild_versions_from_compressed_changes(
     assert all(v.change_nbytes is not None and v.change_nbytes < 0.4 * v.nbytes for v in versions[1:])
     # each worker built version 0 itself (same seed, same bytes), then downloaded only changes
     for loop, client in zip(loops, clients, strict=True):
-        assert loop.held is not None and loop.held.number == 3 and loop.held.sha == versions[3].blob_sha256
+        assert (
+            loop.session.held is not None
+            and loop.session.held.number == 3
+            and loop.session.held.sha == versions[3].blob_sha256
+        )
         assert client.bytes_down == sum(v.change_nbytes or 0 for v in versions[1:4])
-        assert len(list((loop.settings.state_dir / "blobs").glob("*/*"))) == 1  # only the newest is kept
+        assert (
+            len(list((loop.session.settings.state_dir / "blobs").glob("*/*"))) == 1
+        )  # only the newest is kept
     rounds = admin.rounds(run_id)
     assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
 
@@ -251,11 +258,12 @@ def test_overlapped_workers_train_on_while_rounds_travel(
     assert len(rounds) == 4 and all(r.accepted == 2 for r in rounds)
     assert rounds[-1].val_loss is not None and rounds[-1].val_loss < admin.status(run_id).initial_val_loss
     for loop in loops:
+        assert loop.overlapped is not None
         shifts = loop.overlapped.shifts
         # each published version was applied once, in order, with the progress made meanwhile kept
         assert [s.version_number for s in shifts] == [1, 2, 3]
         assert max(s.drift for s in shifts) < 1e-5
-        assert loop.held is not None and loop.held.sha == admin.version(run_id, 3).blob_sha256
+        assert loop.session.held is not None and loop.session.held.sha == admin.version(run_id, 3).blob_sha256
     contributions = admin.contributions(run_id)
     assert all(c.tokens >= 4 * 4 * 16 for c in contributions)  # at least H steps of batch 4 x 16
     assert all(0 < s.utilization <= 1 and s.compute_s > 0 for s in summaries)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tessera.api.client import HubClient
 from tessera.demo import embedded_hub
 from tessera.trust import Trust
-from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings
 from tests.conftest import reading, tiny_recipe
 from tests.harness import run_loops
 
@@ -76,7 +77,7 @@ def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path)
 def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_dir: Path) -> None:
     hub = embedded_hub(tmp_path / "hub", reading(corpus_dir))
     with hub as (url, admin_token), HubClient.connect(url, admin_token) as admin:
-        created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=4000))
+        created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=1500))
         token = admin.create_provider("volunteer").token
         state = tmp_path / "worker"
         args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state),

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tessera.hub.schemas import ContributionMeta
+from tessera.api.client import HubClient
+from tessera.api.messages import ContributionMeta
 from tessera.hub.state import LedgerEntry, State, Version
-from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
 from tests.harness import ROOT, free_port, start_hub
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tessera.worker.client import META_HEADER, HubClient
+from tessera.api.client import HubClient
+from tessera.api.protocol import META_HEADER
 from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.timeout(300)

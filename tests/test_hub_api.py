@@ -12,12 +12,13 @@ import torch
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
+from tessera.api.messages import ContributionMeta, LeaseGrant
+from tessera.api.protocol import META_HEADER
 from tessera.core.tensors import from_bytes, to_bytes
 from tessera.errors import LeaseError, NotFound, TesseraError, Unauthorized
-from tessera.hub.schemas import ContributionMeta, LeaseGrant
 from tessera.hub.service import HubService
 from tessera.hub.state import Contribution, Lease, RoundRecord, Version
-from tessera.worker.client import META_HEADER, HubClient
 from tests.conftest import FakeClock, tiny_recipe
 
 pytestmark = pytest.mark.timeout(120)

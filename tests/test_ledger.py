@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
 from tessera.core.tensors import to_bytes
 from tessera.hub.service import HubService
 from tessera.hub.state import LedgerEntry, Version
-from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
 from tests.test_hub_api import join, meta, work, zero_update
 

@@ -8,19 +8,20 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
+from tessera.api.messages import MergeRequest
 from tessera.core.merging import MergeSettings, merge
 from tessera.core.modules import assign, closure, parse_modules, training_order
 from tessera.core.tensors import from_bytes
 from tessera.errors import ConfigError, Forbidden
 from tessera.hub.config import HubConfig, HubLimits
-from tessera.hub.schemas import MergeRequest
 from tessera.hub.service import HubService
 from tessera.hub.state import Run
 from tessera.models.modular import build, module_params
 from tessera.recipe import parse_recipe
 from tessera.task import assemble, model_bytes
-from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings
 from tests.conftest import reading, tiny_recipe
 from tests.harness import run_loops
 
@@ -244,8 +245,8 @@ def test_modular_run_trains_trunk_then_experts_with_partial_downloads(
         assert start is not None and expert.initial_val_loss == start
         losses = [r.val_loss for r in admin.rounds(expert.run_id)]
         assert losses[-1] is not None and losses[-1] < start, (start, losses)  # in-domain loss falls
-    expert_loop, expert_client = loops[2], clients[2]
-    assert expert_loop.trained_names and all(".experts.alpha." in n for n in expert_loop.trained_names)
+    expert_session, expert_client = loops[2].session, clients[2]
+    assert expert_session.trained_names and all(".experts.alpha." in n for n in expert_session.trained_names)
     expert_blob = admin.version(alpha.run_id, 0).nbytes
     # an expert's worker downloads the trunk's final version and its expert's changes, nothing else
     assert expert_client.bytes_down <= trunk_final.nbytes + expert_blob
@@ -421,8 +422,8 @@ depends = ["body"]
     assert not run_loops(loops)
     body, readout = admin.status(run_id).modules
     assert body.status == readout.status == "finished"
-    assert loops[1].trained_names == {"ln_f.weight", "ln_f.bias", "head.weight"}
-    assert loops[1].client.bytes_up < 2 * readout.latest_version.nbytes * 1.05  # type: ignore[union-attr, attr-defined]
+    assert loops[1].session.trained_names == {"ln_f.weight", "ln_f.bias", "head.weight"}
+    assert loops[1].session.client.bytes_up < 2 * readout.latest_version.nbytes * 1.05  # type: ignore[union-attr, attr-defined]
     losses = [r.val_loss for r in admin.rounds(readout.run_id)]
     assert (
         losses[-1] is not None

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tessera.netlab import (
+from tessera.testing.netlab import (
     CpuLimit,
     DelayProxy,
     LinkSpec,

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from torch import nn
 from typer.testing import CliRunner
 
+from tessera.api.client import HubClient
 from tessera.cli import app
 from tessera.core.inner import mse
 from tessera.core.tensors import to_bytes
@@ -33,7 +34,6 @@ from tessera.plan.profile import WIRE_FORMATS, ModelProfile, parameters_per_modu
 from tessera.plan.simulator import ChurnEvent, SimSettings, simulate
 from tessera.plan.topology import TopologyError, Window, load_topology, parse_topology, parse_window
 from tessera.recipe import parse_recipe, with_plan
-from tessera.worker.client import HubClient
 from tessera.worker.probe import matmul_flops, measure_link
 from tests.conftest import tiny_recipe
 from tests.test_hub_api import join, meta, work, zero_update

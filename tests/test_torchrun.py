@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tessera.api.client import HubClient
 from tessera.recipe import with_plan
-from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
 from tests.harness import ROOT, free_port, start_hub
 

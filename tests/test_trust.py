@@ -49,7 +49,7 @@ def recipe(
         ("tessera.models.lm:build", "builtins:eval", ""),
         ("evil_factory:build", "tessera.data.text:load", ""),
         ("tessera.models.lm:build", "evil_factory:build", ""),
-        ("tessera.netlab:run", "tessera.data.text:load", ""),  # tessera's code, but no factory
+        ("tessera.testing.netlab:run", "tessera.data.text:load", ""),  # tessera's code, but no factory
     ],
 )
 def test_untrusted_factories_are_refused_before_import(

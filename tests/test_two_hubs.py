@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from tessera.api.client import HubClient
 from tessera.hub.state import Contribution, State, Version
-from tessera.worker.client import HubClient
-from tessera.worker.loop import WorkerSettings, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings
 from tests.conftest import postgres_url, reading, tiny_recipe
 from tests.harness import free_port, run_loops, start_hub
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from tessera.api.client import HubClient
 from tessera.core.tensors import from_bytes, to_bytes
-from tessera.worker.client import HubClient
 from tests.conftest import tiny_recipe
 from tests.test_hub_api import join, meta, work
 

@@ -28,12 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from tessera.errors import MalformedContribution, PayloadTooLarge, TesseraError, TooManyRequests
-from tessera.hub.admission import Admission
-from tessera.hub.auth import Principal
-from tessera.hub.config import HubConfig
-from tessera.hub.providers import ProviderService
-from tessera.hub.schemas import (
+from tessera.api.messages import (
     NAME_PATTERN,
     ContributionInfo,
     ContributionMeta,
@@ -58,16 +53,19 @@ from tessera.hub.schemas import (
     TokenRequest,
     VersionInfo,
 )
+from tessera.api.protocol import MAX_NUMBER, MAX_PROBE_BYTES, META_HEADER
+from tessera.blobs import FileBlobStore
+from tessera.errors import MalformedContribution, PayloadTooLarge, TesseraError, TooManyRequests
+from tessera.hub.admission import Admission
+from tessera.hub.auth import Principal
+from tessera.hub.config import HubConfig
+from tessera.hub.providers import ProviderService
 from tessera.hub.service import HubService
 from tessera.hub.state import State, private_file
-from tessera.hub.store import FileBlobStore
 
 log = logging.getLogger(__name__)
-MAX_PROBE_BYTES = 64 << 20
 PROBE_CHUNK = 1 << 20
-MAX_NUMBER = 2**31 - 1  # version and round numbers in paths and queries
 AUTH_THREADS = 4
-META_HEADER = "X-Tessera-Contribution"
 Token = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 # Path parameters are checked here, so that no lookup ever sees control characters.
 HexId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="a 32-hex-digit id")]

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from sqlalchemy import Float, cast, func, select
 from sqlalchemy.orm import Session
 
+from tessera.api.messages import Balance, LedgerReport
 from tessera.hub.auth import Principal, may_read_ledger_of
-from tessera.hub.schemas import Balance, LedgerReport
 from tessera.hub.state import Contribution, LedgerEntry, Membership, Provider, State, Worker
 
 PFLOP = 1e15

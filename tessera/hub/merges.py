@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tessera.api.messages import MergeInput, MergeReply, MergeRequest
 from tessera.core.merging import MergeSettings, align, merge
 from tessera.core.tensors import TensorDict, from_bytes, to_bytes
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound
 from tessera.hub.auth import Principal
 from tessera.hub.modules import frozen_versions, modules_of
-from tessera.hub.schemas import MergeInput, MergeReply, MergeRequest
 from tessera.hub.state import MergeRecord, Run, Version, new_round
 from tessera.hub.views import version_info
 

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tessera.api.messages import CreatedProvider, ProviderInfo, TokenReply
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound, Unauthorized
 from tessera.hub.auth import Principal, require_admin
-from tessera.hub.schemas import CreatedProvider, ProviderInfo, TokenReply
 from tessera.hub.state import ApiToken, Membership, Provider, State
 
 TOKEN_PREFIX = "tsr_"

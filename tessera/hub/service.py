@@ -27,6 +27,19 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from tessera.api.messages import (
+    ContributionInfo,
+    ContributionMeta,
+    ContributionReply,
+    CreateRunReply,
+    LeaseGrant,
+    LeaseReply,
+    RegisterReply,
+    RoundMetrics,
+    RunStatus,
+    VersionInfo,
+)
+from tessera.blobs import BlobStore
 from tessera.core.aggregation import WeightedMean, staleness_weight
 from tessera.core.codecs import Published, codec, publish
 from tessera.core.modules import assign, training_order
@@ -42,18 +55,6 @@ from tessera.hub.merges import Merges
 from tessera.hub.modules import check_module, frozen_versions, modules_of
 from tessera.hub.providers import ProviderService
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.schemas import (
-    ContributionInfo,
-    ContributionMeta,
-    ContributionReply,
-    CreateRunReply,
-    LeaseGrant,
-    LeaseReply,
-    RegisterReply,
-    RoundMetrics,
-    RunStatus,
-    VersionInfo,
-)
 from tessera.hub.signal import RoundSignal
 from tessera.hub.state import (
     Contribution,
@@ -67,7 +68,6 @@ from tessera.hub.state import (
     new_round,
     new_run,
 )
-from tessera.hub.store import BlobStore
 from tessera.hub.views import (
     contribution_info,
     contribution_reply,

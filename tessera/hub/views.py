@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tessera.hub.schemas import (
+from tessera.api.messages import (
     ContributionInfo,
     ContributionReply,
     FrozenModule,

@@ -23,15 +23,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tessera.api.client import HubAPI
+from tessera.api.messages import ContributionReply, LeaseGrant
 from tessera.core.inner import Batch, InnerResult, InnerTrainer
 from tessera.data.source import DataSource
 from tessera.errors import ConfigError
-from tessera.hub.schemas import ContributionReply, LeaseGrant
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import DEFAULT_TRUST, build_model, load_data
 from tessera.trust import Trust
-from tessera.worker.client import HubAPI
-from tessera.worker.loop import WorkerSettings, WorkerSummary, WorkLoop
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings, WorkerSummary
 
 log = logging.getLogger(__name__)
 DONE = b"done"
@@ -130,20 +131,21 @@ class GroupWorkLoop(WorkLoop):
 
     def __init__(self, client: HubAPI, settings: WorkerSettings, group: Group) -> None:
         super().__init__(client, settings)
-        if self.recipe.communication.overlap:
+        session = self.session
+        if session.recipe.communication.overlap:
             raise ConfigError(
                 "communication.overlap is not available to torchrun group workers yet; "
                 "set it to false for this run or use single-process workers"
             )
-        if self.identity.module is not None:
+        if session.identity.module is not None:
             raise ConfigError(
                 "modules of a modular run train on single-process workers for now; "
                 "start this worker without torchrun"
             )
         self.group = group
-        group.broadcast_bytes(client.status(self.identity.run_id).recipe.encode())
+        group.broadcast_bytes(client.status(session.identity.run_id).recipe.encode())
         self.group_trainer = GroupTrainer(
-            group, self.recipe, self.model, self.data, settings.data_path is not None
+            group, session.recipe, session.model, session.data, settings.data_path is not None
         )
 
     def train(self, lease: LeaseGrant) -> InnerResult:

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tessera.api.messages import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.core.inner import Batch, InnerResult
-from tessera.core.pseudo_gradient import pseudo_gradient
-from tessera.core.tensors import TensorDict, to_bytes
-from tessera.hub.schemas import ContributionMeta, ContributionReply, LeaseGrant
-from tessera.worker.loop import WorkerSummary, WorkLoop, contribution_meta
+from tessera.core.tensors import TensorDict
+from tessera.worker.session import WorkerSummary, WorkSession
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +43,28 @@ class Next:
 class Prefetch(threading.Thread):
     """Upload the finished contribution (if any), then lease the next round and fetch its version."""
 
-    def __init__(self, loop: WorkLoop, upload: tuple[ContributionMeta, bytes] | None) -> None:
+    def __init__(self, session: WorkSession, upload: tuple[ContributionMeta, bytes] | None) -> None:
         super().__init__(name="tessera-prefetch", daemon=True)
-        self.loop = loop
+        self.session = session
         self.upload = upload
         self.result = Next()
         self.ready = threading.Event()
         self.start()
 
     def run(self) -> None:
+        session = self.session
         try:
             if self.upload is not None:
-                self.result.reply = self.loop.client.submit(*self.upload)
+                self.result.reply = session.client.submit(*self.upload)
             while True:
-                reply = self.loop.client.lease(self.loop.identity.worker_id, wait_s=self.loop.settings.wait_s)
+                reply = self.session.client.lease(
+                    self.session.identity.worker_id, wait_s=self.session.settings.wait_s
+                )
                 if reply.status == "done":
                     break
                 if reply.lease is not None:
                     self.result.lease = reply.lease
-                    self.result.tensors = self.loop.tensors_of(reply.lease)
+                    self.result.tensors = session.tensors_of(reply.lease)
                     break
         except BaseException as exc:  # handed to the training thread, which raises it
             self.result.error = exc
@@ -108,11 +110,12 @@ class Progress:
 
 
 class Overlapped:
-    """Runs a work loop's rounds with their communication overlapped with training."""
+    """A session's rounds with their communication overlapped with training; ``shifts`` records
+    each eager application of an outer update."""
 
-    def __init__(self, loop: WorkLoop) -> None:
-        self.loop = loop
-        self.model = loop.model
+    def __init__(self, session: WorkSession) -> None:
+        self.session = session
+        self.model = session.model
         self.shifts: list[Shift] = []
 
     def run(
@@ -121,12 +124,12 @@ class Overlapped:
         stop: threading.Event | None = None,
         on_contribution: Callable[[ContributionReply], None] | None = None,
     ) -> WorkerSummary:
-        first = Prefetch(self.loop, None).take(block=True)  # the only wait on the network
+        first = Prefetch(self.session, None).take(block=True)  # the only wait on the network
         if first is None or first.lease is None or first.tensors is None:
             return summary
-        self.loop.load(first.tensors, first.lease)
-        lease, anchor, pending = first.lease, self.loop.trained(), None
-        batches, progress = self.loop.batches(lease), Progress()
+        self.session.load(first.tensors, first.lease)
+        lease, anchor, pending = first.lease, self.session.trained(), None
+        batches, progress = self.session.batches(lease), Progress()
         while stop is None or not stop.is_set():
             h_done = progress.steps >= lease.inner_steps  # H steps since the upload: wait for w
             if pending is not None and (arrived := pending.take(block=h_done)) is not None:
@@ -134,18 +137,18 @@ class Overlapped:
                 if arrived.lease is None or arrived.tensors is None:
                     return summary  # the run is done; progress since the last upload is not needed
                 lease, anchor = arrived.lease, self.move_onto(arrived.tensors, anchor, arrived.lease)
-                batches, pending = self.loop.batches(lease), None
+                batches, pending = self.session.batches(lease), None
             self.step(next(batches), progress, summary)
             if pending is None and progress.steps >= lease.inner_steps:
-                pending = Prefetch(self.loop, self.contribution(lease, anchor, progress))
-                anchor, progress = self.loop.trained(), Progress()
+                pending = Prefetch(self.session, self.session.contribution(lease, anchor, progress.result()))
+                anchor, progress = self.session.trained(), Progress()
         if pending is not None and (arrived := pending.take(block=True)) is not None:
             record(arrived.reply, summary, on_contribution)
         return summary
 
     def step(self, batch: Batch, progress: Progress, summary: WorkerSummary) -> None:
         begin = time.perf_counter()
-        loss, n = self.loop.trainer.step(batch)
+        loss, n = self.session.trainer.step(batch)
         spent = time.perf_counter() - begin
         progress.add(loss, n, spent)
         summary.compute_s += spent
@@ -164,15 +167,6 @@ class Overlapped:
             drift = max(drift, float(((state[name] - base) - progress).abs().max()))
         self.shifts.append(Shift(lease.version_number, drift))
         return {k: v.clone() for k, v in version.items() if v.is_floating_point()}
-
-    def contribution(
-        self, lease: LeaseGrant, anchor: TensorDict, progress: Progress
-    ) -> tuple[ContributionMeta, bytes]:
-        delta = pseudo_gradient(anchor, self.model.state_dict())
-        meta = contribution_meta(
-            lease, self.loop.identity.worker_id, progress.result(), self.loop.feedback.codec.name
-        )
-        return meta, to_bytes(self.loop.encode(delta))
 
 
 def record(

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tessera.api.client import HubClient
 from tessera.core.inner import InnerTrainer
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, training_flops_per_token
-from tessera.worker.client import HubClient
 
 PROBE_BYTES = 4 << 20
 

@@ -17,14 +17,15 @@ from typing import Literal
 
 import torch
 
+from tessera.api.messages import LeaseGrant
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, model_float_tensors, to_bytes
 from tessera.errors import ContributionRejected
 from tessera.hub.auth import Principal
-from tessera.hub.schemas import LeaseGrant
 from tessera.hub.service import HubService
-from tessera.worker.inprocess import InProcessClient
-from tessera.worker.loop import WorkerSettings, WorkLoop, contribution_meta
+from tessera.testing.inprocess import InProcessClient
+from tessera.worker.loop import WorkLoop
+from tessera.worker.session import WorkerSettings, contribution_meta
 
 Attack = Literal["sign_flip", "noise", "nan"]
 
@@ -71,16 +72,16 @@ class LockstepWorker:
         self.outcome = Outcome()
 
     def work(self, grant: LeaseGrant) -> None:
-        loop = self.loop
-        loop.model.load_state_dict(loop.tensors_of(grant))
-        base = model_float_tensors(loop.model)
-        result = loop.train(grant)
-        delta = pseudo_gradient(base, loop.model.state_dict())
+        session = self.loop.session
+        session.model.load_state_dict(session.tensors_of(grant))
+        base = model_float_tensors(session.model)
+        result = self.loop.train(grant)
+        delta = pseudo_gradient(base, session.model.state_dict())
         if self.attack is not None:
             delta = corrupt(delta, self.attack, self.generator)
-        meta = contribution_meta(grant, loop.identity.worker_id, result)
+        meta = contribution_meta(grant, session.identity.worker_id, result)
         try:
-            reply = loop.client.submit(meta, to_bytes(delta))
+            reply = session.client.submit(meta, to_bytes(delta))
         except ContributionRejected as exc:
             self.outcome.statuses.append("refused")
             self.outcome.reasons.append(str(exc))
@@ -105,10 +106,11 @@ def lockstep_run(
     for i, attack in enumerate(attacks):
         token = service.providers.create_provider(admin, f"{run_id[:8]}-worker-{i}", "person", False).token
         workers.append(LockstepWorker(service, token, run_id, state_root / f"w{i}", attack))
-    deadline = workers[0].loop.recipe.run.round_deadline_s
+    deadline = workers[0].loop.session.recipe.run.round_deadline_s
     while (status := service.status(run_id, admin)).status == "active":
         for worker in workers:
-            reply = worker.loop.client.lease(worker.loop.identity.worker_id)
+            session = worker.loop.session
+            reply = session.client.lease(session.identity.worker_id)
             if reply.lease is not None:
                 worker.work(reply.lease)
         if (

@@ -6,8 +6,7 @@ benchmarks run the hub's real validation and aggregation code at full speed.
 
 from __future__ import annotations
 
-from tessera.hub.auth import Principal
-from tessera.hub.schemas import (
+from tessera.api.messages import (
     ContributionMeta,
     ContributionReply,
     LeaseReply,
@@ -15,6 +14,7 @@ from tessera.hub.schemas import (
     RunStatus,
     VersionInfo,
 )
+from tessera.hub.auth import Principal
 from tessera.hub.service import HubService
 
 

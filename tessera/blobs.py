@@ -1,4 +1,5 @@
-"""Content-addressed blob store: a blob's name is the sha256 of its bytes."""
+"""Content-addressed blob store: a blob's name is the sha256 of its bytes. The hub keeps
+versions and contributions in one; a worker caches the versions it holds in another."""
 
 from __future__ import annotations
 

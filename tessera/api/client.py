@@ -16,24 +16,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from tessera.errors import (
-    ClaimOutOfBounds,
-    ConfigError,
-    Conflict,
-    ContributionRejected,
-    Forbidden,
-    HubUnavailable,
-    LeaseError,
-    MalformedContribution,
-    NotFound,
-    PayloadTooLarge,
-    QuotaExceeded,
-    StaleContribution,
-    TesseraError,
-    TooManyRequests,
-    Unauthorized,
-)
-from tessera.hub.schemas import (
+from tessera.api.messages import (
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
@@ -51,28 +34,11 @@ from tessera.hub.schemas import (
     TokenReply,
     VersionInfo,
 )
+from tessera.api.protocol import META_HEADER, error_for
+from tessera.errors import HubUnavailable, NotFound
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
-ERRORS: dict[str, type[TesseraError]] = {
-    cls.code: cls
-    for cls in (
-        ContributionRejected,
-        MalformedContribution,
-        ClaimOutOfBounds,
-        PayloadTooLarge,
-        LeaseError,
-        StaleContribution,
-        NotFound,
-        Unauthorized,
-        Forbidden,
-        QuotaExceeded,
-        TooManyRequests,
-        ConfigError,
-        Conflict,
-    )
-}
-META_HEADER = "X-Tessera-Contribution"
 
 
 class HubAPI(Protocol):
@@ -276,4 +242,4 @@ def raise_for_error(response: httpx.Response) -> httpx.Response:
         code, detail = body.get("error", "error"), body.get("detail", response.text)
     except ValueError:
         code, detail = "error", response.text
-    raise ERRORS.get(code, TesseraError)(f"hub refused the request (HTTP {response.status_code}): {detail}")
+    raise error_for(code)(f"hub refused the request (HTTP {response.status_code}): {detail}")
