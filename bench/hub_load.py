@@ -24,11 +24,11 @@ from pathlib import Path
 
 import httpx
 import torch
-from hubproc import free_port, start_hub
 
 from tessera.api.messages import ContributionMeta
 from tessera.api.protocol import META_HEADER
 from tessera.core.tensors import from_bytes, to_bytes
+from tessera.testing.cluster import free_port, start_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """

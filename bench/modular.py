@@ -23,11 +23,9 @@ import platform
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 from torch.utils.flop_counter import FlopCounterMode
 
 from tessera.api.client import HubClient
@@ -36,6 +34,7 @@ from tessera.core.tensors import from_bytes
 from tessera.demo import modular_recipe
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import assemble, build_model, configure_torch, load_data, loss_of
+from tessera.testing.cluster import ROOT, free_port, start_hub, start_worker, wait_workers
 
 DOMAINS = ("encodings", "idlelib", "asyncio", "email")
 
@@ -57,13 +56,14 @@ def step_flops(recipe: Recipe, trained: str | None) -> int:
 def run_workers(url: str, token: str, run_id: str, modules: list[str | None], work: Path) -> list[dict]:
     """One `tessera worker` process per entry (a module name, or None for a plain run); their reports."""
     procs, reports = [], []
-    with ExitStack() as stack:
-        for i, module in enumerate(modules):
-            name = f"w{i}-{module or 'dense'}"
-            options = ["--json", str(work / f"{name}.json")] + (["--module", module] if module else [])
-            procs.append(start_worker(stack, work, name, (url, token, run_id), *options))
-            reports.append(work / f"{name}.json")
-        wait_workers(procs, 7200, work)
+    for i, module in enumerate(modules):
+        name = f"w{i}-{module or 'dense'}"
+        options = ["--json", str(work / f"{name}.json")] + (["--module", module] if module else [])
+        procs.append(
+            start_worker((url, token, run_id), work / name, *options, name=name, log=work / f"{name}.log")
+        )
+        reports.append(work / f"{name}.json")
+    wait_workers(procs, 7200, work)
     return [json.loads(r.read_text()) for r in reports]
 
 

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hubproc import free_port, start_hub, start_worker, wait_workers
 
 from tessera.api.client import HubClient
-from tessera.cli_plan import workload
+from tessera.cli.plan import workload
 from tessera.plan.planner import Plan, PlanSettings, make_plan
 from tessera.plan.profile import profile_recipe
 from tessera.plan.topology import parse_topology
 from tessera.recipe import load_recipe, parse_recipe, with_plan
 from tessera.task import configure_torch
+from tessera.testing.cluster import free_port, start_hub, start_worker, wait_workers
 from tessera.testing.netlab import LinkSpec, check_available, emulated_node
 from tessera.worker.probe import matmul_flops, measure_step
 
@@ -95,7 +95,15 @@ def run_for_real(bench: BenchTopology, plan: Plan, rounds: int, work: Path, inde
                         continue
                     node = emulated_node(f"w{i}", 10 * index + i, link, ("127.0.0.1", port), free_port())
                     prefix, url = stack.enter_context(node)
-                    workers.append(start_worker(stack, work, f"w{i}", (url, token, run_id), prefix=prefix))
+                    workers.append(
+                        start_worker(
+                            (url, token, run_id),
+                            work / f"w{i}",
+                            name=f"w{i}",
+                            log=work / f"w{i}.log",
+                            prefix=prefix,
+                        )
+                    )
                 wait_workers(workers, 1800, work)
             return [r.wall_s for r in client.rounds(run_id) if r.wall_s is not None]
     finally:

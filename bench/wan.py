@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from communication import DataParallel
-from hubproc import ROOT, free_port, start_hub, start_worker, wait_workers
 
 from tessera.api.client import HubClient
 from tessera.core.tensors import to_bytes
@@ -43,6 +42,7 @@ from tessera.demo import DemoSettings, demo_recipe
 from tessera.plan.cost import ring_allreduce_s
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, configure_torch, load_data
+from tessera.testing.cluster import ROOT, free_port, start_hub, start_worker, wait_workers
 from tessera.testing.netlab import LinkSpec, Namespace, PeerLinks, check_available, emulated_node
 from tessera.worker.probe import measure_step
 
@@ -125,7 +125,17 @@ def run_tessera(link: Wan, text: str, target: float, work: Path, index: int) -> 
                 )
                 report = work / f"w{i}.json"
                 hub_at = (url, token, run_id)
-                procs.append(start_worker(stack, work, f"w{i}", hub_at, "--json", str(report), prefix=prefix))
+                procs.append(
+                    start_worker(
+                        hub_at,
+                        work / f"w{i}",
+                        "--json",
+                        str(report),
+                        name=f"w{i}",
+                        log=work / f"w{i}.log",
+                        prefix=prefix,
+                    )
+                )
                 reports.append(report)
             wait_workers(procs, 3600, work)
             summaries = [json.loads(r.read_text()) for r in reports]

@@ -2,33 +2,27 @@
 
 The hub serves real HTTP on 127.0.0.1 (SQLite and blobs under the demo's home); each worker is
 a separate `tessera worker` process holding a different shard of the standard library corpus.
+The processes are started by the cluster harness (``tessera.testing.cluster``); this module
+holds the demo's recipes, its run, its summary and the single-process baseline.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import uvicorn
 
 from tessera.api.client import HubClient
 from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
 from tessera.errors import TesseraError
-from tessera.hub.app import admin_token, create_app, open_service
-from tessera.hub.config import HubConfig
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of
+from tessera.testing.cluster import embedded_hub, start_worker, stop, wait_for_run
 from tessera.trust import Trust
 
 
@@ -144,100 +138,6 @@ lr = 3e-3
     return text
 
 
-@contextmanager
-def embedded_hub(home: Path, trust: Trust | None = None) -> Iterator[tuple[str, str]]:
-    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token."""
-    service = open_service(home, config=HubConfig(trust=trust or Trust()))
-    admin = admin_token(service, home)
-    if admin is None:
-        raise TesseraError(f"{home} has a hub database but no admin.token; use another --home")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise TesseraError("the embedded hub failed to start; see the log above")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", admin
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        service.state.close()
-
-
-def start_workers(
-    url: str, tokens: list[str], run_id: str, run_dir: Path, settings: DemoSettings
-) -> list[subprocess.Popen[bytes]]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads_per_worker))
-    procs = []
-    for i, token in enumerate(tokens):
-        state_dir = run_dir / f"worker-{i}"
-        state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "tessera",
-            "worker",
-            "--hub",
-            url,
-            "--token",
-            token,
-            "--run",
-            run_id,
-            "--state-dir",
-            str(state_dir),
-            "--name",
-            f"worker-{i}",
-            "--threads",
-            str(settings.threads_per_worker),
-            *(["--data-root", str(settings.data_path)] if settings.data_path else []),
-        ]
-        logfile = (state_dir / "worker.log").open("wb")
-        procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def wait_for_run(
-    client: HubClient,
-    run_id: str,
-    procs: list[subprocess.Popen[bytes]],
-    on_status: Callable[[RunStatus], None],
-    poll_s: float = 0.5,
-) -> RunStatus:
-    """Poll the hub until the run finishes; fail if every worker died first."""
-    while True:
-        status = client.status(run_id)
-        on_status(status)
-        if status.status == "finished":
-            return status
-        if all(p.poll() is not None for p in procs):
-            codes = [p.returncode for p in procs]
-            raise TesseraError(
-                f"all workers exited (codes {codes}) before the run finished; "
-                "see worker.log in each worker folder"
-            )
-        time.sleep(poll_s)
-
-
 @dataclass(frozen=True)
 class BaselineResult:
     val_loss: float
@@ -281,6 +181,24 @@ def train_baseline(
     )
 
 
+def start_workers(
+    url: str, run_id: str, tokens: list[str], run_dir: Path, settings: DemoSettings
+) -> list[subprocess.Popen[bytes]]:
+    """One `tessera worker` process per token, in this folder, each in ``run_dir``/worker-N."""
+    data_root = ["--data-root", str(settings.data_path.resolve())] if settings.data_path else []
+    return [
+        start_worker(
+            (url, token, run_id),
+            run_dir / f"worker-{i}",
+            *data_root,
+            name=f"worker-{i}",
+            threads=settings.threads_per_worker,
+            cwd=Path.cwd(),
+        )  # fmt: skip
+        for i, token in enumerate(tokens)
+    ]
+
+
 @dataclass(frozen=True)
 class DemoRun:
     run_id: str
@@ -312,11 +230,11 @@ def run_demo(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.toml").write_text(recipe_text)
         on_start(url, created.run_id)
-        procs = start_workers(url, tokens, created.run_id, run_dir, settings)
+        procs = start_workers(url, created.run_id, tokens, run_dir, settings)
         try:
             final = wait_for_run(client, created.run_id, procs, on_status)
         finally:
-            stop_workers(procs)
+            stop(procs)
         rounds = client.rounds(created.run_id)
         ledger = client.ledger()
     ledger.providers = [b for b in ledger.providers if b.name.startswith(collective)]

@@ -20,7 +20,7 @@ from tessera.models.hf import causal_lm
 from tessera.recipe import parse_recipe
 from tessera.task import build_model, load_data, model_bytes, require_trusted, run_code
 from tessera.trust import BUILTIN, Trust, check_options
-from tests.harness import write_factory_module
+from tests.helpers import write_factory_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,7 +152,7 @@ def test_transformers_architectures_from_a_declarative_config() -> None:
 
 def test_the_example_hub_configuration(tmp_path: Path) -> None:
     from tessera.hub.config import HubConfig, HubLimits, load_hub_config
-    from tests.harness import ROOT
+    from tessera.testing.cluster import ROOT
 
     config = load_hub_config(ROOT / "examples" / "hub.toml", ["extra.module:build"], [str(tmp_path)])
     assert config.limits == HubLimits() and config.api_docs == HubConfig().api_docs

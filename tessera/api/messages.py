@@ -132,13 +132,20 @@ class ContributionMeta(Message):
     codec: str = Field(default="fp32", max_length=16, pattern=r"^[a-z0-9.]+$")
 
 
+ContributionStatus = Literal["accepted", "rejected", "pending"]
+
+
 class ContributionReply(Message):
     contribution_id: str
-    status: Literal["accepted", "rejected"]
+    status: ContributionStatus = Field(
+        description="accepted or rejected: final; pending: it counts unless its round's direction "
+        "check (aggregation.min_cosine) drops it when the round closes"
+    )
     reason: str | None = None
     round: int
     weight: float
     duplicate: bool = False
+    final: bool = Field(True, description="whether ``status`` is final (false while pending)")
 
 
 class ContributionInfo(Message):
@@ -146,7 +153,7 @@ class ContributionInfo(Message):
     worker_id: str
     round: int
     base_version_number: int
-    status: Literal["accepted", "rejected"]
+    status: ContributionStatus
     reason: str | None
     tokens: int
     norm: float

@@ -8,9 +8,7 @@ new version of the target whose lineage names the merge.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,13 +17,14 @@ from tessera.api.messages import MergeInput, MergeReply, MergeRequest
 from tessera.core.merging import MergeSettings, align, merge
 from tessera.core.tensors import TensorDict, from_bytes, to_bytes
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound
+from tessera.hub import queries
 from tessera.hub.auth import Principal
+from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
-from tessera.hub.state import MergeRecord, Run, Version, new_round
+from tessera.hub.runs import Runs
+from tessera.hub.state import MergeRecord, Run, Version, new_id
+from tessera.hub.versions import NewVersion, commit_version
 from tessera.hub.views import version_info
-
-if TYPE_CHECKING:
-    from tessera.hub.service import HubService
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +40,8 @@ class Plan:
 
 
 class Merges:
-    def __init__(self, hub: HubService) -> None:
-        self.hub = hub
+    def __init__(self, hub: HubContext, runs: Runs) -> None:
+        self.hub, self.runs = hub, runs
 
     def merge(self, run_id: str, who: Principal, req: MergeRequest) -> MergeReply:
         """Merge, evaluate the target before and after on its held-out data (with the versions it
@@ -51,9 +50,11 @@ class Merges:
         settings = MergeSettings(req.method, tuple(req.weights), req.scale, req.density)
         current = from_bytes(self.hub.store.get(plan.latest.blob_sha))
         merged = self._merged(plan, current, settings)
-        runtime = self.hub.runtime(plan.target.id)
-        with self.hub._lock, self.hub.state.transaction() as s:  # the runtime's model is shared
-            self.hub.load_frozen(runtime, frozen_versions(s, plan.target, runtime.recipe) or [])
+        runtime = self.hub.runtimes.get(plan.target.id)
+        with self.hub.state.transaction() as s:
+            frozen = frozen_versions(s, plan.target, runtime.recipe) or []
+        with runtime.lock:  # both evaluations on the same frozen modules
+            self.hub.runtimes.load_frozen(runtime, frozen)
             before, after = runtime.evaluate(current), runtime.evaluate(merged)
         reason = None
         if after > before:
@@ -63,9 +64,9 @@ class Merges:
         return self._record(run_id, who, req, plan, merged, (before, after), reason)
 
     def _plan(self, run_id: str, who: Principal, req: MergeRequest) -> Plan:
-        self.hub.authorize(run_id, who)
+        self.runs.authorize(run_id, who)
         with self.hub.state.transaction() as s:
-            parent = self.hub._run(s, run_id)
+            parent = queries.run(s, run_id)
             if not (who.is_admin or who.provider_id == parent.owner_id):
                 raise Forbidden(
                     "a merge changes the run's model: only the run's owner or a hub admin may merge"
@@ -112,12 +113,12 @@ class Merges:
         inputs = [
             MergeInput(module=m, run_id=r.id, version_id=v.id, number=v.number) for m, r, v, _ in plan.inputs
         ]
-        with hub._lock, hub.state.transaction() as s:
-            target = hub._run(s, plan.target.id, lock=True)
+        with hub.locks.of(plan.target.id), hub.state.transaction() as s:
+            target = queries.run(s, plan.target.id, lock=True)
             if latest(s, target).id != plan.latest.id:
                 raise Conflict(f"module {req.target} got a new version meanwhile; merge again")
             record = MergeRecord(
-                id=hub_id(),
+                id=new_id(),
                 run_id=run_id,
                 target_run_id=target.id,
                 target=req.target,
@@ -145,35 +146,14 @@ class Merges:
         self, s: Session, target: Run, parent: Version, merged: TensorDict, record: MergeRecord, after: float
     ) -> None:
         """The target's next version; its open round (no work in it) closes on the merge."""
-        blob, now = to_bytes(merged), self.hub.clock()
-        version = Version(
-            id=hub_id(),
-            run_id=target.id,
-            number=parent.number + 1,
-            blob_sha=self.hub.store.put(blob),
-            nbytes=len(blob),
-            parent_id=parent.id,
-            contributions=[],
-            val_loss=after,
-            created_at=now,
-            merge_id=record.id,
-        )
-        s.add(version)
+        rounds = self.hub.runtimes.get(target.id).recipe.run.rounds
+        new = NewVersion(to_bytes(merged), after, merge_id=record.id)
+        version = commit_version(s, self.hub.store, target, parent, new, "merge", self.hub.clock(), rounds)
         record.version_id = version.id
-        if target.status == "active":
-            open_round = self.hub._round(s, target.id, target.current_round)
-            open_round.closed_at, open_round.close_reason, open_round.version_id = now, "merge", version.id
-            open_round.val_loss = after
-        target.current_round = version.number
-        if target.status == "active" and target.current_round < self.hub.runtime(target.id).recipe.run.rounds:
-            s.add(new_round(target.id, target.current_round, version.id, now))
-        elif target.status == "active":
-            target.status, target.finished_at = "finished", now
-            self.hub.finish_parent(s, target, now)
 
     def history(self, run_id: str, who: Principal) -> list[MergeReply]:
         """Every merge of the run, accepted or rejected, oldest first."""
-        self.hub.authorize_read(run_id, who)
+        self.runs.authorize_read(run_id, who)
         with self.hub.state.transaction() as s:
             rows = s.scalars(
                 select(MergeRecord).where(MergeRecord.run_id == run_id).order_by(MergeRecord.created_at)
@@ -197,20 +177,8 @@ def merge_reply(s: Session, r: MergeRecord) -> MergeReply:
 
 
 def latest(s: Session, run: Run) -> Version:
-    version = s.scalar(
-        select(Version).where(Version.run_id == run.id).order_by(Version.number.desc()).limit(1)
-    )
-    if version is None:
-        raise NotFound(f"module {run.module} has no version")
-    return version
+    return queries.latest_version(s, run.id)
 
 
 def first(s: Session, run: Run) -> Version:
-    version = s.scalar(select(Version).where(Version.run_id == run.id, Version.number == 0))
-    if version is None:
-        raise NotFound(f"module {run.module} has no version 0")
-    return version
-
-
-def hub_id() -> str:
-    return uuid.uuid4().hex
+    return queries.version(s, run.id, 0)

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 
 from sqlalchemy import func, select
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session
 from tessera.api.messages import CreatedProvider, ProviderInfo, TokenReply
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound, Unauthorized
 from tessera.hub.auth import Principal, require_admin
-from tessera.hub.state import ApiToken, Membership, Provider, State
+from tessera.hub.state import ApiToken, Membership, Provider, State, new_id
 
 TOKEN_PREFIX = "tsr_"
 MAX_TOKEN_CHARS = 200
@@ -134,9 +133,7 @@ class ProviderService:
     # --- helpers -----------------------------------------------------------------------
 
     def _add_provider(self, s: Session, name: str, kind: str, is_admin: bool) -> Provider:
-        provider = Provider(
-            id=uuid.uuid4().hex, name=name, kind=kind, is_admin=is_admin, created_at=self.clock()
-        )
+        provider = Provider(id=new_id(), name=name, kind=kind, is_admin=is_admin, created_at=self.clock())
         s.add(provider)
         s.flush()
         return provider
@@ -144,7 +141,7 @@ class ProviderService:
     def _add_token(self, s: Session, provider_id: str, label: str) -> TokenReply:
         token = new_token()
         row = ApiToken(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             provider_id=provider_id,
             token_hash=hash_token(token),
             label=label,

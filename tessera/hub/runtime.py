@@ -9,6 +9,7 @@ the held-out data of its shards.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -38,6 +39,10 @@ HEADER_BYTES_PER_TENSOR = 256
 
 @dataclass
 class RunRuntime:
+    """One run's (or module's) model and checks. ``lock`` guards what requests share: the model
+    (evaluation and the quality probe load weights into it), the frozen modules loaded into it,
+    and the per-version caches; decoding and size checks need no lock."""
+
     recipe: Recipe  # as the run (or module) trains: a module's overrides applied
     model: nn.Module
     loss_fn: LossFn
@@ -52,6 +57,7 @@ class RunRuntime:
     frozen_ids: tuple[str, ...] = ()  # ids of those versions
     probe_losses: dict[str, float] = field(default_factory=dict)  # version id -> probe loss
     sizes: dict[str, float] = field(default_factory=dict)  # version id -> its size (validation)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
     def build(
@@ -114,7 +120,7 @@ class RunRuntime:
 
     def size_of(self, version_id: str, tensors: TensorDict) -> float:
         """The size an update of this version is measured against (cached per version)."""
-        if version_id not in self.sizes:
+        if version_id not in self.sizes:  # two threads may both measure it: the same value
             floats = float_tensors(tensors)
             self.sizes[version_id] = base_size(global_norm(floats), sum(t.numel() for t in floats.values()))
         return self.sizes[version_id]
@@ -125,13 +131,15 @@ class RunRuntime:
 
     def evaluate(self, tensors: TensorDict) -> float:
         """Held-out loss of the model with these weights."""
-        self.load(tensors)
-        return evaluate(self.model, self.validation, self.loss_fn)
+        with self.lock:
+            self.load(tensors)
+            return evaluate(self.model, self.validation, self.loss_fn)
 
     def probe_loss(self, tensors: TensorDict) -> float:
         """Held-out loss on the first ``validation.probe_batches`` batches (the quality probe)."""
-        self.load(tensors)
-        return evaluate(self.model, self.validation[: self.recipe.validation.probe_batches], self.loss_fn)
+        with self.lock:
+            self.load(tensors)
+            return evaluate(self.model, self.validation[: self.recipe.validation.probe_batches], self.loss_fn)
 
     def decode(self, wire: TensorDict, codec_name: str) -> TensorDict:
         """The float32 pseudo-gradient in an upload, checked against the model (MalformedContribution)."""

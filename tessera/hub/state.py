@@ -6,6 +6,7 @@ The hub keeps no state outside this database and the blob store, so a restarted 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,11 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
 
 class Base(DeclarativeBase):
     pass
+
+
+def new_id() -> str:
+    """A new row id: 32 random hex digits."""
+    return uuid.uuid4().hex
 
 
 class Meta(Base):

@@ -26,6 +26,7 @@ def contribution_reply(c: Contribution, duplicate: bool = False) -> Contribution
         round=c.round,
         weight=c.weight,
         duplicate=duplicate,
+        final=c.status != "pending",
     )
 
 

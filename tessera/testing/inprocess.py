@@ -53,4 +53,6 @@ class InProcessClient:
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply:
         reply = self.service.submit(self.run_id, self.who(), meta, body)
         self.bytes_up += len(body)
+        if reply.status != "rejected" and not reply.duplicate:  # as the hub's route does, after replying
+            self.service.close_if_due(self.run_id)
         return reply

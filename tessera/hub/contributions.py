@@ -1,0 +1,202 @@
+"""Contributions, in three steps carried by one value: admit (who, which lease, what it claims:
+cheap checks before the body is read), assess (decode the body, then the size and norm bounds
+and the quality probe, holding no run lock), commit (record it under the run's locks, after
+admitting it again: another hub process may have taken the lease meanwhile).
+
+Whether a contribution counts is decided once. ``accepted`` and ``rejected`` are final when the
+hub answers; on a run whose rounds check directions at the close (``aggregation.min_cosine``) an
+upload that passed every other check is ``pending`` (``final`` false) until its round closes and
+says. The one exception is the round itself failing to close (the hub's failure, recorded on the
+run): its work is then released and its workers lease again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from tessera.api.messages import ContributionMeta, ContributionReply
+from tessera.core.aggregation import staleness_weight
+from tessera.core.pseudo_gradient import apply_delta
+from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
+from tessera.core.validation import norm_verdict, probe_verdict, size_verdict
+from tessera.errors import ClaimOutOfBounds, LeaseError
+from tessera.hub import queries
+from tessera.hub.auth import Principal
+from tessera.hub.context import HubContext
+from tessera.hub.runs import Runs
+from tessera.hub.runtime import RunRuntime
+from tessera.hub.state import Contribution, Lease, Version, Worker
+from tessera.hub.views import contribution_reply
+
+MAX_SQL_INT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An upload as it goes through the steps: admitted (its lease and base version known), then
+    assessed (``blob_sha``: the stored decoded float32 tensors as checked, which are what the
+    round aggregates; ``reason``: why validation rejects it, or None)."""
+
+    run_id: str
+    meta: ContributionMeta
+    base: Version
+    wire_bytes: int
+    norm: float = 0.0
+    reason: str | None = None
+    blob_sha: str | None = None
+
+
+class Contributions:
+    def __init__(self, hub: HubContext, runs: Runs) -> None:
+        self.hub, self.runs = hub, runs
+
+    def upload_limit(self, run_id: str) -> int:
+        return self.hub.runtimes.get(run_id).upload_limit()
+
+    def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:
+        """Admit, assess, commit; nothing is stored unless it is committed."""
+        self.runs.authorize(run_id, who)
+        with self.hub.state.transaction() as s:
+            admitted = self._admit(s, run_id, who, meta, len(body))
+        if isinstance(admitted, ContributionReply):
+            return admitted
+        candidate = self._assess(admitted, body)
+        with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
+            queries.run(s, run_id, lock=True)
+            again = self._admit(s, run_id, who, meta, len(body))
+            if isinstance(again, ContributionReply):
+                return again
+            return self._commit(s, candidate)
+
+    def _admit(
+        self, s: Session, run_id: str, who: Principal, meta: ContributionMeta, wire_bytes: int
+    ) -> Candidate | ContributionReply:
+        """The earlier reply for a retried upload, or the candidate after checking its worker, its
+        lease and its claims (LeaseError, ClaimOutOfBounds)."""
+        worker = queries.worker(s, run_id, meta.worker_id, who)
+        done = queries.contribution(s, run_id, meta.contribution_id)
+        if done is not None and done.worker_id == meta.worker_id:
+            return contribution_reply(done, duplicate=True)
+        if done is not None:
+            raise LeaseError(f"contribution id {meta.contribution_id} is taken; choose a new one")
+        lease = s.get(Lease, meta.lease_id)
+        if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
+            raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
+        if lease.state != "open":
+            raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
+        if lease.deadline <= self.hub.clock():
+            raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
+        self._check_claims(lease, worker, meta)
+        base = s.get(Version, lease.version_id)
+        assert base is not None  # written with the round the lease is on
+        return Candidate(run_id, meta, base, wire_bytes)
+
+    def _check_claims(self, lease: Lease, worker: Worker, meta: ContributionMeta) -> None:
+        """ClaimOutOfBounds unless steps, tokens and compute time fit the lease: steps at most its H
+        (2H with overlapped rounds: steps made while the lease travelled count too), tokens at most
+        steps x batch size x targets per example x the worker's ranks, compute time at most the
+        lease's duration."""
+        runtime = self.hub.runtimes.get(lease.run_id)
+        recipe = runtime.recipe
+        max_steps = lease.inner_steps * (2 if recipe.communication.overlap else 1)
+        if meta.steps > max_steps:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.steps} inner steps; its lease allows at most {max_steps}"
+            )
+        per_example = runtime.targets_per_example
+        most = meta.steps * recipe.train.batch_size * per_example * worker.ranks
+        if meta.tokens > most:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.tokens} tokens; {meta.steps} steps of batch "
+                f"{recipe.train.batch_size} x {per_example} targets per example x {worker.ranks} ranks "
+                f"train on at most {most}"
+            )
+        duration = lease.deadline - lease.issued_at
+        if meta.compute_s > duration:
+            raise ClaimOutOfBounds(
+                f"the contribution claims {meta.compute_s:.0f} s of compute; "
+                f"its lease lasted {duration:.0f} s"
+            )
+
+    def _assess(self, candidate: Candidate, body: bytes) -> Candidate:
+        """Decode the body (MalformedContribution), then the size bound, norm bound and quality
+        probe (tessera.core.validation). An accepted upload's tensors are stored now, outside any
+        run lock (content-addressed: a blob no contribution names is never read)."""
+        runtime = self.hub.runtimes.get(candidate.run_id)
+        tensors = runtime.decode(from_bytes(body), candidate.meta.codec)
+        settings = runtime.recipe.validation
+        norm = global_norm(tensors)  # finite: float32 values squared fit a float64
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, candidate.run_id)
+            history = queries.recent_norms(s, candidate.run_id, run.current_round - 1)
+        params = from_bytes(self.hub.store.get(candidate.base.blob_sha))
+        reason = size_verdict(norm, runtime.size_of(candidate.base.id, params), settings)
+        reason = reason or norm_verdict(norm, history, settings)
+        if reason is None and settings.probe:
+            reason = self._probe(runtime, candidate.base, params, tensors)
+        sha = self.hub.store.put(to_bytes(tensors)) if reason is None else None
+        return Candidate(
+            candidate.run_id, candidate.meta, candidate.base, candidate.wire_bytes, norm, reason, sha
+        )
+
+    @staticmethod
+    def _probe(runtime: RunRuntime, base: Version, params: TensorDict, delta: TensorDict) -> str | None:
+        with runtime.lock:
+            if base.id not in runtime.probe_losses:
+                runtime.probe_losses[base.id] = runtime.probe_loss(params)
+            share = 1.0 / runtime.recipe.run.quorum  # its part in an equal-weight average of the round
+            candidate = runtime.probe_loss(apply_delta(params, delta, scale=share))
+            return probe_verdict(runtime.probe_losses[base.id], candidate, runtime.recipe.validation)
+
+    def _commit(self, s: Session, c: Candidate) -> ContributionReply:
+        """Record the contribution in the run's current round (the caller holds the run's locks):
+        rejected if the run has finished, if it is too stale, or if validation said so."""
+        run = queries.run(s, c.run_id)
+        recipe = self.hub.runtimes.get(c.run_id).recipe
+        lease = s.get(Lease, c.meta.lease_id)
+        assert lease is not None  # admitted under the same locks
+        lease.state = "used"
+        staleness = run.current_round - lease.round
+        record = queries.round_(s, c.run_id, run.current_round)
+        meta = c.meta
+        contribution = Contribution(
+            id=meta.contribution_id,
+            run_id=c.run_id,
+            worker_id=meta.worker_id,
+            lease_id=lease.id,
+            round=run.current_round,
+            base_version_number=lease.round,
+            nbytes=c.wire_bytes,
+            tokens=meta.tokens,
+            steps=meta.steps,
+            compute_s=meta.compute_s,
+            train_loss=meta.train_loss,
+            norm=c.norm,
+            created_at=self.hub.clock(),
+            weight=0.0,
+            status="rejected",
+            blob_sha=None,
+            reason=None,
+        )
+        if run.status == "finished":
+            contribution.reason = "the run has finished; nothing more is needed"
+        elif staleness > recipe.run.max_staleness:
+            contribution.reason = (
+                f"stale: based on version {lease.round}, {staleness} versions behind the current "
+                f"{run.current_round} (max_staleness {recipe.run.max_staleness}); lease again"
+            )
+        elif c.reason is not None:
+            contribution.reason = c.reason
+        else:
+            contribution.status = "accepted" if recipe.aggregation.min_cosine is None else "pending"
+            contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
+            contribution.blob_sha = c.blob_sha
+            record.accepted += 1
+            record.tokens = min(record.tokens + meta.tokens, MAX_SQL_INT)  # a metric: saturates
+        if contribution.status == "rejected":
+            record.rejected += 1
+        record.bytes_in += c.wire_bytes
+        s.add(contribution)
+        return contribution_reply(contribution)

@@ -1,0 +1,221 @@
+"""Workers and leases: registering a worker (on a modular run, on one of its modules), and the
+lease on a run's current round that tells a worker what to train: the version, its H, its shard
+and data seed, and the frozen modules under it.
+
+A worker gets one lease per round: asked again, it gets the same open lease back (a restarted
+worker resumes), a new one if that expired, or ``wait`` once it has contributed to the round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import time
+
+from sqlalchemy.orm import Session
+
+from tessera.api.messages import LeaseGrant, LeaseReply, RegisterReply
+from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded
+from tessera.hub import queries
+from tessera.hub.auth import Principal
+from tessera.hub.context import HubContext
+from tessera.hub.modules import frozen_versions, modules_of
+from tessera.hub.runs import Runs
+from tessera.hub.state import Lease, Run, Version, Worker, new_id
+from tessera.hub.views import frozen_module
+
+log = logging.getLogger(__name__)
+WAIT_RETRY_S = 1.0
+
+
+def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
+    """Data-sampling seed of a lease: reproducible from the recipe, distinct per worker and round."""
+    digest = hashlib.sha256(f"{run_seed}:{worker_index}:{round_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class Leases:
+    def __init__(self, hub: HubContext, runs: Runs) -> None:
+        self.hub, self.runs = hub, runs
+        self.limits = hub.config.limits
+
+    def register(
+        self, run_id: str, who: Principal, name: str, module: str | None = None, ranks: int = 1
+    ) -> RegisterReply:
+        """A new worker of the run; on a modular run, of ``module`` (or of the module with the
+        fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with."""
+        self.runs.authorize(run_id, who)
+        if ranks > self.limits.max_ranks:
+            raise QuotaExceeded(
+                f"a worker of {ranks} ranks; this hub takes at most {self.limits.max_ranks} "
+                "(limits.max_ranks)"
+            )
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, run_id)
+            family = modules_of(s, run)
+            if family:
+                run = self._module_to_join(family, who, module)
+            elif module is not None:
+                raise ConfigError(f"run {run_id} has no modules; leave out --module")
+            target, module = run.id, run.module
+        runtime = self.hub.runtimes.get(target)
+        spec = runtime.recipe.modules.get(module or "")
+        if spec is not None and not self._may_train(who, spec.owner):
+            raise Forbidden(f"module {module} trains only on {spec.owner}'s nodes (its data stays there)")
+        now = self.hub.clock()
+        with self.hub.locks.of(target), self.hub.state.transaction() as s:
+            run = queries.run(s, target, lock=True)
+            self._check_worker_quota(s, target, who, ranks)
+            index = run.workers_registered
+            run.workers_registered += 1
+            worker = Worker(
+                id=new_id(),
+                run_id=target,
+                provider_id=who.provider_id,
+                name=name,
+                index=index,
+                shard=runtime.shards[index % len(runtime.shards)],
+                ranks=ranks,
+                registered_at=now,
+                last_seen_at=now,
+            )
+            s.add(worker)
+        log.info("run %s: worker %s (%s) registered, shard %s", target, worker.id, name, worker.shard)
+        return RegisterReply(worker_id=worker.id, shard=worker.shard, run_id=target, module=module)
+
+    def _check_worker_quota(self, s: Session, run_id: str, who: Principal, ranks: int) -> None:
+        """QuotaExceeded when ``who`` (not an admin) would have more than ``max_workers`` in the run,
+        counting a torchrun worker once per rank (its claims may count every rank's tokens)."""
+        if who.is_admin:
+            return
+        count = queries.provider_ranks(s, run_id, who.provider_id)
+        if count + ranks > self.limits.max_workers:
+            raise QuotaExceeded(
+                f"{who.name} has registered {count} workers (ranks) in run {run_id}; with {ranks} more, "
+                f"more than this hub allows a provider (limits.max_workers); a restarted worker resumes "
+                "with its --state-dir instead"
+            )
+
+    def _module_to_join(self, family: dict[str, Run], who: Principal, module: str | None) -> Run:
+        if module is not None:
+            if module not in family:
+                raise NotFound(f"no module {module!r} in this run; its modules: {', '.join(family)}")
+            return family[module]
+        recipe = self.hub.runtimes.whole_recipe(next(iter(family.values())).id)
+        open_ = [
+            r
+            for name, r in family.items()
+            if r.status == "active" and self._may_train(who, recipe.modules[name].owner)
+        ]
+        if not open_:
+            raise Forbidden("no module of this run is open to your nodes; the run may have finished")
+        return min(open_, key=lambda r: r.workers_registered)
+
+    def _may_train(self, who: Principal, owner: str | None) -> bool:
+        """A module with an owner trains only on the owner's nodes or its collective's members'."""
+        if owner is None:
+            return True
+        owner_id = self.hub.providers.find(owner)
+        return who.provider_id == owner_id or owner_id in who.collectives
+
+    def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
+        """A lease on the current round; if the worker already contributed, wait up to ``wait_s``
+        seconds in this thread (in-process callers; over HTTP the wait holds no thread)."""
+        give_up = time.monotonic() + wait_s
+        while True:
+            since = self.hub.rounds_closed.generation
+            reply = self.try_lease(run_id, who, worker_id)
+            remaining = give_up - time.monotonic()
+            if reply.status != "wait" or remaining <= 0:
+                return reply
+            self.hub.rounds_closed.wait(since, remaining)
+
+    def try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
+        """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``."""
+        self.runs.authorize(run_id, who)
+        with self.hub.state.transaction() as s:
+            if queries.run(s, run_id).status == "finished":  # no model is built to say so
+                queries.worker(s, run_id, worker_id, who)
+                return LeaseReply(status="done")
+        runtime = self.hub.runtimes.get(run_id)
+        first_loss = None  # of a module's version 0, once the modules under it have finished
+        with self.hub.state.transaction() as s:  # a module waits for those it depends on
+            frozen = frozen_versions(s, queries.run(s, run_id), runtime.recipe)
+            if frozen and queries.version(s, run_id, 0).val_loss is None:
+                with runtime.lock:
+                    self.hub.runtimes.load_frozen(runtime, frozen)
+                    first_loss = runtime.evaluate(runtime.initial)
+        with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
+            run = queries.run(s, run_id, lock=True)
+            worker = queries.worker(s, run_id, worker_id, who)
+            worker.last_seen_at = now = self.hub.clock()
+            if run.status == "finished":
+                return LeaseReply(status="done")
+            leases = queries.worker_leases(s, worker_id, run.current_round)
+            if frozen is None or any(lease.state == "used" for lease in leases):
+                return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
+            first = queries.version(s, run_id, 0)
+            if first.val_loss is None and first_loss is not None:
+                first.val_loss = first_loss
+            lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
+            if lease is None:
+                lease = self._new_lease(s, run, worker, now)
+            version = s.get(Version, lease.version_id)
+            assert version is not None  # written in the same transaction as the round
+            return LeaseReply(
+                status="work",
+                lease=LeaseGrant(
+                    lease_id=lease.id,
+                    round=lease.round,
+                    version_id=version.id,
+                    version_number=version.number,
+                    blob_sha256=version.blob_sha,
+                    nbytes=version.nbytes,
+                    change_sha256=version.change_sha,
+                    change_nbytes=version.change_nbytes,
+                    inner_steps=lease.inner_steps,
+                    deadline=lease.deadline,
+                    shard=worker.shard,
+                    seed=lease_seed(runtime.recipe.seed, worker.index, lease.round),
+                    module=run.module,
+                    frozen=[frozen_module(name, dep, v) for name, dep, v in frozen],
+                ),
+            )
+
+    def _new_lease(self, s: Session, run: Run, worker: Worker, now: float) -> Lease:
+        """A lease on the current version; a planned worker (by name) gets its planned H."""
+        recipe = self.hub.runtimes.get(run.id).recipe
+        version = queries.version(s, run.id, run.current_round)
+        lease = Lease(
+            id=new_id(),
+            run_id=run.id,
+            worker_id=worker.id,
+            round=run.current_round,
+            version_id=version.id,
+            inner_steps=self._inner_steps(s, run, worker),
+            issued_at=now,
+            deadline=now + recipe.run.lease_timeout_s,
+            state="open",
+        )
+        s.add(lease)
+        return lease
+
+    def _inner_steps(self, s: Session, run: Run, worker: Worker) -> int:
+        """H for this worker: the plan's, if it names the worker; with ``run.balance_steps``, the
+        recipe's H scaled by the fastest worker's measured step time over this worker's, so that
+        fast and slow workers finish a round together (step times are claims: one under a tenth of
+        the median is not believed as the fastest, and no worker gets more than the recipe's H);
+        else the recipe's H."""
+        recipe = self.hub.runtimes.get(run.id).recipe
+        default = recipe.plan.steps_for(worker.name, recipe.train.inner_steps)
+        if worker.name in recipe.plan.inner_steps or not recipe.run.balance_steps:
+            return default
+        times = queries.step_times(s, run.id, run.current_round - 2)
+        if worker.id not in times:
+            return default
+        floor = statistics.median(times.values()) / 10
+        fastest = min(t for t in times.values() if t >= floor)
+        return max(
+            1, min(recipe.train.inner_steps, round(recipe.train.inner_steps * fastest / times[worker.id]))
+        )

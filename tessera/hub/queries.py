@@ -1,0 +1,153 @@
+"""The hub's SQL lookups: each reads rows in the caller's transaction and changes nothing.
+
+A lookup that names one thing (a run, a worker, a version, a round) raises ``NotFound`` with what
+to do when it does not exist; ``run(..., lock=True)`` also takes the run's row lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from tessera.errors import Forbidden, NotFound
+from tessera.hub.auth import Principal
+from tessera.hub.state import Contribution, Lease, RoundRecord, Run, Version, Worker
+
+
+def run(s: Session, run_id: str, lock: bool = False) -> Run:
+    """The run; ``lock`` takes its row lock (SELECT ... FOR UPDATE) until the transaction ends,
+    which serializes changes to one run across hub processes sharing a database."""
+    found = s.get(Run, run_id, with_for_update=lock, populate_existing=lock)
+    if found is None:
+        raise NotFound(f"run {run_id} not found; `tessera status` lists the runs of a hub")
+    return found
+
+
+def worker(s: Session, run_id: str, worker_id: str, who: Principal) -> Worker:
+    """The run's worker ``worker_id``, which must be ``who``'s."""
+    found = s.get(Worker, worker_id)
+    if found is None or found.run_id != run_id:
+        raise NotFound(f"worker {worker_id} is not registered in run {run_id}; register first")
+    if found.provider_id != who.provider_id:
+        raise Forbidden(f"worker {worker_id} belongs to another provider; register your own")
+    return found
+
+
+def version(s: Session, run_id: str, number: int) -> Version:
+    found = s.scalar(select(Version).where(Version.run_id == run_id, Version.number == number))
+    if found is None:
+        raise NotFound(f"run {run_id} has no version {number}")
+    return found
+
+
+def latest_version(s: Session, run_id: str) -> Version:
+    found = s.scalar(select(Version).where(Version.run_id == run_id).order_by(Version.number.desc()).limit(1))
+    if found is None:
+        raise NotFound(f"run {run_id} has no version")
+    return found
+
+
+def round_(s: Session, run_id: str, number: int) -> RoundRecord:
+    found = s.scalar(select(RoundRecord).where(RoundRecord.run_id == run_id, RoundRecord.number == number))
+    if found is None:
+        raise NotFound(f"run {run_id} has no round {number}")
+    return found
+
+
+def rounds(s: Session, run_id: str) -> Sequence[RoundRecord]:
+    return s.scalars(
+        select(RoundRecord).where(RoundRecord.run_id == run_id).order_by(RoundRecord.number)
+    ).all()
+
+
+def counted(s: Session, run_id: str, number: int) -> Sequence[Contribution]:
+    """The contributions counted in round ``number`` so far (accepted, or pending its close)."""
+    return s.scalars(
+        select(Contribution)
+        .where(
+            Contribution.run_id == run_id,
+            Contribution.round == number,
+            Contribution.status.in_(("accepted", "pending")),
+        )
+        .order_by(Contribution.pk)
+    ).all()
+
+
+def contribution(s: Session, run_id: str, contribution_id: str) -> Contribution | None:
+    return s.scalar(
+        select(Contribution).where(Contribution.run_id == run_id, Contribution.id == contribution_id)
+    )
+
+
+def contributions(s: Session, run_id: str, round_number: int | None = None) -> Sequence[Contribution]:
+    query = select(Contribution).where(Contribution.run_id == run_id)
+    if round_number is not None:
+        query = query.where(Contribution.round == round_number)
+    return s.scalars(query.order_by(Contribution.pk)).all()
+
+
+def recent_norms(s: Session, run_id: str, since_round: int) -> Sequence[float]:
+    """Norms of the contributions counted from round ``since_round`` on (the norm bound's history)."""
+    return s.scalars(
+        select(Contribution.norm).where(
+            Contribution.run_id == run_id,
+            Contribution.status.in_(("accepted", "pending")),
+            Contribution.round >= since_round,
+        )
+    ).all()
+
+
+def step_times(s: Session, run_id: str, since_round: int) -> dict[str, float]:
+    """Seconds per inner step of each worker, from its latest contribution since ``since_round``."""
+    rows = s.execute(
+        select(Contribution.worker_id, Contribution.compute_s, Contribution.steps)
+        .where(Contribution.run_id == run_id, Contribution.round >= since_round, Contribution.compute_s > 0)
+        .order_by(Contribution.pk)
+    ).all()
+    return {worker_id: compute_s / steps for worker_id, compute_s, steps in rows}
+
+
+def worker_leases(s: Session, worker_id: str, round_number: int) -> Sequence[Lease]:
+    return s.scalars(select(Lease).where(Lease.worker_id == worker_id, Lease.round == round_number)).all()
+
+
+def workers(s: Session, run_id: str) -> int:
+    return s.scalar(select(func.count()).select_from(Worker).where(Worker.run_id == run_id)) or 0
+
+
+def provider_ranks(s: Session, run_id: str, provider_id: str) -> int:
+    """The ranks of the provider's workers in the run (a torchrun worker counts once per rank)."""
+    mine = (Worker.run_id == run_id, Worker.provider_id == provider_id)
+    return s.scalar(select(func.coalesce(func.sum(Worker.ranks), 0)).where(*mine)) or 0
+
+
+def active_runs_of(s: Session, provider_id: str) -> tuple[int, int]:
+    """(count, model bytes) of the provider's active runs (a modular run counts once)."""
+    active = (Run.owner_id == provider_id, Run.status == "active", Run.parent_id.is_(None))
+    count, total = s.execute(
+        select(func.count(), func.coalesce(func.sum(Run.model_bytes), 0)).where(*active)
+    ).one()
+    return int(count), int(total)
+
+
+def runs_with_rounds(s: Session) -> Sequence[str]:
+    """Active runs that have rounds of their own (a modular run's rounds are its modules')."""
+    parents = select(Run.parent_id).where(Run.parent_id.is_not(None))
+    return s.scalars(select(Run.id).where(Run.status == "active", Run.id.not_in(parents))).all()
+
+
+def top_level_runs(s: Session) -> Sequence[Run]:
+    """Runs that are not a module of another, oldest first."""
+    return s.scalars(select(Run).where(Run.parent_id.is_(None)).order_by(Run.created_at)).all()
+
+
+def owns_blob(s: Session, run_id: str, sha: str) -> bool:
+    """Whether ``sha`` is one of the run's versions or version changes."""
+    found = s.scalar(
+        select(func.count())
+        .select_from(Version)
+        .where(Version.run_id == run_id, or_(Version.blob_sha == sha, Version.change_sha == sha))
+    )
+    return bool(found)

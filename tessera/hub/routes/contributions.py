@@ -1,0 +1,57 @@
+"""POST /v1/runs/{run}/contributions: a worker's upload (safetensors body, JSON metadata in a
+header). The reply says whether its status is final; a round it makes due closes after the reply
+is sent, so the uploader never waits for aggregation and evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Header, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tessera.api.messages import ContributionMeta, ContributionReply
+from tessera.api.protocol import META_HEADER
+from tessera.errors import MalformedContribution
+from tessera.hub.routes.common import BINARY, RunId, Service, Who, error_docs, read_limited
+
+router = APIRouter()
+BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
+
+
+def parse_meta(raw: str | None) -> ContributionMeta:
+    if not raw:
+        raise MalformedContribution(f"missing {META_HEADER} header with the contribution's JSON metadata")
+    try:
+        return ContributionMeta.model_validate_json(raw)
+    except ValidationError as exc:
+        raise MalformedContribution(
+            f"{META_HEADER} header is invalid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+        ) from exc
+
+
+@router.post(
+    "/v1/runs/{run_id}/contributions",
+    response_model=ContributionReply,
+    openapi_extra=BINARY_BODY,
+    responses=error_docs(409, 413),
+)
+async def contribute(
+    run_id: RunId,
+    request: Request,
+    who: Who,
+    service: Service,
+    background: BackgroundTasks,
+    meta_header: Annotated[str | None, Header(alias=META_HEADER)] = None,
+) -> ContributionReply:
+    """Upload a contribution: safetensors body, JSON metadata in the header. ``final`` in the
+    reply says whether its status is final; a round this upload makes due closes after the reply
+    is sent."""
+    await run_in_threadpool(service.authorize, run_id, who)
+    meta = parse_meta(meta_header)
+    limit = await run_in_threadpool(service.upload_limit, run_id)
+    body = await read_limited(request, limit)
+    reply = await run_in_threadpool(service.submit, run_id, who, meta, body)
+    if reply.status != "rejected" and not reply.duplicate:
+        background.add_task(service.close_if_due, run_id)
+    return reply

@@ -1,0 +1,166 @@
+"""Runs at the hub: creating one from a recipe (version 0 and round 0 of it, or of each module
+of a modular run), within the hub's limits and its owner's quotas, and who may work on or read
+a run."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from tessera.api.messages import CreateRunReply
+from tessera.core.modules import assign, training_order
+from tessera.core.tensors import to_bytes
+from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded
+from tessera.hub import queries
+from tessera.hub.auth import Principal, require_participant, require_reader
+from tessera.hub.context import HubContext
+from tessera.hub.modules import check_module
+from tessera.hub.runtime import RunRuntime
+from tessera.hub.state import Provider, Run, Version, new_id, new_round, new_run
+from tessera.recipe import Recipe, parse_recipe
+from tessera.task import build_model, load_data, model_bytes, model_tensors
+
+log = logging.getLogger(__name__)
+
+
+class Runs:
+    def __init__(self, hub: HubContext) -> None:
+        self.hub = hub
+        self.limits, self.trust = hub.config.limits, hub.config.trust
+
+    def create(self, who: Principal, recipe_text: str) -> CreateRunReply:
+        """A run with version 0 of its model; a modular run gets one child run per module,
+        each with version 0 of that module's tensors (its own versions, rounds and lineage).
+        Quotas are checked before any factory is called, and again as the run commits."""
+        recipe = parse_recipe(recipe_text)
+        collective_id = self._collective_id(recipe.run.collective, who)
+        with self.hub.state.transaction() as s:
+            self._check_quota(s, who, 0)
+        size = self._model_size(recipe)
+        with self.hub.state.transaction() as s:
+            self._check_quota(s, who, size)
+        modules = self._module_runtimes(recipe)
+        runtime = None if modules else RunRuntime.build(recipe, trust=self.trust)
+        run_id, now = new_id(), self.hub.clock()
+        with self.hub.state.transaction() as s:
+            self._check_quota(s, who, size)
+            run = new_run(run_id, recipe.run.name, recipe_text, who.provider_id, collective_id, now)
+            run.model_bytes = size
+            s.add(run)
+            s.flush()  # the run row first: versions and rounds refer to it
+            if runtime is not None:
+                self._start(s, run, runtime)
+            for name, module_runtime in modules.items():
+                child = new_run(
+                    new_id(), f"{recipe.run.name}/{name}", recipe_text, who.provider_id, collective_id, now
+                )
+                child.parent_id, child.module = run_id, name
+                s.add(child)
+                s.flush()
+                self._start(s, child, module_runtime)
+        log.info(
+            "created run %s (%s)%s", run_id, recipe.run.name, f", modules {list(modules)}" if modules else ""
+        )
+        return CreateRunReply(run_id=run_id)
+
+    def _model_size(self, recipe: Recipe) -> int:
+        """Bytes of the models the run makes the hub hold (a modular run: one per module, as each
+        module trains it), measured on the meta device after the trust and option checks;
+        ConfigError beyond the hub's ``max_model_bytes``."""
+        recipes = [recipe, *(recipe.for_module(name) for name in recipe.modules)]
+        size = sum(model_bytes(r, self.trust) for r in recipes)
+        if size > self.limits.max_model_bytes:
+            raise ConfigError(
+                f"the run's models have {size / 2**20:.0f} MiB of parameters and buffers; this hub takes "
+                f"runs of at most {self.limits.max_model_bytes / 2**20:.0f} MiB (limits.max_model_bytes)"
+            )
+        return size
+
+    def _check_quota(self, s: Session, who: Principal, size: int) -> None:
+        """QuotaExceeded when ``who`` (not an admin) owns the most active runs, or models, allowed."""
+        if who.is_admin:
+            return
+        count, total = queries.active_runs_of(s, who.provider_id)
+        if count >= self.limits.max_active_runs:
+            raise QuotaExceeded(
+                f"{who.name} owns {count} active runs, the most this hub allows a provider "
+                "(limits.max_active_runs); wait until one finishes"
+            )
+        if total + size > self.limits.max_provider_model_bytes:
+            raise QuotaExceeded(
+                f"{who.name}'s active runs hold {total / 2**20:.0f} MiB of models; with this one "
+                f"{(total + size) / 2**20:.0f} MiB, more than the "
+                f"{self.limits.max_provider_model_bytes / 2**20:.0f} MiB this hub allows a provider "
+                "(limits.max_provider_model_bytes)"
+            )
+
+    def _start(self, s: Session, run: Run, runtime: RunRuntime) -> None:
+        """Version 0 and the open round 0 of a run or module; version 0 is evaluated now unless
+        the module depends on others (then once they have finished)."""
+        blob = to_bytes(runtime.initial)
+        waits = runtime.module is not None and bool(runtime.recipe.modules[runtime.module].depends)
+        version = Version(
+            id=new_id(),
+            run_id=run.id,
+            number=0,
+            blob_sha=self.hub.store.put(blob),
+            nbytes=len(blob),
+            parent_id=None,
+            contributions=[],
+            val_loss=None if waits else runtime.evaluate(runtime.initial),
+            created_at=run.created_at,
+        )
+        s.add(version)
+        s.add(new_round(run.id, 0, version.id, run.created_at))
+        self.hub.runtimes.keep(run.id, runtime)
+
+    def _module_runtimes(self, recipe: Recipe) -> dict[str, RunRuntime]:
+        """One runtime per module, dependencies first, after checking the module map (ConfigError)."""
+        if not recipe.modules:
+            return {}
+        whole = model_tensors(build_model(recipe, self.trust))
+        assign(recipe.modules, whole)  # every tensor in exactly one module, no module empty
+        data = load_data(recipe, trust=self.trust)
+        runtimes = {
+            name: RunRuntime.build(recipe, name, data, self.trust) for name in training_order(recipe.modules)
+        }
+        for name, runtime in runtimes.items():
+            check_module(name, runtime, whole)
+            owner = recipe.modules[name].owner
+            if owner is not None:
+                try:
+                    self.hub.providers.find(owner)
+                except NotFound as exc:
+                    raise ConfigError(
+                        f"modules.{name}.owner: no provider named {owner!r} on this hub"
+                    ) from exc
+        return runtimes
+
+    def _collective_id(self, name: str | None, who: Principal) -> str | None:
+        """The id of the recipe's collective; a run is attached to a collective only by one of its
+        members (or the collective itself, or a hub admin)."""
+        if name is None:
+            return None
+        collective_id = self.hub.providers.find(name)
+        with self.hub.state.transaction() as s:
+            provider = s.get(Provider, collective_id)
+            if provider is None or provider.kind != "collective":
+                raise ConfigError(f"run.collective {name!r} is not a collective on this hub")
+        if not (who.is_admin or collective_id in who.collectives or collective_id == who.provider_id):
+            raise Forbidden(
+                f"{who.name} is not a member of the collective {name}: only its members attach runs to it"
+            )
+        return collective_id
+
+    def authorize(self, run_id: str, who: Principal) -> None:
+        """403 unless ``who`` may work on the run (see tessera.hub.auth)."""
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, run_id)
+            require_participant(who, run_id, run.owner_id, run.collective_id)
+
+    def authorize_read(self, run_id: str, who: Principal) -> None:
+        """403 unless ``who`` may read the run's status, metrics, versions and blobs."""
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, run_id)
+            require_reader(who, run_id, run.owner_id, run.collective_id)
