@@ -211,7 +211,9 @@ class MergeReply(Message):
 
 class RoundMetrics(Message):
     number: int
-    status: Literal["open", "closed"]
+    status: Literal["open", "closing", "closed"] = Field(
+        description="closing: its contributions are fixed and being aggregated; uploads count in the next"
+    )
     base_version_id: str
     version_id: str | None
     val_loss: float | None

@@ -43,6 +43,7 @@ class HubLimits:
     max_probe_bytes_per_hour: int = 2 * GIB  # bandwidth-probe bytes one provider moves, per hour
     max_recipe_bytes: int = 256 * 1024
     cached_runtimes: int = 8  # runs whose model and held-out data the hub keeps in memory
+    close_timeout_s: int = 600  # a round closing longer (its hub process died) is closed again
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

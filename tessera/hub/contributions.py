@@ -25,12 +25,11 @@ from tessera.errors import ClaimOutOfBounds, LeaseError
 from tessera.hub import queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
-from tessera.hub.runs import Runs
+from tessera.hub.rounds import count_arrivals
+from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.state import Contribution, Lease, Version, Worker
 from tessera.hub.views import contribution_reply
-
-MAX_SQL_INT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ class Contributions:
 
     def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:
         """Admit, assess, commit; nothing is stored unless it is committed."""
-        self.runs.authorize(run_id, who)
         with self.hub.state.transaction() as s:
+            participant(s, run_id, who)
             admitted = self._admit(s, run_id, who, meta, len(body))
         if isinstance(admitted, ContributionReply):
             return admitted
@@ -131,11 +130,14 @@ class Contributions:
         with self.hub.state.transaction() as s:
             run = queries.run(s, candidate.run_id)
             history = queries.recent_norms(s, candidate.run_id, run.current_round - 1)
-        params = from_bytes(self.hub.store.get(candidate.base.blob_sha))
-        reason = size_verdict(norm, runtime.size_of(candidate.base.id, params), settings)
-        reason = reason or norm_verdict(norm, history, settings)
-        if reason is None and settings.probe:
-            reason = self._probe(runtime, candidate.base, params, tensors)
+        base = candidate.base
+        params: TensorDict | None = None
+        if base.id not in runtime.sizes or settings.probe:  # else the base's size is known already
+            params = from_bytes(self.hub.store.get(base.blob_sha))
+        size = runtime.sizes[base.id] if params is None else runtime.size_of(base.id, params)
+        reason = size_verdict(norm, size, settings) or norm_verdict(norm, history, settings)
+        if reason is None and params is not None and settings.probe:
+            reason = self._probe(runtime, base, params, tensors)
         sha = self.hub.store.put(to_bytes(tensors)) if reason is None else None
         return Candidate(
             candidate.run_id, candidate.meta, candidate.base, candidate.wire_bytes, norm, reason, sha
@@ -151,22 +153,25 @@ class Contributions:
             return probe_verdict(runtime.probe_losses[base.id], candidate, runtime.recipe.validation)
 
     def _commit(self, s: Session, c: Candidate) -> ContributionReply:
-        """Record the contribution in the run's current round (the caller holds the run's locks):
-        rejected if the run has finished, if it is too stale, or if validation said so."""
+        """Record the contribution in the run's current round, or in the next while the current
+        one closes (the caller holds the run's locks): rejected if the run has finished, if it is
+        too stale, or if validation said so."""
         run = queries.run(s, c.run_id)
         recipe = self.hub.runtimes.get(c.run_id).recipe
         lease = s.get(Lease, c.meta.lease_id)
         assert lease is not None  # admitted under the same locks
         lease.state = "used"
-        staleness = run.current_round - lease.round
         record = queries.round_(s, c.run_id, run.current_round)
+        closing = record.closing_at is not None  # its contributions are fixed: this one counts in the next
+        number = run.current_round + 1 if closing else run.current_round
+        staleness = number - lease.round
         meta = c.meta
         contribution = Contribution(
             id=meta.contribution_id,
             run_id=c.run_id,
             worker_id=meta.worker_id,
             lease_id=lease.id,
-            round=run.current_round,
+            round=number,
             base_version_number=lease.round,
             nbytes=c.wire_bytes,
             tokens=meta.tokens,
@@ -180,12 +185,14 @@ class Contributions:
             blob_sha=None,
             reason=None,
         )
-        if run.status == "finished":
-            contribution.reason = "the run has finished; nothing more is needed"
+        if run.status == "finished" or number >= recipe.run.rounds:
+            contribution.reason = (
+                "the run has finished (or its last round is closing); nothing more is needed"
+            )
         elif staleness > recipe.run.max_staleness:
             contribution.reason = (
                 f"stale: based on version {lease.round}, {staleness} versions behind the current "
-                f"{run.current_round} (max_staleness {recipe.run.max_staleness}); lease again"
+                f"{number} (max_staleness {recipe.run.max_staleness}); lease again"
             )
         elif c.reason is not None:
             contribution.reason = c.reason
@@ -193,10 +200,7 @@ class Contributions:
             contribution.status = "accepted" if recipe.aggregation.min_cosine is None else "pending"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
-            record.accepted += 1
-            record.tokens = min(record.tokens + meta.tokens, MAX_SQL_INT)  # a metric: saturates
-        if contribution.status == "rejected":
-            record.rejected += 1
-        record.bytes_in += c.wire_bytes
         s.add(contribution)
+        if not closing:  # else the next round counts it when it opens
+            count_arrivals(record, [contribution])
         return contribution_reply(contribution)

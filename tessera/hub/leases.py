@@ -21,7 +21,7 @@ from tessera.hub import queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
-from tessera.hub.runs import Runs
+from tessera.hub.runs import Runs, participant
 from tessera.hub.state import Lease, Run, Version, Worker, new_id
 from tessera.hub.views import frozen_module
 
@@ -133,19 +133,19 @@ class Leases:
 
     def try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
         """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``."""
-        self.runs.authorize(run_id, who)
         with self.hub.state.transaction() as s:
-            if queries.run(s, run_id).status == "finished":  # no model is built to say so
+            if participant(s, run_id, who).status == "finished":  # no model is built to say so
                 queries.worker(s, run_id, worker_id, who)
                 return LeaseReply(status="done")
         runtime = self.hub.runtimes.get(run_id)
         first_loss = None  # of a module's version 0, once the modules under it have finished
         with self.hub.state.transaction() as s:  # a module waits for those it depends on
             frozen = frozen_versions(s, queries.run(s, run_id), runtime.recipe)
-            if frozen and queries.version(s, run_id, 0).val_loss is None:
-                with runtime.lock:
-                    self.hub.runtimes.load_frozen(runtime, frozen)
-                    first_loss = runtime.evaluate(runtime.initial)
+            unmeasured = bool(frozen) and queries.version(s, run_id, 0).val_loss is None
+        if frozen and unmeasured:
+            with runtime.lock:
+                self.hub.runtimes.load_frozen(runtime, frozen)
+                first_loss = runtime.evaluate(runtime.initial)
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
             run = queries.run(s, run_id, lock=True)
             worker = queries.worker(s, run_id, worker_id, who)
@@ -159,6 +159,8 @@ class Leases:
             if first.val_loss is None and first_loss is not None:
                 first.val_loss = first_loss
             lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
+            if lease is None and queries.round_(s, run_id, run.current_round).closing_at is not None:
+                return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)  # its next version is coming
             if lease is None:
                 lease = self._new_lease(s, run, worker, now)
             version = s.get(Version, lease.version_id)

@@ -34,10 +34,11 @@ class Reads:
         """A version's blob or its change from the parent; its size counts as bytes out of the round."""
         self.runs.authorize_read(run_id, who)
         with self.hub.state.transaction() as s:
-            run = queries.run(s, run_id)
             if not queries.owns_blob(s, run_id, sha):
                 raise NotFound(f"blob {sha} is not a version (or version change) of run {run_id}")
-            data = self.hub.store.get(sha)
+        data = self.hub.store.get(sha)  # read outside any transaction
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, run_id)
             if run.status == "active":  # an atomic increment: no lock, no lost update
                 s.execute(
                     update(RoundRecord)

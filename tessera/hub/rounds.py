@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -31,10 +32,42 @@ from tessera.hub.state import Contribution, Lease, RoundRecord, Run
 from tessera.hub.versions import NewVersion, commit_version
 
 log = logging.getLogger(__name__)
+MAX_SQL_INT = 2**63 - 1
 RESIDUAL = "download_residual."  # prefix of the download codec's residual in the outer-state blob
 
 
+@dataclass(frozen=True)
+class Closing:
+    """A round whose close has begun: what it aggregates, fixed as it began (``began_at`` is the
+    round's ``closing_at``, which marks the close as this one's)."""
+
+    run_id: str
+    number: int
+    reason: str
+    began_at: float
+    contributions: tuple[str, ...]  # ids, in the order aggregated
+    blobs: tuple[tuple[str, float], ...]  # (sha256, weight) of each
+    base_sha: str
+    outer_state_sha: str | None
+
+
+@dataclass(frozen=True)
+class Computed:
+    """What a close computed, holding no run lock."""
+
+    new: NewVersion  # the version's blobs, serialized and stored already
+    outer_state: bytes | None  # the outer optimizer's state and the download residual, stored
+    val_loss: float
+    clipped: int
+    dropped: dict[int, float]  # index -> cosine of those the direction check dropped
+
+
 class Rounds:
+    """Closes rounds in three steps: begin (under the run's locks: the round is marked closing and
+    its contributions fixed; uploads from now on count in the next round), compute (no run lock:
+    aggregation, outer step, evaluation), finish (under the run's locks again: the version is
+    committed and the next round opens, with the work that arrived meanwhile)."""
+
     def __init__(self, hub: HubContext) -> None:
         self.hub = hub
         self._failures: dict[str, str] = {}  # run id -> the last failure logged
@@ -46,43 +79,49 @@ class Rounds:
         return sum(self.close_if_due(run_id) for run_id in run_ids)
 
     def close_if_due(self, run_id: str) -> bool:
-        """Close the run's round if it is due. Never raises: a failure is recorded on the run (and,
-        if the close itself failed, the round starts again without its contributions)."""
-        try:
-            with self.hub.state.transaction() as s:
-                run = queries.run(s, run_id)
-                due = run.status == "active" and self._due(run, queries.round_(s, run_id, run.current_round))
-        except Exception as exc:  # e.g. a stored recipe this hub no longer trusts
-            self._note_failure(run_id, exc, restart_round=False)
-            return False
-        if not due:
-            return False
-        try:
-            finished = self._close_if_due(run_id)
-        except DBAPIError as exc:  # the database (locked, a deadlock): the close is tried again
-            self._note_failure(run_id, exc, restart_round=False)
-            return False
-        except Exception as exc:  # a failure is state: recorded, and the hub goes on
-            self._note_failure(run_id, exc, restart_round=True)
-            return False
-        self._failures.pop(run_id, None)
-        if finished:
-            self.hub.runtimes.drop(run_id)  # a finished run's model leaves memory
-        self.hub.rounds_closed.notify()
-        return finished is not None
+        """Close the run's round if it is due (and the next, if the work that arrived while it
+        closed makes that due too); whether one closed. Never raises: a failure is recorded on the
+        run (and, if the close itself failed, the round starts again without its contributions)."""
+        closed = False
+        while True:
+            try:
+                closing = self._begin(run_id)
+            except Exception as exc:  # the database, or a stored recipe this hub no longer trusts
+                self._note_failure(run_id, exc, None)
+                return closed
+            if closing is None:
+                return closed
+            try:
+                finished = self._finish(closing, self._compute(closing))
+            except Exception as exc:  # a failure is state: recorded, and the hub goes on
+                self._note_failure(run_id, exc, closing)
+                return closed
+            self._failures.pop(run_id, None)
+            self.hub.rounds_closed.notify()
+            closed = closed or finished is not None
+            if finished:
+                self.hub.runtimes.drop(run_id)  # a finished run's model leaves memory
+                return closed
 
     def _due(self, run: Run, record: RoundRecord) -> str | None:
-        """Why the open round closes now ("quorum" or "deadline"), or None."""
+        """Why the open round closes now ("quorum" or "deadline"), or None (also while it is
+        closing, unless that close has taken longer than ``limits.close_timeout_s``)."""
+        now = self.hub.clock()
+        if record.closing_at is not None and now - record.closing_at < self.hub.config.limits.close_timeout_s:
+            return None
         settings = self.hub.runtimes.recipe_of(run).run
         if record.accepted >= settings.quorum:
             return "quorum"
-        if record.accepted > 0 and self.hub.clock() - record.started_at >= settings.round_deadline_s:
+        if record.accepted > 0 and now - record.started_at >= settings.round_deadline_s:
             return "deadline"
         return None
 
-    def _close_if_due(self, run_id: str) -> bool | None:
-        """Close the round under the run's locks if it is still due: None if not, else whether the
-        run finished with it."""
+    def _begin(self, run_id: str) -> Closing | None:
+        """Mark the run's round closing, if it is due, and fix what it aggregates."""
+        with self.hub.state.transaction() as s:  # most calls end here, taking no lock
+            run = queries.run(s, run_id)
+            if run.status != "active" or self._due(run, queries.round_(s, run_id, run.current_round)) is None:
+                return None
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
             run = queries.run(s, run_id, lock=True)
             if run.status != "active":
@@ -91,14 +130,92 @@ class Rounds:
             reason = self._due(run, record)
             if reason is None:
                 return None
-            self._close(s, run, record, reason)
-            return run.status == "finished"
+            record.closing_at = self.hub.clock()
+            counted = queries.counted(s, run_id, record.number)
+            return Closing(
+                run_id=run_id,
+                number=record.number,
+                reason=reason,
+                began_at=record.closing_at,
+                contributions=tuple(c.id for c in counted),
+                blobs=tuple((c.blob_sha, c.weight) for c in counted if c.blob_sha is not None),
+                base_sha=queries.version(s, run_id, record.number).blob_sha,
+                outer_state_sha=run.outer_state_sha,
+            )
 
-    def _note_failure(self, run_id: str, exc: Exception, restart_round: bool) -> None:
-        """Record ``exc`` on the run (logged once per distinct failure); with ``restart_round``, the
-        round's contributions are rejected with the reason and their workers lease again."""
+    def _compute(self, closing: Closing) -> Computed:
+        """The round's aggregate, the outer step and the new version's held-out loss."""
+        runtime = self.hub.runtimes.get(closing.run_id)
+        combined = self._aggregate(closing.blobs, runtime.recipe.aggregation)
+        params = from_bytes(self.hub.store.get(closing.base_sha))
+        with self.hub.state.transaction() as s:
+            frozen = frozen_versions(s, queries.run(s, closing.run_id), runtime.recipe) or []
+        stored = from_bytes(self.hub.store.get(closing.outer_state_sha)) if closing.outer_state_sha else {}
+        outer_state, residual = split_state(stored)
+        new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
+        published = self._publish(runtime, params, new_params, residual)
+        with runtime.lock:
+            self.hub.runtimes.load_frozen(runtime, frozen)
+            val_loss = runtime.evaluate(published.tensors)
+        require_finite(published.tensors, val_loss)
+        new = NewVersion(to_bytes(published.tensors), val_loss, to_bytes(published.change))
+        state = join_state(new_state, published.residual)
+        state_blob = to_bytes(state) if state else None
+        for blob in (new.blob, new.change, state_blob):  # written before the commit, outside it
+            if blob is not None:
+                self.hub.store.put(blob)
+        return Computed(new, state_blob, val_loss, combined.clipped, combined.dropped)
+
+    def _finish(self, closing: Closing, computed: Computed) -> bool | None:
+        """Commit the version (unless another process closed the round meanwhile: None), credit
+        its contributions, and open the next round with what arrived while this one closed;
+        whether the run finished."""
+        run_id = closing.run_id
+        with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
+            run = queries.run(s, run_id, lock=True)
+            record = queries.round_(s, run_id, closing.number)
+            if run.current_round != closing.number or record.closing_at != closing.began_at:
+                log.warning("run %s: round %d was closed elsewhere meanwhile", run_id, closing.number)
+                return None
+            runtime = self.hub.runtimes.get(run_id)
+            rows = {c.id: c for c in queries.counted(s, run_id, closing.number)}
+            contributions = decide(record, [rows[i] for i in closing.contributions], computed.dropped)
+            record.clipped, record.closing_at = computed.clipped, None
+            now = self.hub.clock()
+            new = replace(computed.new, contributions=[c.id for c in contributions])
+            base = queries.version(s, run_id, closing.number)
+            rounds = runtime.recipe.run.rounds
+            version = commit_version(s, self.hub.store, run, base, new, closing.reason, now, rounds)
+            run.error, run.error_at = None, None
+            credit_compute(s, run.id, version.id, contributions, runtime.flops_per_token, now)
+            run.outer_state_sha = self.hub.store.put(computed.outer_state) if computed.outer_state else None
+            record.train_loss = sum(c.train_loss * c.tokens for c in contributions) / sum(
+                c.tokens for c in contributions
+            )
+            if run.status == "active":
+                s.flush()
+                count_arrivals(
+                    queries.round_(s, run_id, run.current_round),
+                    queries.contributions(s, run_id, run.current_round),
+                )
+        log.info(
+            "run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
+            run_id,
+            closing.number,
+            closing.reason,
+            len(contributions),
+            computed.val_loss,
+        )
+        return run.status == "finished"
+
+    def _note_failure(self, run_id: str, exc: Exception, closing: Closing | None) -> None:
+        """Record ``exc`` on the run (logged once per distinct failure). A close that began
+        (``closing``) and failed on the database is undone, to be tried again; one that failed
+        otherwise restarts the round: its contributions are rejected with the reason and their
+        workers lease again."""
+        restart_round = closing is not None and not isinstance(exc, DBAPIError)
         message = f"{type(exc).__name__}: {exc}"
-        if self._failures.get(run_id) == message and not restart_round:
+        if self._failures.get(run_id) == message and closing is None:
             return
         if self._failures.get(run_id) != message:
             log.error("run %s: %s", run_id, message, exc_info=exc)
@@ -106,8 +223,12 @@ class Rounds:
         try:
             with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
                 run = queries.run(s, run_id, lock=True)
-                if restart_round and run.status == "active":
-                    self._restart(s, run, message)
+                record = queries.round_(s, run_id, run.current_round)
+                ours = closing is not None and record.closing_at == closing.began_at
+                if ours:
+                    record.closing_at = None
+                if restart_round and ours and run.status == "active":
+                    self._restart(s, run, record, message)
                 run.error = (
                     f"round {run.current_round} could not close: {message}" if restart_round else message
                 )
@@ -115,9 +236,9 @@ class Rounds:
         except Exception:  # the database itself failed; the next attempt records it
             log.exception("run %s: recording a failure failed", run_id)
 
-    def _restart(self, s: Session, run: Run, message: str) -> None:
-        """The open round again from the start, without the contributions it could not use."""
-        record = queries.round_(s, run.id, run.current_round)
+    def _restart(self, s: Session, run: Run, record: RoundRecord, message: str) -> None:
+        """The open round again from the start, without the contributions it could not use; work
+        that arrived while it tried to close (recorded for the next round) counts in it."""
         contributions = queries.counted(s, run.id, record.number)
         for c in contributions:
             c.status, c.weight = "rejected", 0.0
@@ -125,46 +246,16 @@ class Rounds:
             lease = s.get(Lease, c.lease_id)
             if lease is not None:
                 lease.state = "void"
+        arrived = queries.contributions(s, run.id, record.number + 1)
+        for c in arrived:
+            c.round = record.number
+            if c.status != "rejected":
+                c.weight = float(c.tokens)  # based on this round's version: not stale after all
         record.rejected += len(contributions)
         record.accepted, record.tokens = 0, 0
+        count_arrivals(record, arrived)
         record.failures += 1
         record.error, record.started_at = message, self.hub.clock()
-
-    def _close(self, s: Session, run: Run, record: RoundRecord, reason: str) -> None:
-        runtime = self.hub.runtimes.get(run.id)
-        contributions = queries.counted(s, run.id, record.number)
-        combined = self._aggregate(contributions, runtime.recipe.aggregation)
-        record.clipped = combined.clipped
-        contributions = decide(record, contributions, combined.dropped)
-        base = queries.version(s, run.id, record.number)
-        params = from_bytes(self.hub.store.get(base.blob_sha))
-        self.hub.runtimes.load_frozen(runtime, frozen_versions(s, run, runtime.recipe) or [])
-        stored = from_bytes(self.hub.store.get(run.outer_state_sha)) if run.outer_state_sha else {}
-        outer_state, residual = split_state(stored)
-        new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
-        published = self._publish(runtime, params, new_params, residual)
-        val_loss = runtime.evaluate(published.tensors)
-        require_finite(published.tensors, val_loss)
-        now = self.hub.clock()
-        new = NewVersion(
-            to_bytes(published.tensors), val_loss, to_bytes(published.change), [c.id for c in contributions]
-        )
-        version = commit_version(s, self.hub.store, run, base, new, reason, now, runtime.recipe.run.rounds)
-        run.error, run.error_at = None, None
-        credit_compute(s, run.id, version.id, contributions, runtime.flops_per_token, now)
-        state = join_state(new_state, published.residual)
-        run.outer_state_sha = self.hub.store.put(to_bytes(state)) if state else None
-        record.train_loss = sum(c.train_loss * c.tokens for c in contributions) / sum(
-            c.tokens for c in contributions
-        )
-        log.info(
-            "run %s: round %d closed on %s with %d contributions, held-out loss %.4f",
-            run.id,
-            record.number,
-            reason,
-            len(contributions),
-            val_loss,
-        )
 
     @staticmethod
     def _publish(runtime: RunRuntime, old: TensorDict, new: TensorDict, residual: TensorDict) -> Published:
@@ -172,15 +263,25 @@ class Rounds:
         settings = runtime.recipe.communication
         return publish(old, new, codec(settings.download_codec), residual or None, settings.error_feedback)
 
-    def _aggregate(self, contributions: Sequence[Contribution], settings: AggregationSettings) -> Aggregate:
+    def _aggregate(self, blobs: Sequence[tuple[str, float]], settings: AggregationSettings) -> Aggregate:
         """The round's combined pseudo-gradient; plain means stream from disk, one at a time."""
-        blobs = [(c.blob_sha, c.weight) for c in contributions if c.blob_sha is not None]
         if settings.streaming:
             mean = WeightedMean()
             for sha, weight in blobs:
                 mean.add(from_bytes(self.hub.store.get(sha)), weight)
             return Aggregate(mean.result(), clipped=0)
         return aggregate([(from_bytes(self.hub.store.get(sha)), w) for sha, w in blobs], settings)
+
+
+def count_arrivals(record: RoundRecord, arrived: Sequence[Contribution]) -> None:
+    """Add to a round's counters the contributions recorded for it while the round before closed."""
+    for c in arrived:
+        if c.status == "rejected":
+            record.rejected += 1
+        else:
+            record.accepted += 1
+            record.tokens = min(record.tokens + c.tokens, MAX_SQL_INT)
+        record.bytes_in += c.nbytes
 
 
 def decide(

@@ -42,6 +42,7 @@ class Runs:
             self._check_quota(s, who, size)
         modules = self._module_runtimes(recipe)
         runtime = None if modules else RunRuntime.build(recipe, trust=self.trust)
+        zeros = {name: version_zero(r) for name, r in [(None, runtime), *modules.items()] if r is not None}
         run_id, now = new_id(), self.hub.clock()
         with self.hub.state.transaction() as s:
             self._check_quota(s, who, size)
@@ -50,7 +51,7 @@ class Runs:
             s.add(run)
             s.flush()  # the run row first: versions and rounds refer to it
             if runtime is not None:
-                self._start(s, run, runtime)
+                self._start(s, run, runtime, zeros[None])
             for name, module_runtime in modules.items():
                 child = new_run(
                     new_id(), f"{recipe.run.name}/{name}", recipe_text, who.provider_id, collective_id, now
@@ -58,7 +59,7 @@ class Runs:
                 child.parent_id, child.module = run_id, name
                 s.add(child)
                 s.flush()
-                self._start(s, child, module_runtime)
+                self._start(s, child, module_runtime, zeros[name])
         log.info(
             "created run %s (%s)%s", run_id, recipe.run.name, f", modules {list(modules)}" if modules else ""
         )
@@ -95,11 +96,9 @@ class Runs:
                 "(limits.max_provider_model_bytes)"
             )
 
-    def _start(self, s: Session, run: Run, runtime: RunRuntime) -> None:
-        """Version 0 and the open round 0 of a run or module; version 0 is evaluated now unless
-        the module depends on others (then once they have finished)."""
-        blob = to_bytes(runtime.initial)
-        waits = runtime.module is not None and bool(runtime.recipe.modules[runtime.module].depends)
+    def _start(self, s: Session, run: Run, runtime: RunRuntime, zero: tuple[bytes, float | None]) -> None:
+        """Version 0 (its blob and held-out loss, ``zero``) and the open round 0 of a run or module."""
+        blob, val_loss = zero
         version = Version(
             id=new_id(),
             run_id=run.id,
@@ -108,7 +107,7 @@ class Runs:
             nbytes=len(blob),
             parent_id=None,
             contributions=[],
-            val_loss=None if waits else runtime.evaluate(runtime.initial),
+            val_loss=val_loss,
             created_at=run.created_at,
         )
         s.add(version)
@@ -156,11 +155,24 @@ class Runs:
     def authorize(self, run_id: str, who: Principal) -> None:
         """403 unless ``who`` may work on the run (see tessera.hub.auth)."""
         with self.hub.state.transaction() as s:
-            run = queries.run(s, run_id)
-            require_participant(who, run_id, run.owner_id, run.collective_id)
+            participant(s, run_id, who)
 
     def authorize_read(self, run_id: str, who: Principal) -> None:
         """403 unless ``who`` may read the run's status, metrics, versions and blobs."""
         with self.hub.state.transaction() as s:
             run = queries.run(s, run_id)
             require_reader(who, run_id, run.owner_id, run.collective_id)
+
+
+def participant(s: Session, run_id: str, who: Principal) -> Run:
+    """The run, in the caller's transaction; 403 unless ``who`` may work on it."""
+    run = queries.run(s, run_id)
+    require_participant(who, run_id, run.owner_id, run.collective_id)
+    return run
+
+
+def version_zero(runtime: RunRuntime) -> tuple[bytes, float | None]:
+    """Version 0's blob and held-out loss, measured now unless the module depends on others (then
+    once they have finished); outside any transaction."""
+    waits = runtime.module is not None and bool(runtime.recipe.modules[runtime.module].depends)
+    return to_bytes(runtime.initial), None if waits else runtime.evaluate(runtime.initial)

@@ -5,7 +5,9 @@ The hub keeps no state outside this database and the blob store, so a restarted 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from tessera.errors import ConfigError
 
-SCHEMA_VERSION = 7  # raise on every change of the tables below
+SCHEMA_VERSION = 8  # raise on every change of the tables below
 # Upgrades of older databases in place, one schema version at a time: added columns (SQLite and
 # PostgreSQL alike), and ("postgresql", statement) for PostgreSQL alone (SQLite's INTEGER is
 # 64 bits already).
@@ -67,6 +69,7 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
             for column in columns
         ),
     ],
+    "7": ["ALTER TABLE rounds ADD COLUMN closing_at FLOAT"],
 }
 
 
@@ -228,6 +231,8 @@ class RoundRecord(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # closes that failed (then restarted)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last failure
+    # set while the round closes (its contributions fixed; uploads arriving now count in the next)
+    closing_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 def new_round(run_id: str, number: int, base_version_id: str, started_at: float) -> RoundRecord:
@@ -333,6 +338,9 @@ class State:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._turn: contextlib.AbstractContextManager[object] = (
+            threading.RLock() if url.startswith("sqlite") else contextlib.nullcontext()
+        )
         self._create_or_check_schema()
         if sqlite_file:  # the write-ahead log and its index hold the same data
             for suffix in ("-wal", "-shm"):
@@ -374,8 +382,11 @@ class State:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose changes commit together at the end, or not at all."""
-        with self._sessions() as session, session.begin():
+        """A session whose changes commit together at the end, or not at all. On SQLite, which
+        lets one writer in at a time, this process's transactions take turns on one lock instead
+        of polling the database's (its busy handler sleeps); callers keep them short: no tensor
+        work inside."""
+        with self._turn, self._sessions() as session, session.begin():
             yield session
 
     def close(self) -> None:

@@ -64,7 +64,7 @@ def version_info(v: Version) -> VersionInfo:
 def round_metrics(r: RoundRecord) -> RoundMetrics:
     return RoundMetrics(
         number=r.number,
-        status="closed" if r.closed_at is not None else "open",
+        status="closed" if r.closed_at is not None else "closing" if r.closing_at is not None else "open",
         base_version_id=r.base_version_id,
         version_id=r.version_id,
         val_loss=r.val_loss,

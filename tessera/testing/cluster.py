@@ -60,17 +60,18 @@ def start_hub(
     env: Mapping[str, str] | None = None,
     log: Path | None = None,
     timeout_s: float = 60,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
     """A `tessera hub` process on 127.0.0.1:``port`` (one torch thread; SQLite in ``home``
-    unless ``database_url``) with ``options``, returned once it answers; its output goes to
-    ``log`` (else nowhere)."""
+    unless ``database_url``) with ``options``, started in ``cwd``, returned once it answers; its
+    output goes to ``log`` (else nowhere)."""
     database = ("--database", database_url) if database_url else ()
     cmd = tessera_command("hub", "--home", str(home), "--port", str(port), *database, "--threads", "1",
                           *options)  # fmt: skip
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
     finally:
         if log is not None:

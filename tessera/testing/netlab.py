@@ -177,11 +177,15 @@ class DelayProxy:
         self.loop.close()
 
     async def _close(self) -> None:
-        """Stop listening and close every open connection."""
+        """Stop listening, close every open connection, and end the tasks that piped them."""
         if self.server is not None:
             self.server.close()
         for writer in list(self.writers):
             writer.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)

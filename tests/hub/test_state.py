@@ -55,6 +55,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("workers", "ranks"),
             ("rounds", "failures"),
             ("rounds", "error"),
+            ("rounds", "closing_at"),
         )
         for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -78,7 +79,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT merge_id FROM versions")).all() == []
         assert s.execute(text("SELECT model_bytes, error, error_at FROM runs")).all() == []
         assert s.execute(text("SELECT ranks FROM workers")).all() == []
-        assert s.execute(text("SELECT failures, error FROM rounds")).all() == []
+        assert s.execute(text("SELECT failures, error, closing_at FROM rounds")).all() == []
         if upgraded.engine.dialect.name == "postgresql":
             kinds = s.execute(
                 text(
