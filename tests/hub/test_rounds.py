@@ -114,3 +114,22 @@ def test_a_close_that_fails_restarts_its_round_with_the_work_that_arrived_meanwh
     assert statuses[wc] == ("accepted", 0, 64.0)  # based on version 0: counts in round 0, unweighted
     assert statuses[wa][0] == statuses[wb][0] == "rejected"
     wait_until(lambda: "could not close" in (admin.status(run_id).error or ""), 10, "the failure's record")
+
+
+def test_an_upload_is_told_once_whether_it_counts(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
+    """Final at upload; pending (not final) where the round's close checks directions, until then."""
+    plain = admin.create_run(tiny_recipe(corpus_dir, quorum=3)).run_id
+    checked = admin.create_run(
+        tiny_recipe(corpus_dir, quorum=3, extra="[aggregation]\nmin_cosine = 0.1\n")
+    ).run_id
+    for run_id, status, final in ((plain, "accepted", True), (checked, "pending", False)):
+        workers = [join(http, admin, run_id, n) for n in "abc"]
+        replies = []
+        for client, worker_id in workers:
+            grant = work(client, worker_id)
+            replies.append(client.submit(meta(grant, worker_id), to_bytes(zero_update(client, grant))))
+        assert [(r.status, r.final) for r in replies[:2]] == [(status, final)] * 2
+        assert admin.status(run_id).rounds_done == 1  # the third closed the round, after its reply
+        assert [c.status for c in admin.contributions(run_id, 0)] == ["accepted"] * 3  # the round's word
