@@ -161,8 +161,8 @@ class Contributions:
         lease = s.get(Lease, c.meta.lease_id)
         assert lease is not None  # admitted under the same locks
         lease.state = "used"
-        record = queries.round_(s, c.run_id, run.current_round)
-        closing = record.closing_at is not None  # its contributions are fixed: this one counts in the next
+        record = None if run.status == "finished" else queries.round_(s, c.run_id, run.current_round)
+        closing = record is not None and record.closing_at is not None  # fixed: this one counts in the next
         number = run.current_round + 1 if closing else run.current_round
         staleness = number - lease.round
         meta = c.meta
@@ -201,6 +201,6 @@ class Contributions:
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
         s.add(contribution)
-        if not closing:  # else the next round counts it when it opens
+        if record is not None and not closing:  # else the next round counts it when it opens
             count_arrivals(record, [contribution])
         return contribution_reply(contribution)

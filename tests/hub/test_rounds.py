@@ -133,3 +133,15 @@ def test_an_upload_is_told_once_whether_it_counts(
         assert [(r.status, r.final) for r in replies[:2]] == [(status, final)] * 2
         assert admin.status(run_id).rounds_done == 1  # the third closed the round, after its reply
         assert [c.status for c in admin.contributions(run_id, 0)] == ["accepted"] * 3  # the round's word
+
+
+def test_an_upload_after_the_run_finished_is_recorded_as_not_needed(
+    http: TestClient, admin: HubClient, corpus_dir: Path
+) -> None:
+    run_id = admin.create_run(tiny_recipe(corpus_dir, rounds=1, quorum=1)).run_id
+    (a, wa), (b, wb) = join(http, admin, run_id, "a"), join(http, admin, run_id, "b")
+    ga, gb = work(a, wa), work(b, wb)
+    a.submit(meta(ga, wa), to_bytes(zero_update(a, ga)))
+    assert admin.status(run_id).status == "finished"
+    late = b.submit(meta(gb, wb), to_bytes(zero_update(b, gb)))
+    assert late.status == "rejected" and late.final and "finished" in (late.reason or "")
