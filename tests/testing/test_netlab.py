@@ -7,7 +7,6 @@ the emulated link); skipped where namespaces cannot be made (not root, no iprout
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tessera.testing.cluster import free_port
 from tessera.testing.netlab import (
     CpuLimit,
     DelayProxy,
@@ -59,12 +59,6 @@ def server() -> Iterator[tuple[str, int]]:
     yield "127.0.0.1", int(httpd.server_address[1])
     httpd.shutdown()
     httpd.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 SERVE = """
