@@ -13,6 +13,7 @@ run): its work is then released and its workers lease again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from sqlalchemy.orm import Session
 
@@ -131,13 +132,15 @@ class Contributions:
             run = queries.run(s, candidate.run_id)
             history = queries.recent_norms(s, candidate.run_id, run.current_round - 1)
         base = candidate.base
-        params: TensorDict | None = None
-        if base.id not in runtime.sizes or settings.probe:  # else the base's size is known already
-            params = from_bytes(self.hub.store.get(base.blob_sha))
-        size = runtime.sizes[base.id] if params is None else runtime.size_of(base.id, params)
+
+        @cache
+        def params() -> TensorDict:  # the base version, read only if a check needs it
+            return from_bytes(self.hub.store.get(base.blob_sha))
+
+        size = runtime.size_of(base.id, params)
         reason = size_verdict(norm, size, settings) or norm_verdict(norm, history, settings)
-        if reason is None and params is not None and settings.probe:
-            reason = self._probe(runtime, base, params, tensors)
+        if reason is None and settings.probe:
+            reason = self._probe(runtime, base, params(), tensors)
         sha = self.hub.store.put(to_bytes(tensors)) if reason is None else None
         return Candidate(
             candidate.run_id, candidate.meta, candidate.base, candidate.wire_bytes, norm, reason, sha

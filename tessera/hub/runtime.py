@@ -10,6 +10,7 @@ the held-out data of its shards.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -118,10 +119,11 @@ class RunRuntime:
         _, targets = self.validation[0]
         return max(1, int(targets[0].numel())) if targets.ndim else 1
 
-    def size_of(self, version_id: str, tensors: TensorDict) -> float:
-        """The size an update of this version is measured against (cached per version)."""
+    def size_of(self, version_id: str, tensors: Callable[[], TensorDict]) -> float:
+        """The size an update of this version is measured against (cached per version: the
+        version's ``tensors`` are read only on its first use)."""
         if version_id not in self.sizes:  # two threads may both measure it: the same value
-            floats = float_tensors(tensors)
+            floats = float_tensors(tensors())
             self.sizes[version_id] = base_size(global_norm(floats), sum(t.numel() for t in floats.values()))
         return self.sizes[version_id]
 
