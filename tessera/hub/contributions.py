@@ -12,7 +12,7 @@ run): its work is then released and its workers lease again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from sqlalchemy.orm import Session
@@ -142,9 +142,7 @@ class Contributions:
         if reason is None and settings.probe:
             reason = self._probe(runtime, base, params(), tensors)
         sha = self.hub.store.put(to_bytes(tensors)) if reason is None else None
-        return Candidate(
-            candidate.run_id, candidate.meta, candidate.base, candidate.wire_bytes, norm, reason, sha
-        )
+        return replace(candidate, norm=norm, reason=reason, blob_sha=sha)
 
     @staticmethod
     def _probe(runtime: RunRuntime, base: Version, params: TensorDict, delta: TensorDict) -> str | None:
