@@ -8,10 +8,13 @@ latency of the lease and upload requests, and the hub's peak resident memory (Vm
 
 1M-parameter contributions (int8 both ways): rounds of 25 and 100 uploads of a 1.05M-parameter
 model; contributions per second while they upload, the hub's peak memory per round size (it
-should not grow with the number of contributions: they are written to disk as they arrive and
-averaged one at a time), and, while the round of 100 closes (aggregation, outer step, writing
-the version, evaluation on 16 held-out batches), the latency of the lease requests that 8 probing
-workers send, each every 50 ms after its last answer (4 on the closing run, 4 on another run).
+should not grow with the number of contributions: at most ``limits.max_assessing`` are decoded
+at once, they are written to disk as they arrive and averaged one at a time), and the latency of
+the lease requests that 8 probing workers send, each every 250 ms after its last answer (4 on
+the closing run, 4 on another run; a worker polling four times a second is already far more
+than a real one, which leases once a round): for 3 s before the last upload (nothing closes),
+then while the round closes (aggregation, outer step, writing the version, evaluation on 16
+held-out batches).
 
 Each case runs on this checkout's hub and then on the baseline's (same machine, same settings,
 same client), so the ratio is measured in one run.
@@ -82,7 +85,8 @@ batch_size = 16
 batches = 16
 """
 PROBERS = 4  # lease-sending workers per run while a round closes
-PROBE_EVERY_S = 0.05  # each sends a lease request, waits for the answer, then this long
+PROBE_EVERY_S = 0.25  # each sends a lease request, waits for the answer, then this long
+IDLE_PROBE_S = 3.0  # probing before the last upload, while nothing closes
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -230,6 +234,11 @@ async def large_round(hub: Hub, workers: int, concurrency: int) -> dict[str, flo
         uploading = time.perf_counter() - start
         stop = asyncio.Event()
         probing = asyncio.create_task(probe_leases(client, probers, stop))
+        await asyncio.sleep(IDLE_PROBE_S)  # the probers' own load, with no round closing
+        stop.set()
+        idle = await probing
+        stop = asyncio.Event()
+        probing = asyncio.create_task(probe_leases(client, probers, stop))
         closing = time.perf_counter()
         await one(uploaders[-1])  # the round is due: it closes
         await wait_closed(client, run, 1)
@@ -242,6 +251,9 @@ async def large_round(hub: Hub, workers: int, concurrency: int) -> dict[str, flo
         "probe_every_s": PROBE_EVERY_S,
         "contribution_bytes": len(body),
         "close_s": closed,
+        "lease_requests_idle": len(idle),
+        "lease_p50_idle_ms": 1000 * statistics.median(idle),
+        "lease_p99_idle_ms": 1000 * percentile(idle, 0.99),
         "lease_requests_during_close": len(during),
         "lease_p50_during_close_ms": 1000 * statistics.median(during),
         "lease_p99_during_close_ms": 1000 * percentile(during, 0.99),
@@ -305,6 +317,8 @@ def main() -> None:
         "per_round_size": current["small"],
         "lease_p99_during_close_ms": large["lease_p99_during_close_ms"],
         "baseline_lease_p99_during_close_ms": baseline["large"][biggest]["lease_p99_during_close_ms"],
+        "lease_p99_idle_ms": large["lease_p99_idle_ms"],
+        "baseline_lease_p99_idle_ms": baseline["large"][biggest]["lease_p99_idle_ms"],
         "contributions_per_s_1m": large["contributions_per_s"],
         "baseline_contributions_per_s_1m": baseline["large"][biggest]["contributions_per_s"],
         "peak_rss_mb_1m": {n: r["peak_rss_mb"] for n, r in current["large"].items()},
@@ -317,7 +331,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(output, indent=2) + "\n")
     keys = ("requests_per_s", "baseline_requests_per_s", "lease_p99_during_close_ms",
-            "baseline_lease_p99_during_close_ms", "contributions_per_s_1m", "peak_rss_mb_1m")  # fmt: skip
+            "baseline_lease_p99_during_close_ms", "lease_p99_idle_ms", "contributions_per_s_1m",
+            "baseline_contributions_per_s_1m", "peak_rss_mb_1m")  # fmt: skip
     print(json.dumps({k: output[k] for k in keys}))
 
 

@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 from tessera.api.client import HubClient
 from tessera.api.messages import ContributionMeta, LeaseGrant
 from tessera.core.tensors import from_bytes
-from tessera.hub.state import SCHEMA_VERSION, Base
+from tessera.hub.tables import SCHEMA_VERSION, Base
 from tessera.trust import Trust
 
 

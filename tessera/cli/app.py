@@ -42,9 +42,15 @@ ReadTokenOpt = Annotated[
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    """Log lines on stderr: drawn by rich on a terminal; plain, timestamped and one line each
+    otherwise (a service's log file or journal, which rich would wrap at 80 columns, and slowly)."""
+    err = Console(stderr=True)
+    handler: logging.Handler
+    if err.is_terminal:
+        handler = RichHandler(console=err, show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -135,6 +135,7 @@ def create_app(service: HubService, tick_s: float | None = 1.0) -> FastAPI:
     app.state.service = service
     app.state.admission = Admission(service.limits)
     app.state.auth_limiter = anyio.CapacityLimiter(AUTH_THREADS)
+    app.state.upload_limiter = anyio.CapacityLimiter(service.limits.max_assessing)
     for router in ROUTERS:
         app.include_router(router)
     if service.config.api_docs == "token":

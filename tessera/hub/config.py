@@ -44,6 +44,7 @@ class HubLimits:
     max_recipe_bytes: int = 256 * 1024
     cached_runtimes: int = 8  # runs whose model and held-out data the hub keeps in memory
     close_timeout_s: int = 600  # a round closing longer (its hub process died) is closed again
+    max_assessing: int = 2  # uploads decoded and checked at once (each holds ~3x its model's fp32 size)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

@@ -29,7 +29,7 @@ from tessera.hub.context import HubContext
 from tessera.hub.rounds import count_arrivals
 from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.state import Contribution, Lease, Version, Worker
+from tessera.hub.tables import Contribution, Lease, Run, Version, Worker
 from tessera.hub.views import contribution_reply
 
 
@@ -37,12 +37,15 @@ from tessera.hub.views import contribution_reply
 class Candidate:
     """An upload as it goes through the steps: admitted (its lease and base version known), then
     assessed (``blob_sha``: the stored decoded float32 tensors as checked, which are what the
-    round aggregates; ``reason``: why validation rejects it, or None)."""
+    round aggregates; ``reason``: why validation rejects it, or None). ``history``: the norms of
+    the contributions counted since the round before its lease's, which the norm bound compares
+    it with (read as it is admitted)."""
 
     run_id: str
     meta: ContributionMeta
     base: Version
     wire_bytes: int
+    history: tuple[float, ...] = ()
     norm: float = 0.0
     reason: str | None = None
     blob_sha: str | None = None
@@ -57,41 +60,57 @@ class Contributions:
 
     def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:
         """Admit, assess, commit; nothing is stored unless it is committed."""
-        with self.hub.state.transaction() as s:
-            participant(s, run_id, who)
-            admitted = self._admit(s, run_id, who, meta, len(body))
+        with self.hub.state.reading() as s:
+            run = participant(s, run_id, who)  # held: the session keeps a row only while it is used
+            admitted = self._admit(s, run, who, meta, len(body))
         if isinstance(admitted, ContributionReply):
             return admitted
         candidate = self._assess(admitted, body)
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
-            queries.run(s, run_id, lock=True)
-            again = self._admit(s, run_id, who, meta, len(body))
-            if isinstance(again, ContributionReply):
-                return again
-            return self._commit(s, candidate)
+            run = queries.run(s, run_id, lock=True)
+            earlier = self._earlier(s, run_id, meta)
+            if earlier is not None:  # the same upload, retried while this one was assessed
+                return earlier
+            lease = self._open_lease(s, run_id, meta)  # another hub process may have taken it meanwhile
+            return self._commit(s, candidate, run, lease)
 
     def _admit(
-        self, s: Session, run_id: str, who: Principal, meta: ContributionMeta, wire_bytes: int
+        self, s: Session, run: Run, who: Principal, meta: ContributionMeta, wire_bytes: int
     ) -> Candidate | ContributionReply:
         """The earlier reply for a retried upload, or the candidate after checking its worker, its
-        lease and its claims (LeaseError, ClaimOutOfBounds)."""
+        lease and its claims (LeaseError, ClaimOutOfBounds), with the norms its check compares."""
+        run_id = run.id
         worker = queries.worker(s, run_id, meta.worker_id, who)
+        earlier = self._earlier(s, run_id, meta)
+        if earlier is not None:
+            return earlier
+        lease = self._open_lease(s, run_id, meta)
+        self._check_claims(lease, worker, meta)
+        base = queries.version_by_id(s, lease.version_id)  # written with the round the lease is on
+        settings = self.hub.runtimes.get(run_id).recipe.validation
+        norms = queries.recent_norms(s, run_id, run.current_round - 1) if settings.norm_bound else ()
+        return Candidate(run_id, meta, base, wire_bytes, history=tuple(norms))
+
+    @staticmethod
+    def _earlier(s: Session, run_id: str, meta: ContributionMeta) -> ContributionReply | None:
+        """The reply to this upload if it was recorded already (LeaseError if its id is another
+        worker's)."""
         done = queries.contribution(s, run_id, meta.contribution_id)
-        if done is not None and done.worker_id == meta.worker_id:
-            return contribution_reply(done, duplicate=True)
-        if done is not None:
+        if done is not None and done.worker_id != meta.worker_id:
             raise LeaseError(f"contribution id {meta.contribution_id} is taken; choose a new one")
-        lease = s.get(Lease, meta.lease_id)
+        return None if done is None else contribution_reply(done, duplicate=True)
+
+    def _open_lease(self, s: Session, run_id: str, meta: ContributionMeta) -> Lease:
+        """The upload's lease, as the database holds it now: this run's and worker's, open, not
+        expired (LeaseError otherwise)."""
+        lease = s.get(Lease, meta.lease_id, populate_existing=True)
         if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
             raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
         if lease.state != "open":
             raise LeaseError(f"lease {meta.lease_id} was already used; lease again")
         if lease.deadline <= self.hub.clock():
             raise LeaseError(f"lease {meta.lease_id} expired; lease again for the current version")
-        self._check_claims(lease, worker, meta)
-        base = s.get(Version, lease.version_id)
-        assert base is not None  # written with the round the lease is on
-        return Candidate(run_id, meta, base, wire_bytes)
+        return lease
 
     def _check_claims(self, lease: Lease, worker: Worker, meta: ContributionMeta) -> None:
         """ClaimOutOfBounds unless steps, tokens and compute time fit the lease: steps at most its H
@@ -128,9 +147,6 @@ class Contributions:
         tensors = runtime.decode(from_bytes(body), candidate.meta.codec)
         settings = runtime.recipe.validation
         norm = global_norm(tensors)  # finite: float32 values squared fit a float64
-        with self.hub.state.transaction() as s:
-            run = queries.run(s, candidate.run_id)
-            history = queries.recent_norms(s, candidate.run_id, run.current_round - 1)
         base = candidate.base
 
         @cache
@@ -138,7 +154,7 @@ class Contributions:
             return from_bytes(self.hub.store.get(base.blob_sha))
 
         size = runtime.size_of(base.id, params)
-        reason = size_verdict(norm, size, settings) or norm_verdict(norm, history, settings)
+        reason = size_verdict(norm, size, settings) or norm_verdict(norm, candidate.history, settings)
         if reason is None and settings.probe:
             reason = self._probe(runtime, base, params(), tensors)
         sha = self.hub.store.put(to_bytes(tensors)) if reason is None else None
@@ -153,14 +169,11 @@ class Contributions:
             candidate = runtime.probe_loss(apply_delta(params, delta, scale=share))
             return probe_verdict(runtime.probe_losses[base.id], candidate, runtime.recipe.validation)
 
-    def _commit(self, s: Session, c: Candidate) -> ContributionReply:
+    def _commit(self, s: Session, c: Candidate, run: Run, lease: Lease) -> ContributionReply:
         """Record the contribution in the run's current round, or in the next while the current
         one closes (the caller holds the run's locks): rejected if the run has finished, if it is
         too stale, or if validation said so."""
-        run = queries.run(s, c.run_id)
         recipe = self.hub.runtimes.get(c.run_id).recipe
-        lease = s.get(Lease, c.meta.lease_id)
-        assert lease is not None  # admitted under the same locks
         lease.state = "used"
         record = None if run.status == "finished" else queries.round_(s, c.run_id, run.current_round)
         closing = record is not None and record.closing_at is not None  # fixed: this one counts in the next

@@ -22,11 +22,13 @@ from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
 from tessera.hub.runs import Runs, participant
-from tessera.hub.state import Lease, Run, Version, Worker, new_id
+from tessera.hub.runtime import RunRuntime
+from tessera.hub.tables import Lease, Run, Version, Worker, new_id
 from tessera.hub.views import frozen_module
 
 log = logging.getLogger(__name__)
 WAIT_RETRY_S = 1.0
+LAST_SEEN_EVERY_S = 10.0  # how fresh a worker's last_seen_at is kept
 
 
 def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
@@ -45,27 +47,19 @@ class Leases:
     ) -> RegisterReply:
         """A new worker of the run; on a modular run, of ``module`` (or of the module with the
         fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with."""
-        self.runs.authorize(run_id, who)
+        target, module = self._target(run_id, who, module)
         if ranks > self.limits.max_ranks:
             raise QuotaExceeded(
                 f"a worker of {ranks} ranks; this hub takes at most {self.limits.max_ranks} "
                 "(limits.max_ranks)"
             )
-        with self.hub.state.transaction() as s:
-            run = queries.run(s, run_id)
-            family = modules_of(s, run)
-            if family:
-                run = self._module_to_join(family, who, module)
-            elif module is not None:
-                raise ConfigError(f"run {run_id} has no modules; leave out --module")
-            target, module = run.id, run.module
         runtime = self.hub.runtimes.get(target)
         spec = runtime.recipe.modules.get(module or "")
         if spec is not None and not self._may_train(who, spec.owner):
             raise Forbidden(f"module {module} trains only on {spec.owner}'s nodes (its data stays there)")
         now = self.hub.clock()
         with self.hub.locks.of(target), self.hub.state.transaction() as s:
-            run = queries.run(s, target, lock=True)
+            run = participant(s, target, who, lock=True)
             self._check_worker_quota(s, target, who, ranks)
             index = run.workers_registered
             run.workers_registered += 1
@@ -83,6 +77,19 @@ class Leases:
             s.add(worker)
         log.info("run %s: worker %s (%s) registered, shard %s", target, worker.id, name, worker.shard)
         return RegisterReply(worker_id=worker.id, shard=worker.shard, run_id=target, module=module)
+
+    def _target(self, run_id: str, who: Principal, module: str | None) -> tuple[str, str | None]:
+        """The run a new worker joins, and its module: the run itself, or on a modular run one of
+        its modules (403 unless ``who`` may work on the run)."""
+        with self.hub.state.reading() as s:
+            run = participant(s, run_id, who)
+            family = modules_of(s, run) if self.hub.runtimes.whole_recipe(run_id).modules else {}
+        if family:
+            joined = self._module_to_join(family, who, module)
+            return joined.id, joined.module
+        if module is not None:
+            raise ConfigError(f"run {run_id} has no modules; leave out --module")
+        return run.id, run.module
 
     def _check_worker_quota(self, s: Session, run_id: str, who: Principal, ranks: int) -> None:
         """QuotaExceeded when ``who`` (not an admin) would have more than ``max_workers`` in the run,
@@ -132,39 +139,39 @@ class Leases:
             self.hub.rounds_closed.wait(since, remaining)
 
     def try_lease(self, run_id: str, who: Principal, worker_id: str) -> LeaseReply:
-        """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``."""
-        with self.hub.state.transaction() as s:
-            if participant(s, run_id, who).status == "finished":  # no model is built to say so
-                queries.worker(s, run_id, worker_id, who)
-                return LeaseReply(status="done")
-        runtime = self.hub.runtimes.get(run_id)
-        first_loss = None  # of a module's version 0, once the modules under it have finished
-        with self.hub.state.transaction() as s:  # a module waits for those it depends on
-            frozen = frozen_versions(s, queries.run(s, run_id), runtime.recipe)
-            unmeasured = bool(frozen) and queries.version(s, run_id, 0).val_loss is None
-        if frozen and unmeasured:
-            with runtime.lock:
-                self.hub.runtimes.load_frozen(runtime, frozen)
-                first_loss = runtime.evaluate(runtime.initial)
+        """A lease on the current round, or ``wait`` (the worker contributed to it), or ``done``.
+        One transaction, once this process holds the run's runtime (a finished run's is dropped:
+        a lookup says ``done`` without building it again)."""
+        if not self.hub.runtimes.holds(run_id):
+            with self.hub.state.reading() as s:
+                if participant(s, run_id, who).status == "finished":
+                    queries.worker(s, run_id, worker_id, who)
+                    return LeaseReply(status="done")
+        runtime = self.hub.runtimes.get(run_id)  # a trust or recipe error is told at the first lease
+        first_loss = self._first_loss(run_id, runtime)
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
-            run = queries.run(s, run_id, lock=True)
+            run = participant(s, run_id, who, lock=True)
             worker = queries.worker(s, run_id, worker_id, who)
-            worker.last_seen_at = now = self.hub.clock()
+            now = self.hub.clock()
+            if now - worker.last_seen_at >= LAST_SEEN_EVERY_S:  # a polling worker writes nothing
+                worker.last_seen_at = now
             if run.status == "finished":
                 return LeaseReply(status="done")
+            frozen = frozen_versions(s, run, runtime.recipe)
             leases = queries.worker_leases(s, worker_id, run.current_round)
             if frozen is None or any(lease.state == "used" for lease in leases):
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)
-            first = queries.version(s, run_id, 0)
-            if first.val_loss is None and first_loss is not None:
-                first.val_loss = first_loss
+            if first_loss is not None:
+                first = queries.version(s, run_id, 0)
+                first.val_loss = first.val_loss if first.val_loss is not None else first_loss
             lease = next((le for le in leases if le.state == "open" and le.deadline > now), None)
             if lease is None and queries.round_(s, run_id, run.current_round).closing_at is not None:
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)  # its next version is coming
             if lease is None:
-                lease = self._new_lease(s, run, worker, now)
-            version = s.get(Version, lease.version_id)
-            assert version is not None  # written in the same transaction as the round
+                version = queries.version(s, run_id, run.current_round)
+                lease = self._new_lease(s, run, worker, version, now)
+            else:  # the worker's open lease again
+                version = queries.version_by_id(s, lease.version_id)
             return LeaseReply(
                 status="work",
                 lease=LeaseGrant(
@@ -185,10 +192,24 @@ class Leases:
                 ),
             )
 
-    def _new_lease(self, s: Session, run: Run, worker: Worker, now: float) -> Lease:
-        """A lease on the current version; a planned worker (by name) gets its planned H."""
-        recipe = self.hub.runtimes.get(run.id).recipe
-        version = queries.version(s, run.id, run.current_round)
+    def _first_loss(self, run_id: str, runtime: RunRuntime) -> float | None:
+        """A module's version 0 held-out loss, measured (outside any lock) once the modules it
+        depends on have finished and while version 0 has none; None otherwise (for other runs,
+        without a lookup)."""
+        if runtime.module is None or not runtime.recipe.modules[runtime.module].depends:
+            return None
+        with self.hub.state.reading() as s:
+            frozen = frozen_versions(s, queries.run(s, run_id), runtime.recipe)
+            unmeasured = bool(frozen) and queries.version(s, run_id, 0).val_loss is None
+        if not (frozen and unmeasured):
+            return None
+        with runtime.lock:
+            self.hub.runtimes.load_frozen(runtime, frozen)
+            return runtime.evaluate(runtime.initial)
+
+    def _new_lease(self, s: Session, run: Run, worker: Worker, version: Version, now: float) -> Lease:
+        """A lease on the current ``version``; a planned worker (by name) gets its planned H."""
+        recipe = self.hub.runtimes.recipe_of(run)
         lease = Lease(
             id=new_id(),
             run_id=run.id,
@@ -209,7 +230,7 @@ class Leases:
         fast and slow workers finish a round together (step times are claims: one under a tenth of
         the median is not believed as the fastest, and no worker gets more than the recipe's H);
         else the recipe's H."""
-        recipe = self.hub.runtimes.get(run.id).recipe
+        recipe = self.hub.runtimes.recipe_of(run)
         default = recipe.plan.steps_for(worker.name, recipe.train.inner_steps)
         if worker.name in recipe.plan.inner_steps or not recipe.run.balance_steps:
             return default

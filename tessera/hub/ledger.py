@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from tessera.api.messages import Balance, LedgerReport
 from tessera.hub.auth import Principal, may_read_ledger_of
-from tessera.hub.state import Contribution, LedgerEntry, Membership, Provider, State, Worker
+from tessera.hub.state import State
+from tessera.hub.tables import Contribution, LedgerEntry, Membership, Provider, Worker
 
 PFLOP = 1e15
 

@@ -22,7 +22,7 @@ from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
 from tessera.hub.runs import Runs
-from tessera.hub.state import MergeRecord, Run, Version, new_id
+from tessera.hub.tables import MergeRecord, Run, Version, new_id
 from tessera.hub.versions import NewVersion, commit_version
 from tessera.hub.views import version_info
 

@@ -15,7 +15,7 @@ from tessera.core.modules import closure, training_order
 from tessera.core.tensors import TensorDict
 from tessera.errors import ConfigError, NotFound
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.state import Run, Version
+from tessera.hub.tables import Run, Version
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import model_tensors
 

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from tessera.api.messages import CreatedProvider, ProviderInfo, TokenReply
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound, Unauthorized
 from tessera.hub.auth import Principal, require_admin
-from tessera.hub.state import ApiToken, Membership, Provider, State, new_id
+from tessera.hub.state import State
+from tessera.hub.tables import ApiToken, Membership, Provider, new_id
 
 TOKEN_PREFIX = "tsr_"
 MAX_TOKEN_CHARS = 200
@@ -58,22 +59,29 @@ class ProviderService:
         return token
 
     def principal(self, token: str | None) -> Principal:
-        """The provider behind a token; 401 for a missing, unknown or revoked token."""
+        """The provider behind a token; 401 for a missing, unknown or revoked token. One lookup:
+        the token's row, its provider and the provider's collectives."""
         token = self.check_format(token)
-        with self.state.transaction() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-            if (
-                row is None
-                or row.revoked_at is not None
-                or not hmac.compare_digest(row.token_hash, hash_token(token))
-            ):
-                raise Unauthorized("token unknown or revoked; ask the hub's admin for a new one")
-            provider = s.get(Provider, row.provider_id)
-            assert provider is not None  # tokens reference providers by foreign key
-            collectives = s.scalars(
-                select(Membership.collective_id).where(Membership.member_id == provider.id)
+        digest = hash_token(token)
+        with self.state.reading() as s:
+            rows = s.execute(
+                select(
+                    ApiToken.token_hash,
+                    ApiToken.revoked_at,
+                    Provider.id,
+                    Provider.name,
+                    Provider.is_admin,
+                    Membership.collective_id,
+                )
+                .join(Provider, Provider.id == ApiToken.provider_id)
+                .outerjoin(Membership, Membership.member_id == Provider.id)
+                .where(ApiToken.token_hash == digest)
             ).all()
-            return Principal(provider.id, provider.name, provider.is_admin, frozenset(collectives))
+        if not rows or rows[0].revoked_at is not None or not hmac.compare_digest(rows[0].token_hash, digest):
+            raise Unauthorized("token unknown or revoked; ask the hub's admin for a new one")
+        first = rows[0]
+        collectives = frozenset(r.collective_id for r in rows if r.collective_id is not None)
+        return Principal(first.id, first.name, first.is_admin, collectives)
 
     def create_provider(self, actor: Principal, name: str, kind: str, is_admin: bool) -> CreatedProvider:
         require_admin(actor, "creating providers")

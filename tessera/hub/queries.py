@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 
 from tessera.errors import Forbidden, NotFound
 from tessera.hub.auth import Principal
-from tessera.hub.state import Contribution, Lease, RoundRecord, Run, Version, Worker
+from tessera.hub.tables import Contribution, Lease, RoundRecord, Run, Version, Worker
 
 
 def run(s: Session, run_id: str, lock: bool = False) -> Run:
     """The run; ``lock`` takes its row lock (SELECT ... FOR UPDATE) until the transaction ends,
     which serializes changes to one run across hub processes sharing a database."""
-    found = s.get(Run, run_id, with_for_update=lock, populate_existing=lock)
+    # with_for_update=None (not False) lets a run read already in this session come from it
+    found = s.get(Run, run_id, with_for_update=True if lock else None, populate_existing=lock)
     if found is None:
         raise NotFound(f"run {run_id} not found; `tessera status` lists the runs of a hub")
     return found
@@ -39,6 +40,13 @@ def version(s: Session, run_id: str, number: int) -> Version:
     found = s.scalar(select(Version).where(Version.run_id == run_id, Version.number == number))
     if found is None:
         raise NotFound(f"run {run_id} has no version {number}")
+    return found
+
+
+def version_by_id(s: Session, version_id: str) -> Version:
+    found = s.get(Version, version_id)
+    if found is None:
+        raise NotFound(f"version {version_id} not found")
     return found
 
 

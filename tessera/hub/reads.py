@@ -13,7 +13,7 @@ from tessera.hub.auth import Principal, may_read
 from tessera.hub.context import HubContext
 from tessera.hub.modules import modules_of
 from tessera.hub.runs import Runs
-from tessera.hub.state import RoundRecord, Run
+from tessera.hub.tables import RoundRecord, Run
 from tessera.hub.views import contribution_info, round_metrics, version_info
 
 
@@ -26,14 +26,14 @@ class Reads:
     ) -> list[ContributionInfo]:
         """Contributions of a run (or one round), with status and the reason of rejections."""
         self.runs.authorize_read(run_id, who)
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             queries.run(s, run_id)
             return [contribution_info(c) for c in queries.contributions(s, run_id, round_number)]
 
     def download(self, run_id: str, who: Principal, sha: str) -> bytes:
         """A version's blob or its change from the parent; its size counts as bytes out of the round."""
         self.runs.authorize_read(run_id, who)
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             if not queries.owns_blob(s, run_id, sha):
                 raise NotFound(f"blob {sha} is not a version (or version change) of run {run_id}")
         data = self.hub.store.get(sha)  # read outside any transaction
@@ -50,7 +50,7 @@ class Reads:
     def status(self, run_id: str, who: Principal) -> RunStatus:
         """A run's progress; a modular run's is its modules' (``modules``) added up."""
         self.runs.authorize_read(run_id, who)
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             run = queries.run(s, run_id)
             family = modules_of(s, run)
             if not family:
@@ -99,17 +99,17 @@ class Reads:
 
     def rounds(self, run_id: str, who: Principal) -> list[RoundMetrics]:
         self.runs.authorize_read(run_id, who)
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             queries.run(s, run_id)
             return [round_metrics(r) for r in queries.rounds(s, run_id)]
 
     def version(self, run_id: str, who: Principal, number: int | None = None) -> VersionInfo:
         self.runs.authorize_read(run_id, who)
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             run = queries.run(s, run_id)
             return version_info(queries.version(s, run_id, run.current_round if number is None else number))
 
     def run_ids(self, who: Principal) -> list[str]:
         """The runs ``who`` may see, oldest first."""
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             return [r.id for r in queries.top_level_runs(s) if may_read(who, r.owner_id, r.collective_id)]

@@ -1,6 +1,6 @@
 """Closing rounds: when a round is due (quorum, or its deadline with work in it), its counted
-contributions are aggregated, the outer optimizer steps, the new version is evaluated, and it is
-committed (``tessera.hub.versions``) with the ledger's credits.
+contributions are fixed, the new version is computed from them (``tessera.hub.outer_step``), and
+it is committed (``tessera.hub.versions``) with the ledger's credits.
 
 Failures are state: a round that cannot close (a lost blob, a version that would not be finite,
 a recipe this hub no longer trusts) is recorded on its run (``error`` in its status, ``failures``
@@ -12,28 +12,21 @@ database error is recorded too, but the round keeps its contributions and closes
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from tessera.core.aggregation import WeightedMean
-from tessera.core.codecs import Published, codec, publish
-from tessera.core.robust import Aggregate, AggregationSettings, aggregate
-from tessera.core.tensors import TensorDict, from_bytes, to_bytes
 from tessera.hub import queries
 from tessera.hub.context import HubContext
 from tessera.hub.ledger import credit_compute
-from tessera.hub.modules import frozen_versions
-from tessera.hub.runtime import RunRuntime
-from tessera.hub.state import Contribution, Lease, RoundRecord, Run
-from tessera.hub.versions import NewVersion, commit_version
+from tessera.hub.outer_step import Computed, compute
+from tessera.hub.tables import Contribution, Lease, RoundRecord, Run
+from tessera.hub.versions import commit_version
 
 log = logging.getLogger(__name__)
 MAX_SQL_INT = 2**63 - 1
-RESIDUAL = "download_residual."  # prefix of the download codec's residual in the outer-state blob
 
 
 @dataclass(frozen=True)
@@ -51,17 +44,6 @@ class Closing:
     outer_state_sha: str | None
 
 
-@dataclass(frozen=True)
-class Computed:
-    """What a close computed, holding no run lock."""
-
-    new: NewVersion  # the version's blobs, serialized and stored already
-    outer_state: bytes | None  # the outer optimizer's state and the download residual, stored
-    val_loss: float
-    clipped: int
-    dropped: dict[int, float]  # index -> cosine of those the direction check dropped
-
-
 class Rounds:
     """Closes rounds in three steps: begin (under the run's locks: the round is marked closing and
     its contributions fixed; uploads from now on count in the next round), compute (no run lock:
@@ -74,7 +56,7 @@ class Rounds:
 
     def close_due(self) -> int:
         """Close every round past its deadline that has at least one contribution."""
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             run_ids = queries.runs_with_rounds(s)
         return sum(self.close_if_due(run_id) for run_id in run_ids)
 
@@ -92,7 +74,8 @@ class Rounds:
             if closing is None:
                 return closed
             try:
-                finished = self._finish(closing, self._compute(closing))
+                computed = compute(self.hub, run_id, closing.blobs, closing.base_sha, closing.outer_state_sha)
+                finished = self._finish(closing, computed)
             except Exception as exc:  # a failure is state: recorded, and the hub goes on
                 self._note_failure(run_id, exc, closing)
                 return closed
@@ -118,7 +101,7 @@ class Rounds:
 
     def _begin(self, run_id: str) -> Closing | None:
         """Mark the run's round closing, if it is due, and fix what it aggregates."""
-        with self.hub.state.transaction() as s:  # most calls end here, taking no lock
+        with self.hub.state.reading() as s:  # most calls end here, taking no lock
             run = queries.run(s, run_id)
             if run.status != "active" or self._due(run, queries.round_(s, run_id, run.current_round)) is None:
                 return None
@@ -142,29 +125,6 @@ class Rounds:
                 base_sha=queries.version(s, run_id, record.number).blob_sha,
                 outer_state_sha=run.outer_state_sha,
             )
-
-    def _compute(self, closing: Closing) -> Computed:
-        """The round's aggregate, the outer step and the new version's held-out loss."""
-        runtime = self.hub.runtimes.get(closing.run_id)
-        combined = self._aggregate(closing.blobs, runtime.recipe.aggregation)
-        params = from_bytes(self.hub.store.get(closing.base_sha))
-        with self.hub.state.transaction() as s:
-            frozen = frozen_versions(s, queries.run(s, closing.run_id), runtime.recipe) or []
-        stored = from_bytes(self.hub.store.get(closing.outer_state_sha)) if closing.outer_state_sha else {}
-        outer_state, residual = split_state(stored)
-        new_params, new_state = runtime.outer.step(params, combined.delta, outer_state)
-        published = self._publish(runtime, params, new_params, residual)
-        with runtime.lock:
-            self.hub.runtimes.load_frozen(runtime, frozen)
-            val_loss = runtime.evaluate(published.tensors)
-        require_finite(published.tensors, val_loss)
-        new = NewVersion(to_bytes(published.tensors), val_loss, to_bytes(published.change))
-        state = join_state(new_state, published.residual)
-        state_blob = to_bytes(state) if state else None
-        for blob in (new.blob, new.change, state_blob):  # written before the commit, outside it
-            if blob is not None:
-                self.hub.store.put(blob)
-        return Computed(new, state_blob, val_loss, combined.clipped, combined.dropped)
 
     def _finish(self, closing: Closing, computed: Computed) -> bool | None:
         """Commit the version (unless another process closed the round meanwhile: None), credit
@@ -257,21 +217,6 @@ class Rounds:
         record.failures += 1
         record.error, record.started_at = message, self.hub.clock()
 
-    @staticmethod
-    def _publish(runtime: RunRuntime, old: TensorDict, new: TensorDict, residual: TensorDict) -> Published:
-        """The version workers can rebuild from the one before plus the change in the download codec."""
-        settings = runtime.recipe.communication
-        return publish(old, new, codec(settings.download_codec), residual or None, settings.error_feedback)
-
-    def _aggregate(self, blobs: Sequence[tuple[str, float]], settings: AggregationSettings) -> Aggregate:
-        """The round's combined pseudo-gradient; plain means stream from disk, one at a time."""
-        if settings.streaming:
-            mean = WeightedMean()
-            for sha, weight in blobs:
-                mean.add(from_bytes(self.hub.store.get(sha)), weight)
-            return Aggregate(mean.result(), clipped=0)
-        return aggregate([(from_bytes(self.hub.store.get(sha)), w) for sha, w in blobs], settings)
-
 
 def count_arrivals(record: RoundRecord, arrived: Sequence[Contribution]) -> None:
     """Add to a round's counters the contributions recorded for it while the round before closed."""
@@ -301,24 +246,3 @@ def decide(
         record.rejected += 1
         record.tokens -= c.tokens
     return [c for i, c in enumerate(contributions) if i not in dropped]
-
-
-def require_finite(tensors: TensorDict, val_loss: float) -> None:
-    """ValueError unless a new version and its held-out loss are finite (else the round fails)."""
-    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()), None)
-    if bad is not None or not math.isfinite(val_loss):
-        raise ValueError(
-            f"the round's aggregated update gives a version that is not finite (tensor {bad}, held-out "
-            f"loss {val_loss}); its contributions are not used"
-        )
-
-
-def split_state(stored: TensorDict) -> tuple[TensorDict, TensorDict]:
-    """(outer optimizer state, download residual) from the run's state blob."""
-    outer = {k: v for k, v in stored.items() if not k.startswith(RESIDUAL)}
-    residual = {k.removeprefix(RESIDUAL): v for k, v in stored.items() if k.startswith(RESIDUAL)}
-    return outer, residual
-
-
-def join_state(outer: TensorDict, residual: TensorDict) -> TensorDict:
-    return {**outer, **{RESIDUAL + k: v for k, v in residual.items()}}

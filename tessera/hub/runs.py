@@ -17,7 +17,7 @@ from tessera.hub.auth import Principal, require_participant, require_reader
 from tessera.hub.context import HubContext
 from tessera.hub.modules import check_module
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.state import Provider, Run, Version, new_id, new_round, new_run
+from tessera.hub.tables import Provider, Run, Version, new_id, new_round, new_run
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, load_data, model_bytes, model_tensors
 
@@ -154,19 +154,20 @@ class Runs:
 
     def authorize(self, run_id: str, who: Principal) -> None:
         """403 unless ``who`` may work on the run (see tessera.hub.auth)."""
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             participant(s, run_id, who)
 
     def authorize_read(self, run_id: str, who: Principal) -> None:
         """403 unless ``who`` may read the run's status, metrics, versions and blobs."""
-        with self.hub.state.transaction() as s:
+        with self.hub.state.reading() as s:
             run = queries.run(s, run_id)
             require_reader(who, run_id, run.owner_id, run.collective_id)
 
 
-def participant(s: Session, run_id: str, who: Principal) -> Run:
-    """The run, in the caller's transaction; 403 unless ``who`` may work on it."""
-    run = queries.run(s, run_id)
+def participant(s: Session, run_id: str, who: Principal, lock: bool = False) -> Run:
+    """The run, in the caller's transaction (``lock``: with its row lock); 403 unless ``who`` may
+    work on it."""
+    run = queries.run(s, run_id, lock=lock)
     require_participant(who, run_id, run.owner_id, run.collective_id)
     return run
 

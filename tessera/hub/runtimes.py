@@ -13,7 +13,8 @@ from tessera.errors import ConfigError
 from tessera.hub import queries
 from tessera.hub.modules import frozen_versions
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.state import Run, State, Version
+from tessera.hub.state import State
+from tessera.hub.tables import Run, Version
 from tessera.recipe import Recipe, parse_recipe
 from tessera.trust import Trust
 
@@ -37,7 +38,7 @@ class Runtimes:
             if run_id in self._runtimes:
                 self._runtimes.move_to_end(run_id)
                 return self._runtimes[run_id]
-        with self.state.transaction() as s:
+        with self.state.reading() as s:
             module = queries.run(s, run_id).module
         recipe = self.whole_recipe(run_id)
         if recipe.modules and module is None:
@@ -46,7 +47,7 @@ class Runtimes:
                 f"({', '.join(recipe.modules)}); `tessera worker --module` picks one"
             )
         runtime = RunRuntime.build(recipe, module, trust=self.trust)
-        with self.state.transaction() as s:
+        with self.state.reading() as s:
             self.load_frozen(runtime, frozen_versions(s, queries.run(s, run_id), runtime.recipe) or [])
         return self.keep(run_id, runtime)
 
@@ -58,6 +59,11 @@ class Runtimes:
             while len(self._runtimes) > self.size:
                 self._runtimes.popitem(last=False)
             return kept
+
+    def holds(self, run_id: str) -> bool:
+        """Whether the run's runtime is cached now (``get`` would not build it)."""
+        with self._lock:
+            return run_id in self._runtimes
 
     def drop(self, run_id: str) -> None:
         with self._lock:
@@ -73,7 +79,7 @@ class Runtimes:
         with self._lock:
             if run_id in self._recipes:
                 return self._recipes[run_id]
-        with self.state.transaction() as s:
+        with self.state.reading() as s:
             text = queries.run(s, run_id).recipe
         recipe = parse_recipe(text)
         with self._lock:

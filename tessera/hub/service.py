@@ -101,7 +101,9 @@ class HubService:
 
     # --- contributions and rounds ------------------------------------------------------
 
-    def upload_limit(self, run_id: str) -> int:
+    def upload_limit(self, run_id: str, who: Principal) -> int:
+        """The most bytes an upload to the run may have (403 unless ``who`` may work on it)."""
+        self.runs.authorize(run_id, who)
         return self.uploads.upload_limit(run_id)
 
     def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:

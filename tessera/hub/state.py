@@ -1,4 +1,6 @@
-"""The hub's state in SQL through SQLAlchemy (SQLite file by default).
+"""The hub's database through SQLAlchemy (a SQLite file by default, PostgreSQL in production):
+the engine, its transactions, and the schema (created in an empty database, upgraded in place in
+an older one, refused in a foreign one). The tables are in ``tessera.hub.tables``.
 
 The hub keeps no state outside this database and the blob store, so a restarted hub resumes.
 """
@@ -8,33 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    inspect,
-    text,
-)
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from tessera.errors import ConfigError
+from tessera.hub.tables import SCHEMA_VERSION, Base, Meta
 
-SCHEMA_VERSION = 8  # raise on every change of the tables below
 # Upgrades of older databases in place, one schema version at a time: added columns (SQLite and
 # PostgreSQL alike), and ("postgresql", statement) for PostgreSQL alone (SQLite's INTEGER is
 # 64 bits already).
@@ -73,241 +60,6 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
 }
 
 
-class Base(DeclarativeBase):
-    pass
-
-
-def new_id() -> str:
-    """A new row id: 32 random hex digits."""
-    return uuid.uuid4().hex
-
-
-class Meta(Base):
-    __tablename__ = "tessera_meta"
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(200))
-
-
-class Provider(Base):
-    """A person, company, collective or sponsor; a collective's members are providers."""
-
-    __tablename__ = "providers"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # person | company | collective | sponsor
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class Membership(Base):
-    __tablename__ = "memberships"
-    collective_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), primary_key=True)
-    member_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), primary_key=True)
-
-
-class ApiToken(Base):
-    """Only the sha256 of a token is stored; a revoked token stays, marked, for the record."""
-
-    __tablename__ = "api_tokens"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    label: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[float] = mapped_column(Float)
-    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class Run(Base):
-    """A run; a modular run's modules are runs too, each with its own versions and rounds,
-    pointing to the run they belong to (``parent_id``) by name (``module``)."""
-
-    __tablename__ = "runs"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    recipe: Mapped[str] = mapped_column(Text)
-    owner_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
-    collective_id: Mapped[str | None] = mapped_column(ForeignKey("providers.id"), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | finished
-    current_round: Mapped[int] = mapped_column(Integer, default=0)
-    outer_state_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    workers_registered: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[float] = mapped_column(Float)
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    module: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    model_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # measured on the meta device
-    # the last failure to close a round (or to load the run), shown in its status until a round closes
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: str | None, now: float) -> Run:
-    """An active run (or module) with no rounds done and no workers yet."""
-    return Run(
-        id=run_id,
-        name=name,
-        recipe=recipe,
-        owner_id=owner_id,
-        collective_id=collective_id,
-        status="active",
-        current_round=0,
-        workers_registered=0,
-        created_at=now,
-        model_bytes=0,
-    )
-
-
-class Worker(Base):
-    __tablename__ = "workers"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
-    index: Mapped[int] = mapped_column(Integer)  # registration order within the run
-    shard: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    ranks: Mapped[int] = mapped_column(Integer, default=1)  # torchrun ranks training as this worker
-    registered_at: Mapped[float] = mapped_column(Float)
-    last_seen_at: Mapped[float] = mapped_column(Float)
-
-
-class Version(Base):
-    __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("run_id", "number"),)
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    blob_sha: Mapped[str] = mapped_column(String(64))
-    nbytes: Mapped[int] = mapped_column(BigInteger)
-    # the change from the parent version in the run's download codec (None for version 0)
-    change_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    change_nbytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    contributions: Mapped[list[str]] = mapped_column(JSON, default=list)
-    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
-    merge_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a version made by a merge
-
-
-class MergeRecord(Base):
-    """A merge of modules trained from one base into a target module, accepted (a new version of
-    the target) or rejected (held-out loss got worse); inputs and evaluation kept either way."""
-
-    __tablename__ = "merges"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)  # the modular run
-    target_run_id: Mapped[str] = mapped_column(String(32))
-    target: Mapped[str] = mapped_column(String(64))
-    method: Mapped[str] = mapped_column(String(32))
-    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
-    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # module, run_id, version_id, number
-    base_version_id: Mapped[str] = mapped_column(String(32))  # the target's version it replaces
-    val_loss_before: Mapped[float | None] = mapped_column(Float, nullable=True)
-    val_loss_after: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    version_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    created_by: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class RoundRecord(Base):
-    __tablename__ = "rounds"
-    __table_args__ = (UniqueConstraint("run_id", "number"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    number: Mapped[int] = mapped_column(Integer)
-    base_version_id: Mapped[str] = mapped_column(String(32))
-    started_at: Mapped[float] = mapped_column(Float)
-    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    close_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    version_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
-    accepted: Mapped[int] = mapped_column(Integer, default=0)
-    rejected: Mapped[int] = mapped_column(Integer, default=0)
-    clipped: Mapped[int] = mapped_column(Integer, default=0)
-    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
-    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
-    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
-    failures: Mapped[int] = mapped_column(Integer, default=0)  # closes that failed (then restarted)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last failure
-    # set while the round closes (its contributions fixed; uploads arriving now count in the next)
-    closing_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-def new_round(run_id: str, number: int, base_version_id: str, started_at: float) -> RoundRecord:
-    """An open round with zeroed counters (set here, so they can be incremented before a flush)."""
-    return RoundRecord(
-        run_id=run_id,
-        number=number,
-        base_version_id=base_version_id,
-        started_at=started_at,
-        accepted=0,
-        rejected=0,
-        tokens=0,
-        bytes_in=0,
-        bytes_out=0,
-        failures=0,
-    )
-
-
-class Lease(Base):
-    __tablename__ = "leases"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id"), index=True)
-    round: Mapped[int] = mapped_column(Integer)
-    version_id: Mapped[str] = mapped_column(String(32))
-    inner_steps: Mapped[int] = mapped_column(Integer)
-    issued_at: Mapped[float] = mapped_column(Float)
-    deadline: Mapped[float] = mapped_column(Float)
-    # open | used | void (its round's close failed: the worker leases again)
-    state: Mapped[str] = mapped_column(String(16), default="open")
-
-
-class Contribution(Base):
-    __tablename__ = "contributions"
-    __table_args__ = (UniqueConstraint("run_id", "id"),)
-    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(64))
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    worker_id: Mapped[str] = mapped_column(String(32))
-    lease_id: Mapped[str] = mapped_column(String(32))
-    round: Mapped[int] = mapped_column(Integer, index=True)
-    base_version_number: Mapped[int] = mapped_column(Integer)
-    blob_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    nbytes: Mapped[int] = mapped_column(BigInteger)
-    tokens: Mapped[int] = mapped_column(BigInteger)
-    steps: Mapped[int] = mapped_column(Integer)
-    compute_s: Mapped[float] = mapped_column(Float, default=0.0)  # the worker's inner-step time
-    train_loss: Mapped[float] = mapped_column(Float)
-    norm: Mapped[float] = mapped_column(Float)
-    weight: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class LedgerEntry(Base):
-    """Append-only: rows are only ever inserted. One compute credit per committed contribution.
-
-    ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token).
-    """
-
-    __tablename__ = "ledger"
-    __table_args__ = (UniqueConstraint("run_id", "contribution_id", "kind"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
-    contribution_id: Mapped[str] = mapped_column(String(64))
-    version_id: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16))  # compute
-    tokens: Mapped[int] = mapped_column(BigInteger)
-    flops_per_token: Mapped[float] = mapped_column(Float)
-    amount: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -338,6 +90,7 @@ class State:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine, autoflush=False)
         self._turn: contextlib.AbstractContextManager[object] = (
             threading.RLock() if url.startswith("sqlite") else contextlib.nullcontext()
         )
@@ -387,6 +140,14 @@ class State:
         of polling the database's (its busy handler sleeps); callers keep them short: no tensor
         work inside."""
         with self._turn, self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for lookups only: it commits nothing (a change made in it is dropped), and on
+        SQLite it does not wait for the writers' turn (the write-ahead log lets readers in beside
+        the one writer). What it returns stays readable after it ends."""
+        with self._readers() as session:  # closing it ends its transaction, keeping loaded rows
             yield session
 
     def close(self) -> None:

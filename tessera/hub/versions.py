@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from tessera.blobs import BlobStore
 from tessera.hub import queries
 from tessera.hub.modules import modules_of
-from tessera.hub.state import Run, Version, new_id, new_round
+from tessera.hub.tables import Run, Version, new_id, new_round
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from tessera.api.messages import (
     RoundMetrics,
     VersionInfo,
 )
-from tessera.hub.state import Contribution, RoundRecord, Run, Version
+from tessera.hub.tables import Contribution, RoundRecord, Run, Version
 
 
 def frozen_module(name: str, run: Run, v: Version) -> FrozenModule:

@@ -17,8 +17,8 @@ throughput, while the hub's links keep up).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 from tessera.errors import ConfigError
 from tessera.plan.cost import (
@@ -71,9 +71,10 @@ class Workload:
     eval_tokens: int  # held-out tokens the hub evaluates at every close
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unit:
-    """What trains as one worker of the hub: a node, or a group training synchronously."""
+    """What trains as one worker of the hub: a node, or a group training synchronously. The search
+    leaves units as they are (it compares ``Sizing``s); the plan's units carry the chosen one."""
 
     name: str
     nodes: tuple[Node, ...]
@@ -88,12 +89,30 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Sizing:
+    """One round tried: each unit's sync time and inner steps (by unit name), what they give."""
+
+    sync_s: Mapping[str, float]
+    inner_steps: Mapping[str, int]
+    round_s: float
+    utilization: float  # FLOP/s-weighted
+    lowest: float  # the least busy unit's
+
+
+@dataclass(frozen=True)
 class Round:
     wire_format: str
     inner_steps: int  # of the fastest unit
-    round_s: float
-    utilization: float
+    sizing: Sizing
     reached: bool  # the target utilization, with every unit above min_unit_utilization
+
+    @property
+    def round_s(self) -> float:
+        return self.sizing.round_s
+
+    @property
+    def utilization(self) -> float:
+        return self.sizing.utilization
 
 
 @dataclass
@@ -263,10 +282,9 @@ class Planner:
 
     def diloco_estimate(self, members: Sequence[Unit]) -> float:
         """Utilization the members would reach as DiLoCo workers with the recipe's H (least lossy format)."""
-        for u in members:
-            u.sync_s = self.sync_s(u, members, self.settings.wire_formats[0])
+        sync = self.sync_times(members, self.settings.wire_formats[0])
         fastest = min(members, key=lambda u: u.step_s)
-        return self.size_round(members, self.workload.inner_steps, fastest)[1]
+        return self.size_round(members, self.workload.inner_steps, fastest, sync).utilization
 
     def record_level(self, group: str, strategy: str, units: Sequence[Unit]) -> LevelPlan:
         g = self.topology.groups[group]
@@ -294,6 +312,9 @@ class Planner:
         slowest = max(self.sharing(name, units) * nbytes / link.bytes_per_s for name, link in unit.path)
         return ONE_WAY_TRIPS_PER_ROUND * latency + 2 * slowest
 
+    def sync_times(self, units: Sequence[Unit], wire_format: str) -> dict[str, float]:
+        return {u.name: self.sync_s(u, units, wire_format) for u in units}
+
     def sharing(self, link_name: str, units: Sequence[Unit]) -> int:
         return sum(1 for u in units if any(name == link_name for name, _ in u.path))
 
@@ -303,72 +324,80 @@ class Planner:
             self.workload.eval_tokens * forward_flops, self.topology.hub_flops, self.settings.efficiency
         )
 
-    def size_round(self, units: Sequence[Unit], h_ref: int, fastest: Unit) -> tuple[float, float, float]:
-        """Give each unit the steps that end its round with the fastest unit's.
-
-        Returns the round time, the FLOP/s-weighted utilization and the lowest unit's."""
-        compute_end = h_ref * fastest.step_s + fastest.sync_s
-        for u in units:
-            u.inner_steps = max(1, math.floor((compute_end - u.sync_s) / u.step_s + 1e-9))
-        round_s = max(u.inner_steps * u.step_s + u.sync_s for u in units) + self.hub_close_s()
+    def size_round(
+        self, units: Sequence[Unit], h_ref: int, fastest: Unit, sync: Mapping[str, float]
+    ) -> Sizing:
+        """Each unit's steps that end its round with the fastest unit's (which makes ``h_ref``)."""
+        compute_end = h_ref * fastest.step_s + sync[fastest.name]
+        steps = {u.name: max(1, math.floor((compute_end - sync[u.name]) / u.step_s + 1e-9)) for u in units}
+        round_s = max(steps[u.name] * u.step_s + sync[u.name] for u in units) + self.hub_close_s()
         weights = [sum(n.flops for n in u.nodes) for u in units]
-        busy = [u.inner_steps * u.compute_s / round_s for u in units]
-        return round_s, sum(w * b for w, b in zip(weights, busy, strict=True)) / sum(weights), min(busy)
+        busy = [steps[u.name] * u.compute_s / round_s for u in units]
+        utilization = sum(w * b for w, b in zip(weights, busy, strict=True)) / sum(weights)
+        return Sizing(sync, steps, round_s, utilization, min(busy))
 
-    def good_enough(self, utilization: float, lowest: float) -> bool:
+    def good_enough(self, sizing: Sizing) -> bool:
         settings = self.settings
         slack = 1e-6  # float rounding at an exact boundary
         return (
-            utilization + slack >= settings.target_utilization
-            and lowest + slack >= settings.min_unit_utilization
+            sizing.utilization + slack >= settings.target_utilization
+            and sizing.lowest + slack >= settings.min_unit_utilization
         )
 
     def choose_round(self, units: Sequence[Unit]) -> Round:
-        """The least lossy wire format and smallest H that keep the units busy enough."""
+        """The least lossy wire format and smallest H that keep the units busy enough (else the
+        last format tried, with the H that comes closest)."""
         fastest = min(units, key=lambda u: u.step_s)
         for fmt in self.settings.wire_formats:
-            for u in units:
-                u.sync_s = self.sync_s(u, units, fmt)
-            h = self.smallest_h(units, fastest)
-            round_s, util, lowest = self.size_round(units, h, fastest)
-            if self.good_enough(util, lowest):
-                return Round(fmt, h, round_s, util, True)
-        return Round(fmt, h, round_s, util, False)
+            sync = self.sync_times(units, fmt)
+            h = self.smallest_h(units, fastest, sync)
+            sizing = self.size_round(units, h, fastest, sync)
+            if self.good_enough(sizing):
+                return Round(fmt, h, sizing, True)
+        return Round(fmt, h, sizing, False)
 
-    def smallest_h(self, units: Sequence[Unit], fastest: Unit) -> int:
+    def smallest_h(self, units: Sequence[Unit], fastest: Unit, sync: Mapping[str, float]) -> int:
         """Binary search over H (utilization grows with H); max_inner_steps if none is enough."""
         lo, hi = 1, self.settings.max_inner_steps
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.good_enough(*self.size_round(units, mid, fastest)[1:]):
+            if self.good_enough(self.size_round(units, mid, fastest, sync)):
                 hi = mid
             else:
                 lo = mid + 1
         return lo
 
-    def split_modules(self, units: list[Unit]) -> tuple[list[Unit], Round]:
-        """While no round is good enough, the unit kept least busy trains an independent module."""
-        chosen = self.choose_round(units)
+    def split_modules(self, units: list[Unit]) -> tuple[list[Unit], list[Unit], Round]:
+        """While no round is good enough, the unit kept least busy trains an independent module:
+        the DiLoCo units, the module units, and the round chosen for the DiLoCo units."""
+        chosen, modules = self.choose_round(units), []
         while not chosen.reached and len(units) > 1:
-            worst = min(units, key=lambda u: u.inner_steps * u.compute_s)
-            if worst.inner_steps * worst.compute_s / chosen.round_s >= self.settings.min_unit_utilization:
+            work = {u.name: chosen.sizing.inner_steps[u.name] * u.compute_s for u in units}
+            worst = min(units, key=lambda u: work[u.name])
+            if work[worst.name] / chosen.round_s >= self.settings.min_unit_utilization:
                 break
-            worst.strategy = MODULES
+            modules.append(worst)
             units = [u for u in units if u is not worst]
             chosen = self.choose_round(units)
-        return units, chosen
+        return units, modules, chosen
 
     # --- the plan ------------------------------------------------------------------------
 
     def plan(self) -> Plan:
-        units = self.frontier(self.topology.root)
-        diloco, chosen = self.split_modules(list(units))
+        frontier = self.frontier(self.topology.root)
+        diloco, modules, chosen = self.split_modules(list(frontier))
         fmt, h, round_s, util = chosen.wire_format, chosen.inner_steps, chosen.round_s, chosen.utilization
         if not chosen.reached:
             self.warnings.append(
                 f"utilization {util:.0%} stays below the target {self.settings.target_utilization:.0%} "
                 f"even with {fmt} and H = {h}"
             )
+        sizing = chosen.sizing
+        diloco = [
+            replace(u, inner_steps=sizing.inner_steps[u.name], sync_s=sizing.sync_s[u.name]) for u in diloco
+        ]
+        planned = {u.name: u for u in diloco} | {u.name: replace(u, strategy=MODULES) for u in modules}
+        units = [planned[u.name] for u in frontier]
         for u in units:
             if u.strategy == MODULES:
                 self.mark_modules(u)
@@ -413,7 +442,6 @@ class Planner:
         if unit.name in self.levels:
             level = self.levels[unit.name]
             level.strategy, (level.latency_class, level.work_class) = MODULES, CLASSES[MODULES]
-        unit.inner_steps = 0
         self.warnings.append(
             f"{unit.name} trains an independent module (merged later): its link keeps it busy less than "
             f"{self.settings.min_unit_utilization:.0%} of a DiLoCo round"

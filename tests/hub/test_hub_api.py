@@ -18,7 +18,7 @@ from tessera.api.protocol import META_HEADER
 from tessera.core.tensors import from_bytes, to_bytes
 from tessera.errors import LeaseError, NotFound, TesseraError, Unauthorized
 from tessera.hub.service import HubService
-from tessera.hub.state import Contribution, Lease, RoundRecord, Version
+from tessera.hub.tables import Contribution, Lease, RoundRecord, Version
 from tests.helpers import FakeClock, join, meta, tiny_recipe, work, zero_update
 
 pytestmark = pytest.mark.timeout(120)

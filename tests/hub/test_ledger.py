@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from tessera.api.client import HubClient
 from tessera.core.tensors import to_bytes
 from tessera.hub.service import HubService
-from tessera.hub.state import LedgerEntry, Version
+from tessera.hub.tables import LedgerEntry, Version
 from tests.helpers import join, meta, tiny_recipe, work, zero_update
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,7 +58,7 @@ def test_ledger_visibility(http: TestClient, admin: HubClient, corpus_dir: Path)
 
 def test_balances_cannot_overflow(service: HubService) -> None:
     """Sums beyond SQLite's 2^63 integers: the ledger still answers (summed as floats)."""
-    from tessera.hub.state import Provider, new_run
+    from tessera.hub.tables import Provider, new_run
 
     admin = service.providers.principal(service.providers.bootstrap_admin())
     with service.state.transaction() as s:

@@ -16,7 +16,7 @@ from tessera.core.tensors import from_bytes
 from tessera.errors import ConfigError, Forbidden
 from tessera.hub.config import HubConfig, HubLimits
 from tessera.hub.service import HubService
-from tessera.hub.state import Run
+from tessera.hub.tables import Run
 from tessera.models.modular import build, module_params
 from tessera.recipe import parse_recipe
 from tessera.task import assemble, model_bytes

@@ -5,7 +5,8 @@ import pytest
 from sqlalchemy import text
 
 from tessera.errors import ConfigError
-from tessera.hub.state import BIGINT_COLUMNS, SCHEMA_VERSION, Meta, State
+from tessera.hub.state import BIGINT_COLUMNS, State
+from tessera.hub.tables import SCHEMA_VERSION, Meta
 
 
 def test_schema_is_created_then_reused(tmp_path: Path) -> None:

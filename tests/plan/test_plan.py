@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -29,7 +30,17 @@ from tessera.plan.cost import (
     step_s,
     transfer_s,
 )
-from tessera.plan.planner import DILOCO, MODULES, SINGLE, SYNC, Plan, PlanSettings, Workload, make_plan
+from tessera.plan.planner import (
+    DILOCO,
+    MODULES,
+    SINGLE,
+    SYNC,
+    Plan,
+    Planner,
+    PlanSettings,
+    Workload,
+    make_plan,
+)
 from tessera.plan.profile import WIRE_FORMATS, ModelProfile, parameters_per_module, profile_model
 from tessera.plan.simulator import ChurnEvent, SimSettings, simulate
 from tessera.plan.topology import TopologyError, Window, load_topology, parse_topology, parse_window
@@ -250,6 +261,29 @@ def test_slow_sync_group_becomes_diloco_and_hopeless_link_trains_a_module() -> N
     assert units["dialup"] == MODULES
     assert units["x-0"] == units["fast"] == DILOCO
     assert any("dialup trains an independent module" in w for w in p.warnings)
+
+
+def test_planning_changes_nothing_it_is_given() -> None:
+    """The search compares sizings without writing them into units or the topology: one planner
+    plans twice alike, and the topology is as parsed."""
+    text = topo(
+        groups=group("slowbox", lat=1, bw=1000),
+        nodes=node("x", group="slowbox", lat=5, bw=100, extra="count = 2")
+        + node("fast", lat=1, bw=1000)
+        + node("dialup", lat=300, bw=0.05),
+    )
+    topology = parse_topology(text)
+    planner = Planner(topology, profile(), WORKLOAD, SETTINGS)
+    first, second = (
+        planner.plan().to_json(),
+        Planner(topology, profile(), WORKLOAD, SETTINGS).plan().to_json(),
+    )
+    assert first == second
+    assert topology == parse_topology(text)
+    units = planner.frontier(topology.root)
+    before = copy.deepcopy(units)
+    planner.choose_round(units)
+    assert units == before
 
 
 def test_single_member_groups_and_memory_and_windows() -> None:

@@ -20,7 +20,8 @@ from sqlalchemy import select
 
 from tessera.api.client import HubClient
 from tessera.api.messages import ContributionMeta
-from tessera.hub.state import LedgerEntry, State, Version
+from tessera.hub.state import State
+from tessera.hub.tables import LedgerEntry, Version
 from tessera.testing.cluster import ROOT, free_port, start_hub, wait_until
 from tests.helpers import tiny_recipe
 

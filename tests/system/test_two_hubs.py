@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tessera.api.client import HubClient
-from tessera.hub.state import Contribution, State, Version
+from tessera.hub.state import State
+from tessera.hub.tables import Contribution, Version
 from tessera.testing.cluster import free_port, run_loops, start_hub
 from tessera.worker.loop import WorkLoop
 from tessera.worker.session import WorkerSettings

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, BackgroundTasks, Header, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -47,11 +48,13 @@ async def contribute(
     """Upload a contribution: safetensors body, JSON metadata in the header. ``final`` in the
     reply says whether its status is final; a round this upload makes due closes after the reply
     is sent."""
-    await run_in_threadpool(service.authorize, run_id, who)
+    limit = await run_in_threadpool(service.upload_limit, run_id, who)  # 403 before anything is read
     meta = parse_meta(meta_header)
-    limit = await run_in_threadpool(service.upload_limit, run_id)
     body = await read_limited(request, limit)
-    reply = await run_in_threadpool(service.submit, run_id, who, meta, body)
+    # on the uploads' own threads (limits.max_assessing): decoded tensors in memory stay bounded,
+    # and an upload waiting its turn holds no thread that leases need
+    limiter: anyio.CapacityLimiter = request.app.state.upload_limiter
+    reply = await anyio.to_thread.run_sync(service.submit, run_id, who, meta, body, limiter=limiter)
     if reply.status != "rejected" and not reply.duplicate:
         background.add_task(service.close_if_due, run_id)
     return reply
