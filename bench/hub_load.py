@@ -12,12 +12,14 @@ should not grow with the number of contributions: at most ``limits.max_assessing
 at once, they are written to disk as they arrive and averaged one at a time), and the latency of
 the lease requests that 8 probing workers send, each every 250 ms after its last answer (4 on
 the closing run, 4 on another run; a worker polling four times a second is already far more
-than a real one, which leases once a round): for 3 s before the last upload (nothing closes),
+than a real one, which leases once a round; each has leased once before): for 3 s before the
+last upload (nothing closes),
 then while the round closes (aggregation, outer step, writing the version, evaluation on 16
 held-out batches).
 
 Each case runs on this checkout's hub and then on the baseline's (same machine, same settings,
-same client), so the ratio is measured in one run.
+same client), so the ratio is measured in one run; ``--repeat`` times, alternating, and each
+figure reported is the median of its repeats (every repeat's figures are kept under ``runs``).
 
     git worktree add /tmp/tessera-baseline <commit>
     python bench/hub_load.py --baseline /tmp/tessera-baseline --json bench/results/hub_load.json
@@ -169,7 +171,9 @@ async def wait_closed(client: httpx.AsyncClient, run: str, rounds_done: int, tim
 
 
 def client_for(hub: Hub, concurrency: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency)
+    # idle connections expire before the hub's keep-alive timeout (uvicorn's 5 s) closes them, so
+    # no request goes out on a connection the hub is closing
+    limits = httpx.Limits(max_connections=concurrency, keepalive_expiry=2.0)
     headers = {"Authorization": f"Bearer {hub.token}"}
     return httpx.AsyncClient(base_url=hub.url, headers=headers, timeout=600, limits=limits)
 
@@ -213,6 +217,12 @@ async def probe_leases(
     return latencies
 
 
+async def probe_once(client: httpx.AsyncClient, targets: list[tuple[str, str]]) -> None:
+    await asyncio.gather(
+        *(client.post(f"/v1/runs/{run}/leases", json={"worker_id": worker}) for run, worker in targets)
+    )
+
+
 async def large_round(hub: Hub, workers: int, concurrency: int) -> dict[str, float]:
     """One round of ``workers`` 1M-parameter int8 uploads, then its close with probing leases."""
     async with client_for(hub, concurrency) as client:
@@ -232,6 +242,7 @@ async def large_round(hub: Hub, workers: int, concurrency: int) -> dict[str, flo
         start = time.perf_counter()
         await asyncio.gather(*(one(w) for w in uploaders[:-1]))
         uploading = time.perf_counter() - start
+        await probe_once(client, probers)  # each prober holds its lease: what follows is polling
         stop = asyncio.Event()
         probing = asyncio.create_task(probe_leases(client, probers, stop))
         await asyncio.sleep(IDLE_PROBE_S)  # the probers' own load, with no round closing
@@ -270,6 +281,11 @@ def run_case(checkout: Path, tmp: Path, name: str, case: object) -> tuple[dict[s
     return result, peak
 
 
+def medians(runs: list[dict[str, float]]) -> dict[str, object]:
+    """Each figure's median over the repeats of a case, and the repeats themselves."""
+    return {**{k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,29 +296,24 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, required=True, help="a checkout of the commit to compare with"
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each case on each checkout")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     checkouts = {"current": ROOT, "baseline": args.baseline.resolve()}
     results: dict[str, dict[str, dict[str, object]]] = {k: {"small": {}, "large": {}} for k in checkouts}
+    cases = [
+        ("small", n, partial(small_round, workers=n, concurrency=args.concurrency)) for n in args.workers
+    ]
+    cases += [("large", n, partial(large_round, workers=n, concurrency=args.concurrency)) for n in args.large]
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.workers:
-            for label, checkout in checkouts.items():  # side by side, size by size
-                result, peak = run_case(
-                    checkout,
-                    Path(tmp),
-                    f"{label}-small-{n}",
-                    partial(small_round, workers=n, concurrency=args.concurrency),
-                )
-                results[label]["small"][str(n)] = {**result, "peak_rss_mb": peak}
-        for n in args.large:
-            for label, checkout in checkouts.items():
-                result, peak = run_case(
-                    checkout,
-                    Path(tmp),
-                    f"{label}-large-{n}",
-                    partial(large_round, workers=n, concurrency=args.concurrency),
-                )
-                results[label]["large"][str(n)] = {**result, "peak_rss_mb": peak}
+        for kind, n, case in cases:
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label in checkouts}
+            for i in range(args.repeat):
+                for label, checkout in checkouts.items():  # side by side, size by size, alternating
+                    result, peak = run_case(checkout, Path(tmp), f"{label}-{kind}-{n}-{i}", case)
+                    runs[label].append({**result, "peak_rss_mb": peak})
+            for label in checkouts:
+                results[label][kind][str(n)] = medians(runs[label])
     current, baseline = results["current"], results["baseline"]
     largest, biggest = str(max(args.workers)), str(max(args.large))
     small, large = current["small"][largest], current["large"][biggest]
@@ -325,6 +336,7 @@ def main() -> None:
         "large_per_round_size": current["large"],
         "baseline": {**baseline, "commit": commit.stdout.strip()},
         "concurrency": args.concurrency,
+        "repeats": args.repeat,
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": 2},
         "command": "python " + " ".join(sys.argv),
     }

@@ -14,7 +14,8 @@
     ├── Forbidden            a valid token without the right for this action (HTTP 403)
     │   └── QuotaExceeded    a provider's limit on this hub is reached (runs, workers, model size)
     ├── TooManyRequests      too many requests at once (HTTP 429): retry after ``retry_after_s``
-    └── HubUnavailable       the worker could not reach the hub after retrying
+    ├── HubUnavailable       the worker could not reach the hub after retrying
+    └── HubFailed            the hub failed on a request (HTTP 500): its fault, not the request's
 
 CLI exit codes: 0 success, 1 a TesseraError (message printed), 2 usage error,
 130 interrupted with Ctrl-C.
@@ -101,3 +102,9 @@ class TooManyRequests(TesseraError):
 
 class HubUnavailable(TesseraError):
     code = "hub_unavailable"
+
+
+class HubFailed(TesseraError):
+    """HTTP 500: the hub failed on a request it should have answered; retrying will not help."""
+
+    code = "hub_failed"

@@ -33,13 +33,18 @@ def model_factory(recipe: Recipe, trust: Trust) -> Callable[..., Any]:
 
 
 def call_factory(factory: Callable[..., Any], spec: str, *args: Any, **options: Any) -> Any:
-    """A trusted factory's result; its own errors about the values it got become ConfigErrors."""
+    """A trusted factory's result; whatever it raises becomes a ConfigError naming it (the
+    factory is the owner's code: the fix is in its options or in it)."""
     try:
         return factory(*args, **options)
     except TesseraError:
         raise
     except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
         raise ConfigError(f"{spec} refused its options: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the factory's own failure: told, not a server error
+        raise ConfigError(
+            f"{spec} failed: {type(exc).__name__}: {exc}; fix the factory or its options"
+        ) from exc
 
 
 def build_model(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> nn.Module:

@@ -35,7 +35,7 @@ from tessera.api.messages import (
     VersionInfo,
 )
 from tessera.api.protocol import META_HEADER, error_for
-from tessera.errors import HubUnavailable, NotFound
+from tessera.errors import HubFailed, HubUnavailable, NotFound
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -73,7 +73,9 @@ class HubClient:
     def connect(
         cls, url: str, token: str | None = None, retry_s: float = 60.0, run_id: str | None = None
     ) -> HubClient:
-        http = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0))
+        # an idle connection expires before the hub's keep-alive timeout (uvicorn's 5 s) closes it
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        http = httpx.Client(base_url=url, timeout=httpx.Timeout(120.0, connect=10.0), limits=limits)
         return cls(http, token, retry_s, run_id)
 
     @property
@@ -117,7 +119,12 @@ class HubClient:
                         continue
                 if response.status_code < 500:
                     return raise_for_error(response)
-                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code == 500:  # the hub's own failure: the same request fails again
+                    raise HubFailed(
+                        f"the hub at {self.http.base_url} failed on {method} {path} (HTTP 500: "
+                        f"{response.text[:200]}); the request is not at fault: the hub's log says why"
+                    )
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"  # 502-504: retried
             if time.monotonic() + delay > give_up:
                 raise HubUnavailable(
                     f"hub at {self.http.base_url} unreachable ({problem}); "

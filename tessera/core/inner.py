@@ -7,7 +7,7 @@ evaluation and the benchmarks all call these.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,23 @@ from tessera.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def outputs_of(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """What the loss compares with the targets: the model's forward on ``inputs`` if it is a
+    tensor, else the ``logits`` of what it returned (a ``transformers`` ``ModelOutput``, or a
+    dict). ConfigError naming the contract otherwise."""
+    output = model(inputs)
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise ConfigError(
+        f"the model's forward returned {type(output).__name__}; it must return a tensor of outputs "
+        "(e.g. logits of shape (batch, time, vocabulary)), an object with .logits (a transformers "
+        "ModelOutput), or a dict with 'logits'"
+    )
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,7 +105,7 @@ class InnerTrainer:
         """One optimizer step; returns (loss, target elements seen)."""
         inputs, targets = batch
         self.model.train()
-        loss = self.loss_fn(self.model(inputs), targets)
+        loss = self.loss_fn(outputs_of(self.model, inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.settings.grad_clip > 0:
@@ -120,7 +137,7 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -> flo
     model.eval()
     total, count = 0.0, 0
     for inputs, targets in batches:
-        total += float(loss_fn(model(inputs), targets)) * targets.numel()
+        total += float(loss_fn(outputs_of(model, inputs), targets)) * targets.numel()
         count += targets.numel()
     model.train(was_training)
     if count == 0:

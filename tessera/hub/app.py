@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -90,6 +91,16 @@ def install_error_handlers(app: FastAPI) -> None:
                 }
             )
             response.headers["Allow"] = ", ".join(methods)
+        return response
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_: Request, exc: DBAPIError) -> JSONResponse:
+        """The database cannot answer now (a restart, a lost connection, SQLite busy past its
+        timeout): 503, which clients retry; nothing was committed."""
+        log.warning("database unavailable: %s", exc)
+        response = error_response(503, "database_unavailable", "the hub's database is unavailable; retry")
+        response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(RequestValidationError)

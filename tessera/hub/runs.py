@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from tessera.api.messages import CreateRunReply
 from tessera.core.modules import assign, training_order
 from tessera.core.tensors import to_bytes
-from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded
+from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded, TesseraError
 from tessera.hub import queries
 from tessera.hub.auth import Principal, require_participant, require_reader
 from tessera.hub.context import HubContext
@@ -176,4 +176,22 @@ def version_zero(runtime: RunRuntime) -> tuple[bytes, float | None]:
     """Version 0's blob and held-out loss, measured now unless the module depends on others (then
     once they have finished); outside any transaction."""
     waits = runtime.module is not None and bool(runtime.recipe.modules[runtime.module].depends)
-    return to_bytes(runtime.initial), None if waits else runtime.evaluate(runtime.initial)
+    return to_bytes(runtime.initial), None if waits else first_loss(runtime)
+
+
+def first_loss(runtime: RunRuntime) -> float:
+    """Version 0's held-out loss: the first time the model meets the recipe's data, so a model
+    that cannot take it is a ConfigError saying what the contract is."""
+    try:
+        return runtime.evaluate(runtime.initial)
+    except TesseraError:
+        raise
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        loss = runtime.recipe.train.loss
+        raise ConfigError(
+            f"the model failed on a held-out batch of the recipe's data ({type(exc).__name__}: {exc}); "
+            "its forward takes the batch's inputs (for a language model: token ids, int64, of shape "
+            f"(batch, time)) and returns what the loss {loss!r} compares with the targets (for "
+            "cross_entropy: logits of shape (batch, time, vocabulary) whose vocabulary covers the "
+            "data's tokens)"
+        ) from exc

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tessera.core.inner import Batch, LossFn
+from tessera.core.inner import Batch, LossFn, outputs_of
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of, training_flops_per_token
 
@@ -84,7 +84,7 @@ def count_training_flops(model: nn.Module, batch: Batch, loss_fn: LossFn) -> flo
     inputs, targets = batch
     counter = FlopCounterMode(display=False)
     with counter:
-        loss_fn(model(inputs), targets).backward()
+        loss_fn(outputs_of(model, inputs), targets).backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 

@@ -33,8 +33,9 @@ HTTP_ERRORS = {
     413: "body too large",
     422: "invalid request or contribution",
     429: "too many at once: retry after the Retry-After header's seconds",
+    503: "the hub's database is unavailable: retry after the Retry-After header's seconds",
 }
-COMMON_ERRORS = (400, 401, 403, 404, 422)  # added to every operation by the published schema
+COMMON_ERRORS = (400, 401, 403, 404, 422, 503)  # added to every operation by the published schema
 # Bodies that are not JSON, documented for the published schema.
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 BINARY_REPLY: dict[int | str, dict[str, Any]] = {
