@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from tessera.cli.app import DEFAULT_PORT, HOME, DataRootOpt, TrustOpt, app, console, setup_logging
+from tessera.errors import ConfigError
 from tessera.task import configure_torch
 
 
@@ -37,6 +39,30 @@ def hub(
     configure_torch(threads)
     settings = load_hub_config(config, trust or [], [str(p) for p in data_root or []])
     service = open_service(home, database, settings)
+    sock = listening_socket(host, port)  # before anything is printed: a taken port is told at once
     if admin_token(service, home) is not None:
-        console.print(f"admin token in {home / 'admin.token'} (create providers and tokens with it)")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+        console.print(
+            f"admin token in {home / 'admin.token'} (create providers and tokens with it)", soft_wrap=True
+        )
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+    console.print(f"hub serving at {url} (Ctrl-C stops it)", soft_wrap=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    server.run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (ConfigError saying what to do if it cannot be)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}: {exc}; give --host an address of this machine") from exc
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what uses it"
+        ) from exc
+    return sock
