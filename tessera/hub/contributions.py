@@ -101,9 +101,10 @@ class Contributions:
         return None if done is None else contribution_reply(done, duplicate=True)
 
     def _open_lease(self, s: Session, run_id: str, meta: ContributionMeta) -> Lease:
-        """The upload's lease, as the database holds it now: this run's and worker's, open, not
-        expired (LeaseError otherwise)."""
-        lease = s.get(Lease, meta.lease_id, populate_existing=True)
+        """The upload's lease, as the database holds it now (each caller's session is new, so it
+        is read from the database): this run's and worker's, open, not expired (LeaseError
+        otherwise)."""
+        lease = s.get(Lease, meta.lease_id)
         if lease is None or lease.run_id != run_id or lease.worker_id != meta.worker_id:
             raise LeaseError(f"lease {meta.lease_id} is unknown for this run and worker; lease again")
         if lease.state != "open":

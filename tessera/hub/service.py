@@ -85,9 +85,6 @@ class HubService:
     def create_run(self, who: Principal, recipe_text: str) -> CreateRunReply:
         return self.runs.create(who, recipe_text)
 
-    def authorize(self, run_id: str, who: Principal) -> None:
-        self.runs.authorize(run_id, who)
-
     def register(
         self, run_id: str, who: Principal, name: str, module: str | None = None, ranks: int = 1
     ) -> RegisterReply:
