@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tessera.data.text import domain_of, is_held_out, list_text_files, pack_domains, stdlib_root
+from tessera.data.corpus import is_held_out, pack_domains
+from tessera.data.text import domain_of, list_text_files, stdlib_root
 
 KINDS = ("comment", "import", "definition", "other")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -57,11 +58,10 @@ class LineKinds:
         by_domain: dict[str, list[str]] = {}
         held: list[str] = []
         for f in files:
-            rel = f.relative_to(root)
-            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
-            (held if is_held_out(rel.as_posix(), 0.1) else by_domain.setdefault(domain_of(rel), [])).extend(
-                lines
-            )
+            content = f.read_bytes()
+            lines = [ln for ln in content.decode(errors="replace").splitlines() if ln.strip()]
+            domain = domain_of(f.relative_to(root))
+            (held if is_held_out(content, 0.1) else by_domain.setdefault(domain, [])).extend(lines)
         packed = pack_domains({d: len(v) for d, v in by_domain.items()}, num_shards)
         self.shards = {
             f"shard-{i}": featurize([ln for d in ds for ln in by_domain[d]]) for i, ds in enumerate(packed)

@@ -3,39 +3,78 @@
 The hub serves real HTTP on 127.0.0.1 (SQLite and blobs under the demo's home); each worker is
 a separate `tessera worker` process holding a different shard of the standard library corpus.
 The processes are started by the cluster harness (``tessera.testing.cluster``); this module
-holds the demo's recipes, its run, its summary and the single-process baseline.
+holds the demo's recipes, its run, its summary and the single-process baseline. The demo trains
+its own recipe, or one the user gives (``DemoSettings.recipe``), with common settings overridden
+by options (``Overrides``), on the user's own machine: its hub and workers trust the factories
+and the data folder the user names.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tessera.api.client import HubClient
 from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
 from tessera.core.inner import InnerSettings, InnerTrainer, evaluate
-from tessera.errors import TesseraError
-from tessera.recipe import Recipe
+from tessera.errors import ConfigError, TesseraError
+from tessera.recipe import Recipe, parse_recipe
+from tessera.settings import read_toml
 from tessera.task import build_model, load_data, loss_of
 from tessera.testing.cluster import embedded_hub, start_worker, stop, wait_for_run
 from tessera.trust import Trust
 
 
 @dataclass(frozen=True)
+class Overrides:
+    """Recipe settings `tessera demo` takes as options, each set over the recipe's (None: kept)."""
+
+    rounds: int | None = None
+    inner_steps: int | None = None
+    outer: str | None = None  # outer optimizer: nesterov | average
+    outer_lr: float | None = None
+    momentum: float | None = None
+    codec: str | None = None  # of uploads
+    overlap: bool | None = None
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The recipe keys to set, by section."""
+        keys = {
+            ("run", "rounds"): self.rounds,
+            ("train", "inner_steps"): self.inner_steps,
+            ("outer", "kind"): self.outer,
+            ("outer", "lr"): self.outer_lr,
+            ("outer", "momentum"): self.momentum,
+            ("communication", "codec"): self.codec,
+            ("communication", "overlap"): self.overlap,
+        }
+        tables: dict[str, dict[str, Any]] = {}
+        for (section, key), value in keys.items():
+            if value is not None:
+                tables.setdefault(section, {})[key] = value
+        return tables
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     home: Path = Path(".tessera/demo")
     workers: int = 4
-    rounds: int = 12
+    rounds: int = 12  # rounds, inner steps and batch size: of the demo's own recipe
     inner_steps: int = 100
     batch_size: int = 16
     threads_per_worker: int = 1
     data_path: Path | None = None  # a folder of text files instead of the standard library
     collective: str | None = None  # the providers allowed to work on the run
+    recipe: str | None = None  # a recipe's TOML to train instead of the demo's own
+    overrides: Overrides = field(default_factory=Overrides)
+    factories: tuple[str, ...] = ()  # factories the user trusts (--trust)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.rounds < 1 or self.inner_steps < 1:
@@ -43,8 +82,14 @@ class DemoSettings:
 
     @property
     def trust(self) -> Trust:
-        """What the demo's hub and workers trust: tessera's own code, and the --data folder."""
-        return Trust.of(data_roots=[self.data_path] if self.data_path else [])
+        """What the demo's hub and workers trust: tessera's own code and the factories given with
+        --trust; the --data folder, else the [data] path of the recipe given (the user chose
+        both, and the demo's hub and workers are the user's own machine)."""
+        roots = [self.data_path] if self.data_path else []
+        if self.recipe is not None and self.data_path is None:
+            path = parse_recipe(self.recipe).data.path
+            roots += [Path(path)] if path else []
+        return Trust.of(self.factories, roots)
 
 
 OUTER_AND_EVAL = """[outer]
@@ -92,6 +137,68 @@ weight_decay = 0.1
 grad_clip = 1.0
 
 {OUTER_AND_EVAL}"""
+
+
+def run_recipe(settings: DemoSettings) -> str:
+    """The recipe the demo's run trains: the one given or the demo's own, with the options'
+    overrides (and the demo's collective and --data folder), checked by the recipe parser: a
+    bad value is a ConfigError naming it."""
+    if settings.recipe is None:
+        text, tables = demo_recipe(settings), settings.overrides.tables()
+    else:
+        text, tables = settings.recipe, settings.overrides.tables()
+        if settings.collective is not None:
+            tables.setdefault("run", {})["collective"] = settings.collective
+        if settings.data_path is not None:
+            tables.setdefault("data", {})["path"] = str(settings.data_path.resolve())
+    text = with_settings(text, tables)
+    parse_recipe(text)
+    return text
+
+
+def with_settings(text: str, tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """Recipe ``text`` with the keys of ``tables`` set, section by section; without any, ``text``
+    itself (its comments kept)."""
+    if not tables:
+        return text
+    doc = read_toml(text, "recipe")
+    for section, values in tables.items():
+        table = doc.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        table.update(values)
+    return to_toml(doc)
+
+
+def to_toml(doc: Mapping[str, Any]) -> str:
+    """A recipe's TOML from its parsed form: top-level keys, then one [section] per table (the
+    tables inside a section written inline)."""
+    top = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    sections = [
+        f"[{toml_key(name)}]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in table.items())
+        for name, table in doc.items()
+        if isinstance(table, dict)
+    ]
+    return "\n".join(["\n".join(top) + "\n", *sections]) if top else "\n".join(sections)
+
+
+def toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def toml_value(value: Any) -> str:
+    """A TOML value: strings as JSON writes them (TOML basic strings), tables inline."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} into a recipe")
 
 
 def modular_recipe(domains: list[str], rounds: int, inner_steps: int, expert_steps: int | None) -> str:
@@ -184,13 +291,16 @@ def train_baseline(
 def start_workers(
     url: str, run_id: str, tokens: list[str], run_dir: Path, settings: DemoSettings
 ) -> list[subprocess.Popen[bytes]]:
-    """One `tessera worker` process per token, in this folder, each in ``run_dir``/worker-N."""
-    data_root = ["--data-root", str(settings.data_path.resolve())] if settings.data_path else []
+    """One `tessera worker` process per token, in this folder, each in ``run_dir``/worker-N,
+    trusting what the demo's hub trusts."""
+    trust = settings.trust
+    options = [arg for root in trust.data_roots for arg in ("--data-root", str(root.resolve()))]
+    options += [arg for spec in sorted(trust.factories) for arg in ("--trust", spec)]
     return [
         start_worker(
             (url, token, run_id),
             run_dir / f"worker-{i}",
-            *data_root,
+            *options,
             name=f"worker-{i}",
             threads=settings.threads_per_worker,
             cwd=Path.cwd(),
@@ -214,7 +324,8 @@ def run_demo(
     on_start: Callable[[str, str], None],
     on_status: Callable[[RunStatus], None],
 ) -> DemoRun:
-    """Embedded hub, one run from the demo recipe, worker processes until the run finishes."""
+    """Embedded hub, one run of the demo's recipe (``run_recipe``), worker processes until the
+    run finishes."""
     start = time.perf_counter()
     with embedded_hub(settings.home, settings.trust) as (url, admin), HubClient.connect(url, admin) as client:
         collective = f"demo-{uuid.uuid4().hex[:8]}"
@@ -224,7 +335,7 @@ def run_demo(
             worker = client.create_provider(f"{collective}-worker-{i}")
             client.add_member(collective, worker.provider.provider_id)
             tokens.append(worker.token)
-        recipe_text = demo_recipe(replace(settings, collective=collective))
+        recipe_text = run_recipe(replace(settings, collective=collective))
         created = client.create_run(recipe_text)
         run_dir = settings.home / "runs" / created.run_id
         run_dir.mkdir(parents=True, exist_ok=True)

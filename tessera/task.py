@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ def call_factory(factory: Callable[..., Any], spec: str, *args: Any, **options: 
         return factory(*args, **options)
     except TesseraError:
         raise
-    except (TypeError, ValueError, ArithmeticError, RuntimeError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # how a factory says an option is wrong
         raise ConfigError(f"{spec} refused its options: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # the factory's own failure: told, not a server error
         raise ConfigError(
@@ -79,14 +80,20 @@ class SkipMetaInit(TorchFunctionMode):
 META_INIT = frozenset({"normal_", "uniform_", "trunc_normal_", "bernoulli_", "exponential_"})
 
 
-def model_bytes(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> int:
-    """Bytes of the recipe's parameters and buffers, measured on the meta device: nothing is
-    allocated, so a model far too big for the machine is measured, not built."""
+def meta_model(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> nn.Module:
+    """The recipe's model on the meta device: its shapes, with nothing allocated."""
     factory = model_factory(recipe, trust)
     with torch.device("meta"), SkipMetaInit():
         model = call_factory(factory, recipe.model.factory, **recipe.model.options)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {recipe.model.factory!r} returned {type(model).__name__}")
+    return model
+
+
+def model_bytes(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> int:
+    """Bytes of the recipe's parameters and buffers, measured on the meta device: nothing is
+    allocated, so a model far too big for the machine is measured, not built."""
+    model = meta_model(recipe, trust)
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -99,6 +106,9 @@ def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TR
     check_options(factory, recipe.data.options, spec, given=("path",))
     if path is None and recipe.data.path is not None:
         path = str(trust.data_path(recipe.data.path))
+    tokenizer = recipe.data.options.get("tokenizer")
+    if isinstance(tokenizer, str):
+        check_tokenizer_path(tokenizer, path, trust)
     source = call_factory(factory, spec, path, **recipe.data.options)
     for method in ("shard_names", "train_batches", "validation_batches"):
         if not callable(getattr(source, method, None)):
@@ -106,6 +116,20 @@ def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TR
     if not source.shard_names():
         raise DataError(f"data source {spec!r} has no shards")
     return source
+
+
+def check_tokenizer_path(tokenizer: str, data: str | None, trust: Trust) -> None:
+    """ConfigError unless the recipe's tokenizer file lies inside the data folder being read, or
+    inside one of the machine's data roots (a relative path is taken inside the data folder)."""
+    target = Path(tokenizer).expanduser()
+    folder = Path(data).expanduser().resolve() if data else None
+    if folder is not None and not folder.is_dir():
+        folder = folder.parent  # a data file (e.g. .jsonl): its folder
+    if not target.is_absolute() and folder is not None:
+        target = folder / target
+    resolved = target.resolve()
+    if folder is None or (resolved != folder and folder not in resolved.parents):
+        trust.data_path(str(resolved))
 
 
 @dataclass(frozen=True)

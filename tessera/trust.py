@@ -10,15 +10,16 @@ a hub or a worker imports and calls one only if its owner trusts it:
 - factories the owner lists: ``--trust package.module:function`` on ``tessera hub`` and
   ``tessera worker``, or ``[trust] factories`` in the hub's configuration file.
 
-Anything else is refused with a ConfigError *before* its module is imported. A trusted factory
-is called only with options it declares, of the types it declares (checked strictly, before the
-call). A recipe's ``[data] path`` is read only inside the owner's data roots (``--data-root``);
-the folder a worker's owner passes with ``--data`` is the owner's own choice and always allowed.
+Anything else is refused with a ConfigError *before* its module is imported. A trusted module
+whose files change is imported afresh for the next run (``tessera.imports``): no restart. A
+trusted factory is called only with options it declares, of the types it declares (checked
+strictly, before the call). A recipe's ``[data] path`` is read only inside the owner's data
+roots (``--data-root``); the folder a worker's owner passes with ``--data`` is the owner's own
+choice and always allowed.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import re
 import typing
@@ -31,6 +32,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from tessera.errors import ConfigError
+from tessera.imports import import_fresh
 
 ENTRY_POINT_GROUP = "tessera.factories"
 BUILTIN = frozenset(
@@ -39,6 +41,7 @@ BUILTIN = frozenset(
         "tessera.models.modular:build",
         "tessera.models.hf:causal_lm",
         "tessera.data.text:load",
+        "tessera.data.records:load",
     }
 )
 SPEC = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,9 +108,18 @@ class Trust:
         self.require(spec, role)
         module_name, _, attr = spec.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = import_fresh(module_name)
         except ImportError as exc:
-            raise ConfigError(f"cannot import {module_name!r} for {role} factory {spec!r}: {exc}") from exc
+            raise ConfigError(
+                f"cannot import {module_name!r} for {role} factory {spec!r}: {exc}; it must be importable "
+                "on this machine: install its package, or start tessera in the folder that holds it "
+                "(or add that folder to PYTHONPATH)"
+            ) from exc
+        except Exception as exc:  # the module's own code failed as it was imported
+            raise ConfigError(
+                f"importing {module_name!r} for {role} factory {spec!r} failed: {type(exc).__name__}: {exc}; "
+                "fix the module (the next run imports it afresh)"
+            ) from exc
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise ConfigError(f"{module_name!r} has no callable {attr!r} ({role} factory {spec!r})")

@@ -183,3 +183,37 @@ def test_the_demo_trusts_the_data_folder_it_is_given(corpus_dir: Path) -> None:
     assert load_data(parsed, trust=settings.trust).shard_names()  # what its hub and workers get
     with pytest.raises(ConfigError, match="--data-root"):
         load_data(parsed)
+
+
+def test_a_changed_trusted_package_is_imported_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The factory's module and the package's other modules it uses: a change to either takes
+    effect at the next resolve, without restarting the process."""
+    pkg = tmp_path / "mine"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "layers.py").write_text("WIDTH = 8\n")
+    (pkg / "models.py").write_text("from mine.layers import WIDTH\n\ndef build():\n    return WIDTH\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trust = Trust.of(["mine.models:build"])
+    try:
+        assert trust.resolve("mine.models:build", "model")() == 8
+        assert trust.resolve("mine.models:build", "model")() == 8  # unchanged: the same import
+        (pkg / "layers.py").write_text("WIDTH = 16  # wider\n")
+        assert trust.resolve("mine.models:build", "model")() == 16
+        (pkg / "models.py").write_text("raise RuntimeError('half-edited')\n")
+        with pytest.raises(ConfigError, match="importing 'mine.models' .* failed: RuntimeError: half-edited"):
+            trust.resolve("mine.models:build", "model")
+        (pkg / "models.py").write_text("def build():\n    return 'fixed'\n")
+        assert trust.resolve("mine.models:build", "model")() == "fixed"
+    finally:
+        for name in [n for n in sys.modules if n == "mine" or n.startswith("mine.")]:
+            del sys.modules[name]
+
+
+def test_an_unimportable_factory_says_how_to_make_it_importable() -> None:
+    with pytest.raises(
+        ConfigError, match="must be importable on this machine: install its package, or start"
+    ):
+        Trust.of(["not_here.models:build"]).resolve("not_here.models:build", "model")

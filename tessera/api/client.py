@@ -17,6 +17,9 @@ import httpx
 from pydantic import BaseModel
 
 from tessera.api.messages import (
+    AdapterInfo,
+    AdapterMeta,
+    Balance,
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
@@ -34,7 +37,7 @@ from tessera.api.messages import (
     TokenReply,
     VersionInfo,
 )
-from tessera.api.protocol import META_HEADER, error_for
+from tessera.api.protocol import ADAPTER_HEADER, META_HEADER, error_for
 from tessera.errors import HubFailed, HubUnavailable, NotFound
 
 log = logging.getLogger(__name__)
@@ -221,6 +224,23 @@ class HubClient:
     def contributions(self, run_id: str, round_number: int | None = None) -> list[ContributionInfo]:
         params = {} if round_number is None else {"round": round_number}
         return self._json_list(ContributionInfo, f"/v1/runs/{run_id}/contributions", params=params)
+
+    def upload_adapter(self, run_id: str, meta: AdapterMeta, body: bytes) -> AdapterInfo:
+        headers = {ADAPTER_HEADER: meta.model_dump_json(), "Content-Type": "application/octet-stream"}
+        reply = self._json(AdapterInfo, "POST", f"/v1/runs/{run_id}/adapters", content=body, headers=headers)
+        self.bytes_up += len(body)
+        return reply
+
+    def adapters(self, run_id: str) -> list[AdapterInfo]:
+        return self._json_list(AdapterInfo, f"/v1/runs/{run_id}/adapters")
+
+    def adapter_blob(self, run_id: str, adapter_id: str) -> bytes:
+        data = self._request("GET", f"/v1/runs/{run_id}/adapters/{adapter_id}/blob").content
+        self.bytes_down += len(data)
+        return data
+
+    def credits(self, run_id: str) -> list[Balance]:
+        return self._json_list(Balance, f"/v1/runs/{run_id}/credits")
 
     def merge(self, run_id: str, request: MergeRequest) -> MergeReply:
         return self._json(MergeReply, "POST", f"/v1/runs/{run_id}/merges", json=request.model_dump())

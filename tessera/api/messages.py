@@ -161,6 +161,49 @@ class ContributionInfo(Message):
     nbytes: int
 
 
+ModuleName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]
+
+
+class AdapterMeta(Message):
+    """Sent as JSON in the ``X-Tessera-Adapter`` header beside an adapter's safetensors body: a
+    LoRA fine-tune of one of the run's versions, on data the owner keeps (only fingerprinted)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
+    base_version: Whole = Field(ge=0, le=MAX_COUNT)
+    rank: Whole = Field(ge=1, le=1024)
+    alpha: float = Field(gt=0.0, le=1e6, allow_inf_nan=False)
+    target_modules: list[ModuleName] = Field(min_length=1, max_length=1024)
+    data_fingerprint: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 over the data's documents")
+    data_tokens: Whole = Field(ge=0, le=MAX_COUNT)
+    steps: Whole = Field(ge=1, le=MAX_STEPS)
+    base_loss: float | None = Field(default=None, allow_inf_nan=False, description="own held-out, before")
+    adapter_loss: float | None = Field(default=None, allow_inf_nan=False, description="own held-out, after")
+    shared: bool = Field(default=False, description="readable by the run's readers; else owner only")
+
+
+class AdapterInfo(Message):
+    adapter_id: str
+    run_id: str
+    name: str
+    number: int
+    owner: str
+    shared: bool
+    parent_id: str | None
+    base_version: int
+    base_version_id: str
+    blob_sha256: str
+    nbytes: int
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    data_fingerprint: str
+    data_tokens: int
+    steps: int
+    base_loss: float | None
+    adapter_loss: float | None
+    created_at: float
+
+
 class VersionInfo(Message):
     version_id: str
     number: int

@@ -25,6 +25,7 @@ from tessera.errors import (
 )
 
 META_HEADER = "X-Tessera-Contribution"  # a contribution's JSON metadata, beside its safetensors body
+ADAPTER_HEADER = "X-Tessera-Adapter"  # an adapter's JSON metadata, beside its safetensors body
 MAX_NUMBER = 2**31 - 1  # version and round numbers in paths and queries
 MAX_PROBE_BYTES = 64 << 20  # one `tessera probe` transfer, either way
 ERRORS: dict[str, type[TesseraError]] = {

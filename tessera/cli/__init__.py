@@ -1,6 +1,6 @@
 """The `tessera` command: one module per command group, all on the app of ``tessera.cli.app``.
 
-Exit codes: 0 success; 1 a tessera error (the message says what to do); 2 usage error;
+Exit codes: 0 success; 1 a tessera error (its message, on stderr, says what to do); 2 usage error;
 130 interrupted with Ctrl-C.
 """
 
@@ -10,14 +10,16 @@ import os
 import sys
 
 # isort: off
-from tessera.cli import serve, runs, admin, worker, read, demo, plan  # as `tessera --help` lists them
+# as `tessera --help` lists them
+from tessera.cli import serve, runs, admin, worker, read, export, finetune, demo, plan
 
 # isort: on
-from tessera.cli.app import app, console
+from tessera.cli.app import app, console, err_console
 from tessera.errors import TesseraError
 
 __all__ = ["app", "main"]
-COMMAND_GROUPS = (serve, runs, admin, worker, read, demo, plan)  # each adds its commands to ``app``
+# each adds its commands to ``app``
+COMMAND_GROUPS = (serve, runs, admin, worker, read, export, finetune, demo, plan)
 
 
 def main() -> None:
@@ -26,8 +28,8 @@ def main() -> None:
         sys.path.insert(0, os.getcwd())
     try:
         app()
-    except TesseraError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except TesseraError as exc:  # on stderr: stdout carries only results (one JSON object with --json)
+        err_console.print(f"[red]error:[/red] {exc}")
         sys.exit(1)
     except SystemExit as exc:
         if exc.code == 130:

@@ -1,18 +1,16 @@
-"""`tessera status`, `sample`, `export` and `ledger`: read runs from a hub over HTTP, or from a
-hub's folder directly (the hub need not run)."""
+"""`tessera status` and `ledger`, and the readers of runs that `sample` and `export` use too: over
+HTTP from a hub, or from a hub's folder directly (the hub need not run)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Protocol
 
-import torch
 import typer
 
-from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus, VersionInfo
-from tessera.cli.app import HOME, HomeOpt, HubOpt, ReadTokenOpt, RunOpt, TrustOpt, app, console
-from tessera.cli.tables import fmt_loss, print_ledger, print_run
+from tessera.api.messages import AdapterInfo, Balance, LedgerReport, RoundMetrics, RunStatus, VersionInfo
+from tessera.cli.app import HOME, HomeOpt, HubOpt, ReadTokenOpt, RunOpt, app, console
+from tessera.cli.tables import print_ledger, print_run
 from tessera.errors import TesseraError
 
 
@@ -23,6 +21,9 @@ class RunReader(Protocol):
     def blob(self, run_id: str, sha: str) -> bytes: ...
     def run_ids(self) -> list[str]: ...
     def ledger(self) -> LedgerReport: ...
+    def credits(self, run_id: str) -> list[Balance]: ...
+    def adapters(self, run_id: str) -> list[AdapterInfo]: ...
+    def adapter_blob(self, run_id: str, adapter_id: str) -> bytes: ...
 
 
 class LocalReader:
@@ -55,6 +56,15 @@ class LocalReader:
     def ledger(self) -> LedgerReport:
         return self.service.ledger.report(self.who)
 
+    def credits(self, run_id: str) -> list[Balance]:
+        return self.service.credits(run_id, self.who)
+
+    def adapters(self, run_id: str) -> list[AdapterInfo]:
+        return self.service.adapters.list(run_id, self.who)
+
+    def adapter_blob(self, run_id: str, adapter_id: str) -> bytes:
+        return self.service.adapters.blob(run_id, self.who, adapter_id)
+
 
 class RemoteReader:
     def __init__(self, url: str, token: str | None) -> None:
@@ -62,7 +72,8 @@ class RemoteReader:
 
         self.client = HubClient.connect(url, token, retry_s=5.0)
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
-        self.ledger = self.client.ledger
+        self.ledger, self.credits = self.client.ledger, self.client.credits
+        self.adapters, self.adapter_blob = self.client.adapters, self.client.adapter_blob
 
     def blob(self, run_id: str, sha: str) -> bytes:
         return self.client.blob(sha, run_id)
@@ -92,104 +103,90 @@ def status(
     home: HomeOpt = HOME / "demo",
     run: RunOpt = None,
     token: ReadTokenOpt = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Show it again as it changes, until it finishes (Ctrl-C stops)")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between looks, with --watch")] = 2.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"status": ..., "rounds": [...]} as JSON instead')
+    ] = False,
 ) -> None:
     """Show a running or finished run, with metrics per round."""
     source = reader(hub_url, token, home)
-    run_id = pick_run(source, run)
-    print_run(source.status(run_id), source.rounds(run_id))
+    try:
+        run_id = pick_run(source, run)
+        if watch:
+            watch_run(source, run_id, interval, as_json)
+        else:
+            show_run(source.status(run_id), source.rounds(run_id), as_json)
+    finally:
+        release(source)
 
 
-ExpertOpt = Annotated[
-    list[str] | None,
-    typer.Option("--expert", help="Experts to use (repeat; default: all, routed); others are left out"),
-]
+def release(source: RunReader) -> None:
+    """Close what ``source`` holds open: its HTTP connections, or its hub's database."""
+    if isinstance(source, RemoteReader):
+        source.client.close()
+    elif isinstance(source, LocalReader):
+        source.service.state.close()
 
 
-@app.command()
-def sample(
-    hub_url: HubOpt = None,
-    home: HomeOpt = HOME / "demo",
-    run: RunOpt = None,
-    token: ReadTokenOpt = None,
-    prompt: str = "def ",
-    length: Annotated[int, typer.Option(help="Bytes to generate")] = 300,
-    temperature: float = 0.7,
-    seed: int = 0,
-    expert: ExpertOpt = None,
-    trust: TrustOpt = None,
-) -> None:
-    """Generate text from the run's latest version (of each module, for a modular run)."""
-    from tessera.models.lm import ByteLM
-
-    source = reader(hub_url, token, home)
-    run_id = pick_run(source, run)
-    model, _, versions = latest_model(source, run_id, expert, trust)
-    if not isinstance(model, ByteLM):
-        raise TesseraError(f"run {run_id} does not train a byte-level LM; sampling needs one")
-    ids = torch.tensor(list(prompt.encode()), dtype=torch.long)
-    out = model.generate(ids, length, temperature, torch.Generator().manual_seed(seed))
-    console.print(f"[dim]run {run_id}, {versions}[/dim]")
-    console.print(bytes(out.tolist()).decode("utf-8", errors="replace"), markup=False, highlight=False)
+def status_json(info: RunStatus, rounds: list[RoundMetrics]) -> dict[str, object]:
+    return {"status": info.model_dump(mode="json"), "rounds": [r.model_dump(mode="json") for r in rounds]}
 
 
-@app.command()
-def export(
-    out: Annotated[Path, typer.Argument(help="safetensors file to write")],
-    hub_url: HubOpt = None,
-    home: HomeOpt = HOME / "demo",
-    run: RunOpt = None,
-    token: ReadTokenOpt = None,
-    expert: ExpertOpt = None,
-    trust: TrustOpt = None,
-) -> None:
-    """Write the run's latest model as one safetensors file; its metadata holds the recipe, the
-    versions and the experts kept (rebuild with tessera.task.assemble)."""
-    from tessera.core.tensors import to_bytes
-    from tessera.task import model_tensors
+def show_run(info: RunStatus, rounds: list[RoundMetrics], as_json: bool) -> None:
+    from tessera.cli.app import print_json
 
-    source = reader(hub_url, token, home)
-    run_id = pick_run(source, run)
-    model, info, versions = latest_model(source, run_id, expert, trust)
-    metadata = {
-        "recipe": info.recipe,
-        "run_id": run_id,
-        "versions": versions,
-        "experts": json.dumps(expert),
-    }
-    out.write_bytes(to_bytes(model_tensors(model), metadata))
-    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): run {run_id}, {versions}")
+    if as_json:
+        print_json(status_json(info, rounds))
+    else:
+        print_run(info, rounds)
 
 
-def latest_model(
-    source: RunReader, run_id: str, experts: list[str] | None, trust: list[str] | None = None
-) -> tuple[torch.nn.Module, RunStatus, str]:
-    """The run's model from the latest version of each module it needs (modules of experts left
-    out are not downloaded), the run's status, and which versions those are; built only from
-    factories this machine trusts (tessera's own and ``trust``)."""
-    from tessera.core.modules import assign
-    from tessera.core.tensors import from_bytes
-    from tessera.recipe import parse_recipe
-    from tessera.task import assemble, with_experts
-    from tessera.trust import Trust
+def watch_run(source: RunReader, run_id: str, interval: float, as_json: bool) -> None:
+    """The run shown again every ``interval`` seconds until it has finished (or Ctrl-C): redrawn
+    in place on a terminal; elsewhere, or as JSON (one object a line), again whenever it changed."""
+    try:
+        if console.is_terminal and not as_json:
+            redraw(source, run_id, interval)
+        else:
+            print_changes(source, run_id, interval, as_json)
+    except KeyboardInterrupt:  # how one stops watching: not an error
+        return
+
+
+def print_changes(source: RunReader, run_id: str, interval: float, as_json: bool) -> None:
+    import time
+
+    shown: dict[str, object] | None = None
+    while True:
+        info, rounds = source.status(run_id), source.rounds(run_id)
+        if (now := status_json(info, rounds)) != shown:
+            show_run(info, rounds, as_json)
+            shown = now
+        if info.status == "finished":
+            return
+        time.sleep(interval)  # the hub has no push channel: poll it
+
+
+def redraw(source: RunReader, run_id: str, interval: float) -> None:
+    """The run's table in place, with as many of its latest rounds as the terminal has room for."""
+    import time
+
+    from rich.live import Live
+
+    from tessera.cli.tables import run_view
 
     info = source.status(run_id)
-    recipe = parse_recipe(info.recipe)
-    trusted = Trust.of(trust or [])
-    parts = [info]
-    if info.modules:
-        model = with_experts(recipe, experts, trusted)
-        needed = set(assign(recipe.modules, model.state_dict(), every_module=False).values())
-        parts = [m for m in info.modules if m.module in needed]
-    tensors = []
-    for part in parts:
-        assert part.latest_version is not None  # set for every run that is not modular
-        tensors.append(from_bytes(source.blob(part.run_id, part.latest_version.blob_sha256)))
-    versions = ", ".join(
-        f"{p.module or 'version'} {v.number} (held-out loss {fmt_loss(v.val_loss)})"
-        for p in parts
-        if (v := p.latest_version) is not None
-    )
-    return assemble(recipe, tensors, experts, trusted), info, versions
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            rounds = source.rounds(run_id)[-max(1, console.height - 12) :]
+            live.update(run_view(info, rounds), refresh=True)
+            if info.status == "finished":
+                return
+            time.sleep(interval)
+            info = source.status(run_id)
 
 
 @app.command()
@@ -197,6 +194,17 @@ def ledger(
     hub_url: HubOpt = None,
     home: HomeOpt = HOME / "demo",
     token: ReadTokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the ledger as JSON instead")] = False,
 ) -> None:
     """Credited compute (PFLOP) per provider and per collective."""
-    print_ledger(reader(hub_url, token, home).ledger())
+    from tessera.cli.app import print_json
+
+    source = reader(hub_url, token, home)
+    try:
+        report = source.ledger()
+    finally:
+        release(source)
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        print_ledger(report)

@@ -1,4 +1,5 @@
-"""`tessera create-run` and `tessera merge`: the commands that change a hub's runs."""
+"""`tessera create-run` and `tessera merge`: the commands that change a hub's runs (``--json``:
+what they print as one JSON object, for scripts)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli.app import DEFAULT_HUB_URL, HubUrl, TokenOpt, app, console
+from tessera.cli.app import DEFAULT_HUB_URL, HubUrl, JsonFlag, TokenOpt, app, console, print_json
 from tessera.cli.tables import fmt_loss
 from tessera.errors import TesseraError
 
@@ -20,6 +21,7 @@ def create_run(
     plan: Annotated[
         Path | None, typer.Option("--plan", help="A plan from `tessera plan`: per-worker inner steps")
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a run on a hub from a recipe; you become its owner."""
     from tessera.api.client import HubClient
@@ -32,11 +34,12 @@ def create_run(
         text = with_plan(text, *read_plan(plan))
     with HubClient.connect(hub_url, token) as client:
         reply = client.create_run(text)
+    join = f"tessera worker --hub {hub_url} --token THEIR_TOKEN --run {reply.run_id}"
+    if as_json:
+        print_json({"run_id": reply.run_id, "join": join})
+        return
     console.print(f"run: {reply.run_id}", soft_wrap=True)
-    console.print(
-        f"providers join with: tessera worker --hub {hub_url} --token THEIR_TOKEN --run {reply.run_id}",
-        soft_wrap=True,
-    )
+    console.print(f"providers join with: {join}", soft_wrap=True)
 
 
 @app.command()

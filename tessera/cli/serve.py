@@ -40,9 +40,14 @@ def hub(
     settings = load_hub_config(config, trust or [], [str(p) for p in data_root or []])
     service = open_service(home, database, settings)
     sock = listening_socket(host, port)  # before anything is printed: a taken port is told at once
+    token_file = (home / "admin.token").resolve()
     if admin_token(service, home) is not None:
+        console.print(f"admin token in {token_file} (create providers and tokens with it)", soft_wrap=True)
+    else:
         console.print(
-            f"admin token in {home / 'admin.token'} (create providers and tokens with it)", soft_wrap=True
+            f"no admin token in {token_file}: this hub's database was made elsewhere; use the admin "
+            "token written where the hub first ran",
+            soft_wrap=True,
         )
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     console.print(f"hub serving at {url} (Ctrl-C stops it)", soft_wrap=True)

@@ -1,35 +1,44 @@
-"""Tables of runs, rounds, modules and the ledger, as the CLI prints them."""
+"""Tables of runs, rounds, modules and the ledger, as the CLI prints them: each fits 80 columns
+(short column titles; a run's title on two lines)."""
 
 from __future__ import annotations
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
 from tessera.cli.app import console
 
 
-def print_ledger(report: LedgerReport) -> None:
+def ledger_table(report: LedgerReport) -> Table:
     table = Table(title="ledger: credited training compute")
-    for col in ("provider", "kind", "PFLOP", "tokens", "contributions"):
+    for col in ("provider", "kind", "PFLOP", "tokens", "contribs"):
         table.add_column(col, justify="left" if col in ("provider", "kind") else "right")
     for b in [*report.providers, *report.collectives]:
         table.add_row(b.name, b.kind, f"{b.pflop:.4f}", str(b.tokens), str(b.contributions))
-    console.print(table)
+    return table
+
+
+def print_ledger(report: LedgerReport) -> None:
+    console.print(ledger_table(report))
 
 
 def fmt_loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
-    if info.modules:
-        print_modules(info)
-        return
-    table = Table(
-        title=f"run {info.run_id} ({info.name}): {info.status}, "
-        f"{info.rounds_done}/{info.rounds_total} rounds, {info.workers} workers"
-    )
-    for col in ("round", "held-out loss", "train loss", "accepted", "rejected", "MB up", "MB down", "wall s"):
+def run_title(info: RunStatus, rounds: bool = True) -> str:
+    done = f"{info.rounds_done}/{info.rounds_total} rounds, " if rounds else ""
+    return f"run {info.run_id} ({info.name})\n{info.status}, {done}{info.workers} workers"
+
+
+ROUND_COLUMNS = ("round", "held-out", "train", "acc", "rej", "MB up", "MB down", "wall s")
+
+
+def rounds_table(info: RunStatus, rounds: list[RoundMetrics]) -> Table:
+    """One row per round: held-out and train loss, contributions accepted and rejected, traffic."""
+    table = Table(title=run_title(info), caption="acc, rej: contributions accepted, rejected")
+    for col in ROUND_COLUMNS:
         table.add_column(col, justify="right")
     table.add_row("init", fmt_loss(info.initial_val_loss), "-", "-", "-", "-", "-", "-")
     for r in rounds:
@@ -43,22 +52,32 @@ def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
             f"{r.bytes_out / 1e6:.2f}",
             "-" if r.wall_s is None else f"{r.wall_s:.1f}",
         )
-    console.print(table)
+    return table
 
 
-def print_modules(info: RunStatus) -> None:
-    """A modular run: one row per module (`tessera status --run MODULE-RUN-ID` shows its rounds)."""
-    table = Table(title=f"run {info.run_id} ({info.name}): {info.status}, {info.workers} workers")
-    for col in ("module", "run id", "status", "rounds", "held-out loss (init -> latest)", "MB"):
-        table.add_column(col, justify="left" if col in ("module", "run id", "status") else "right")
+def modules_table(info: RunStatus) -> Group:
+    """A modular run: one row per module, then each module's run id (`tessera status --run ID`
+    shows its rounds)."""
+    table = Table(title=run_title(info, rounds=False))
+    for col in ("module", "status", "rounds", "held-out (init -> now)", "MB"):
+        table.add_column(col, justify="left" if col in ("module", "status") else "right")
     for m in info.modules:
         latest = m.latest_version
         table.add_row(
             m.module or "-",
-            m.run_id,
             m.status,
             f"{m.rounds_done}/{m.rounds_total}",
             f"{fmt_loss(m.initial_val_loss)} -> {fmt_loss(latest.val_loss if latest else None)}",
             f"{latest.nbytes / 1e6:.2f}" if latest else "-",
         )
-    console.print(table)
+    ids = [f"  {m.module or '-'}: {m.run_id}" for m in info.modules]
+    return Group(table, "run ids of the modules (`tessera status --run ID` shows its rounds):", *ids)
+
+
+def run_view(info: RunStatus, rounds: list[RoundMetrics]) -> RenderableType:
+    """What `tessera status` shows of a run: its rounds, or its modules."""
+    return modules_table(info) if info.modules else rounds_table(info, rounds)
+
+
+def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:
+    console.print(run_view(info, rounds))

@@ -1,18 +1,37 @@
-"""`tessera worker`: lease, train and upload on this machine until the run ends."""
+"""`tessera worker`: lease, train and upload on this machine until the run ends, telling its
+owner what it does: a progress bar of each round's inner steps on a terminal (``BarReporter``),
+plain lines otherwise (``LineReporter``: a service's log file or journal)."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from tessera.cli.app import HOME, DataRootOpt, HubUrl, TokenOpt, TrustOpt, app, console, setup_logging
+from tessera.cli.app import (
+    HOME,
+    DataRootOpt,
+    HubUrl,
+    TokenOpt,
+    TrustOpt,
+    app,
+    console,
+    err_console,
+    setup_logging,
+)
 from tessera.task import configure_torch
 
 if TYPE_CHECKING:
+    from tessera.api.messages import ContributionReply
+    from tessera.core.inner import InnerResult
     from tessera.trust import Trust
+    from tessera.worker.session import Step, WorkerSummary
 
 
 @app.command()
@@ -38,6 +57,9 @@ def worker(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the code the run would execute here, then stop")
     ] = False,
+    progress_every: Annotated[
+        float, typer.Option(help="Seconds between progress lines when the output is not a terminal")
+    ] = 10.0,
 ) -> None:
     """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes.
 
@@ -57,6 +79,7 @@ def worker(
     if dry_run:
         show_run_code(hub_url, token, run, trusted, data)
         return
+    reporter = reporter_for(err_console, progress_every)
     state = state_dir or HOME / "workers" / f"{run}-{name}"
     group = Group() if in_torchrun() else None
     ranks = group.world_size if group is not None else 1
@@ -67,19 +90,30 @@ def worker(
         follow(group, data, trusted)
         group.close()
         return
+    reporter.phase(f"connecting to the hub at {hub_url} (run {run})")
     client = HubClient.connect(hub_url, token, run_id=run)
     try:
-        loop = WorkLoop(client, settings) if group is None else GroupWorkLoop(client, settings, group)
+        if group is None:
+            loop = WorkLoop(client, settings, reporter)
+        else:
+            loop = GroupWorkLoop(client, settings, group)
         summary = loop.run()
     finally:
+        reporter.close()
         client.close()
         if group is not None:
             group.close()
+    print_summary(summary, json_path)
+
+
+def print_summary(summary: WorkerSummary, json_path: Path | None) -> None:
+    """What the worker did, on stdout, and as JSON in ``json_path`` if given."""
     accepted = sum(c.status == "accepted" for c in summary.contributions)
     console.print(
         f"run finished: {accepted}/{len(summary.contributions)} contributions accepted, "
         f"{summary.bytes_up / 1e6:.1f} MB up, {summary.bytes_down / 1e6:.1f} MB down, "
-        f"computing {summary.utilization:.0%} of {summary.wall_s:.0f} s"
+        f"computing {summary.utilization:.0%} of {summary.wall_s:.0f} s",
+        soft_wrap=True,
     )
     if json_path is not None:
         report = {
@@ -112,3 +146,101 @@ def show_run_code(hub_url: str, token: str, run_id: str, trust: Trust, data: str
         trust.require(c.spec, c.role)
     if data is None and recipe.data.path is not None:
         trust.data_path(recipe.data.path)
+
+
+def reporter_for(err: Console, every_s: float) -> BarReporter | LineReporter:
+    """A progress bar when ``err`` is a terminal, else plain lines (no ANSI codes) on it."""
+    return BarReporter(err) if err.is_terminal else LineReporter(err.file, every_s)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for people: 42 s, 3 min 20 s, 2 h 5 min."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def step_line(step: Step) -> str:
+    return (
+        f"round {step.round}: step {step.done}/{step.total}, {step.tokens_per_s:,.0f} tokens/s, "
+        f"train loss {step.loss:.4f}, round's steps done in {duration(step.eta_s)}"
+    )
+
+
+class LineReporter:
+    """Plain, timestamped lines: each phase, each contribution, and where the inner steps stand
+    every ``every_s`` seconds (``clock``: monotonic seconds)."""
+
+    def __init__(
+        self, out: IO[str], every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.out = out
+        self.every_s = every_s
+        self.clock = clock
+        self.last = clock()
+
+    def line(self, text: str) -> None:
+        self.out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        self.out.flush()
+        self.last = self.clock()
+
+    def phase(self, text: str) -> None:
+        self.line(text)
+
+    def step(self, step: Step) -> None:
+        if self.clock() - self.last >= self.every_s:
+            self.line(step_line(step))
+
+    def contribution(self, reply: ContributionReply, result: InnerResult) -> None:
+        from tessera.worker.session import contribution_line
+
+        self.line(contribution_line(reply, result))
+
+    def close(self) -> None:
+        """Nothing to tear down."""
+
+
+class BarReporter:
+    """A rich progress bar of the current round's inner steps (steps, tokens/s, train loss, time
+    to the round's last step), with each phase and contribution printed above it."""
+
+    def __init__(self, err: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps, {task.fields[speed]} tokens/s, train loss {task.fields[loss]}"),
+            TextColumn("{task.fields[eta]} to go"),
+            console=err,
+        )
+        self.task: TaskID | None = None
+
+    def phase(self, text: str) -> None:
+        self.progress.console.print(text, markup=False, highlight=False)
+
+    def step(self, step: Step) -> None:
+        first = self.task is None
+        if self.task is None:
+            self.task = self.progress.add_task("", total=step.total, speed="", loss="", eta="")
+        self.progress.update(
+            self.task,
+            description=f"round {step.round}",
+            completed=step.done,
+            total=step.total,
+            speed=f"{step.tokens_per_s:,.0f}",
+            loss=f"{step.loss:.4f}",
+            eta=duration(step.eta_s),
+        )
+        if first:  # the bar appears with the first step
+            self.progress.start()
+
+    def contribution(self, reply: ContributionReply, result: InnerResult) -> None:
+        from tessera.worker.session import contribution_line
+
+        self.phase(contribution_line(reply, result))
+
+    def close(self) -> None:
+        self.progress.stop()

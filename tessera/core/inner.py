@@ -91,6 +91,16 @@ class InnerResult:
     compute_s: float
 
 
+@dataclass(frozen=True)
+class StepDone:
+    """Where ``InnerTrainer.train`` stands after one of its steps."""
+
+    done: int  # steps done so far
+    tokens: int  # target elements trained on so far
+    loss: float  # this step's train loss
+    elapsed_s: float
+
+
 class InnerTrainer:
     """AdamW on one model; the optimizer state persists across rounds, as in DiLoCo."""
 
@@ -113,14 +123,19 @@ class InnerTrainer:
         self.optimizer.step()
         return float(loss.detach()), targets.numel()
 
-    def train(self, batches: Iterator[Batch], steps: int) -> InnerResult:
+    def train(
+        self, batches: Iterator[Batch], steps: int, on_step: Callable[[StepDone], None] | None = None
+    ) -> InnerResult:
+        """``steps`` optimizer steps; ``on_step`` hears of each as it is done."""
         start = time.perf_counter()
         losses: list[float] = []
         tokens = 0
-        for _ in range(steps):
+        for done in range(1, steps + 1):
             loss, n = self.step(next(batches))
             losses.append(loss)
             tokens += n
+            if on_step is not None:
+                on_step(StepDone(done, tokens, loss, time.perf_counter() - start))
         return InnerResult(
             steps=steps,
             tokens=tokens,

@@ -31,14 +31,22 @@ from tessera.blobs import FileBlobStore
 from tessera.errors import TesseraError, TooManyRequests
 from tessera.hub.admission import Admission
 from tessera.hub.config import HubConfig
-from tessera.hub.routes import contributions, merges, probe, providers, runs, workers
+from tessera.hub.routes import adapters, contributions, merges, probe, providers, runs, workers
 from tessera.hub.routes.common import COMMON_ERRORS, HTTP_ERRORS, Who
 from tessera.hub.service import HubService
 from tessera.hub.state import State, private_file
 
 log = logging.getLogger(__name__)
 AUTH_THREADS = 4
-ROUTERS = (runs.router, merges.router, workers.router, contributions.router, providers.router, probe.router)
+ROUTERS = (
+    runs.router,
+    merges.router,
+    adapters.router,
+    workers.router,
+    contributions.router,
+    providers.router,
+    probe.router,
+)
 
 
 def open_service(home: Path, database_url: str | None = None, config: HubConfig | None = None) -> HubService:

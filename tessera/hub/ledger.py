@@ -78,6 +78,24 @@ class Ledger:
         visible = [b for pid, b in balances.items() if may_read_ledger_of(who, pid)]
         return LedgerReport(providers=visible, collectives=collectives)
 
+    def run_credits(self, run_id: str) -> list[Balance]:
+        """What each provider was credited for one run (whoever may read the run sees it: a
+        model's contributors are part of its record), most compute first."""
+        with self.state.reading() as s:
+            rows = s.execute(
+                select(
+                    Provider,
+                    func.sum(LedgerEntry.amount).label("pflop"),
+                    func.sum(cast(LedgerEntry.tokens, Float)).label("tokens"),
+                    func.count().label("n"),
+                )
+                .join(Provider, Provider.id == LedgerEntry.provider_id)
+                .where(LedgerEntry.run_id == run_id)
+                .group_by(Provider.id)
+            ).all()
+            credits = [balance(row[0], row) for row in rows]
+        return sorted(credits, key=lambda b: (-b.pflop, b.name))
+
 
 def balance(p: Provider, row: object | None) -> Balance:
     pflop = float(getattr(row, "pflop", 0.0) or 0.0)

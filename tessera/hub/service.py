@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from tessera.api.messages import (
+    Balance,
     ContributionInfo,
     ContributionMeta,
     ContributionReply,
@@ -31,6 +32,7 @@ from tessera.api.messages import (
     VersionInfo,
 )
 from tessera.blobs import BlobStore
+from tessera.hub.adapters import Adapters
 from tessera.hub.auth import Principal
 from tessera.hub.config import HubConfig
 from tessera.hub.context import HubContext, RunLocks
@@ -79,6 +81,7 @@ class HubService:
         self.closing = Rounds(self.hub)
         self.merges = Merges(self.hub, self.runs)
         self.reads = Reads(self.hub, self.runs)
+        self.adapters = Adapters(self.hub, self.runs)
 
     # --- runs and workers --------------------------------------------------------------
 
@@ -130,6 +133,11 @@ class HubService:
         self, run_id: str, who: Principal, round_number: int | None = None
     ) -> list[ContributionInfo]:
         return self.reads.contributions(run_id, who, round_number)
+
+    def credits(self, run_id: str, who: Principal) -> list[Balance]:
+        """Compute credited per provider for this run (read by whoever may read the run)."""
+        self.runs.authorize_read(run_id, who)
+        return self.ledger.run_credits(run_id)
 
     def download(self, run_id: str, who: Principal, sha: str) -> bytes:
         return self.reads.download(run_id, who, sha)

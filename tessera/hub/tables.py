@@ -1,5 +1,5 @@
 """The hub's tables (SQLAlchemy ORM): providers and their tokens, runs, workers, versions,
-merges, rounds, leases, contributions and the ledger, with the row constructors the hub uses.
+merges, rounds, leases, contributions, the ledger and adapters, with the row constructors the hub uses.
 
 ``SCHEMA_VERSION`` is raised on every change of these tables; ``tessera.hub.state`` upgrades
 older databases to it.
@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 8  # raise on every change of the tables below
+SCHEMA_VERSION = 9  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -248,4 +248,30 @@ class LedgerEntry(Base):
     tokens: Mapped[int] = mapped_column(BigInteger)
     flops_per_token: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Adapter(Base):
+    """A provider's fine-tune of a run's version (LoRA tensors): versioned per owner and name,
+    private to its owner unless shared. The data it was trained on is only fingerprinted."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("run_id", "owner_id", "name", "number"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    shared: Mapped[bool] = mapped_column(Boolean, default=False)
+    base_version_id: Mapped[str] = mapped_column(String(32))
+    base_version_number: Mapped[int] = mapped_column(Integer)
+    blob_sha: Mapped[str] = mapped_column(String(64))
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    settings: Mapped[str] = mapped_column(Text)  # JSON: rank, alpha, target modules
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    data_tokens: Mapped[int] = mapped_column(BigInteger)
+    steps: Mapped[int] = mapped_column(Integer)
+    base_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    adapter_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)

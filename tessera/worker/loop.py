@@ -3,12 +3,12 @@
 Only outbound HTTP. One loop knows both modes of a run: rounds in turn (each lease trained and
 uploaded before the next is asked for), or, with ``[communication] overlap``, communication
 overlapped with training (``tessera.worker.overlap``). What the worker holds between rounds is
-its session (``tessera.worker.session``), which also decides whether it may join the run.
+its session (``tessera.worker.session``), which also decides whether it may join the run and
+tells its reporter what the worker is doing.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,20 +17,19 @@ from tessera.api.client import HubAPI
 from tessera.api.messages import ContributionReply, LeaseGrant
 from tessera.core.inner import InnerResult
 from tessera.worker.overlap import Overlapped
-from tessera.worker.session import WorkerSettings, WorkerSummary, WorkSession
-
-log = logging.getLogger(__name__)
+from tessera.worker.session import Reporter, WorkerSettings, WorkerSummary, WorkSession
 
 
 class WorkLoop:
     """Works on one run until it finishes (or is stopped), in the mode its recipe asks for.
 
     ``session`` is built when the loop is made, so a run whose code this machine does not
-    trust is refused before the loop starts; ``overlapped`` is the overlapped mode's state once
-    it runs (its shifts: how late each outer update arrived)."""
+    trust, or cannot build, is refused before the loop starts (and before the worker registers);
+    ``overlapped`` is the overlapped mode's state once it runs (its shifts: how late each outer
+    update arrived). ``reporter`` hears what the worker does (default: it is logged)."""
 
-    def __init__(self, client: HubAPI, settings: WorkerSettings) -> None:
-        self.session = WorkSession(client, settings)
+    def __init__(self, client: HubAPI, settings: WorkerSettings, reporter: Reporter | None = None) -> None:
+        self.session = WorkSession(client, settings, reporter)
         self.overlapped: Overlapped | None = None
 
     def run(
@@ -77,17 +76,9 @@ class WorkLoop:
         base = session.trained()
         result = self.train(lease)
         reply = session.client.submit(*session.contribution(lease, base, result))
-        log.info(
-            "round %s: %s contribution (%d tokens in %.2f s of compute, train loss %.4f)%s",
-            lease.round,
-            reply.status,
-            result.tokens,
-            result.compute_s,
-            result.mean_loss,
-            f": {reply.reason}" if reply.reason else "",
-        )
+        session.reporter.contribution(reply, result)
         return reply, result
 
     def train(self, lease: LeaseGrant) -> InnerResult:
         """The lease's H inner steps on this process (a torchrun group trains them together)."""
-        return self.session.trainer.train(self.session.batches(lease), lease.inner_steps)
+        return self.session.train(lease)

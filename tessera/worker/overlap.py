@@ -14,7 +14,6 @@ its lease (the hub accepts at most 2H on an overlapped run).
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +24,7 @@ import torch
 from tessera.api.messages import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.core.inner import Batch, InnerResult
 from tessera.core.tensors import TensorDict
-from tessera.worker.session import WorkerSummary, WorkSession
-
-log = logging.getLogger(__name__)
+from tessera.worker.session import Step, WorkerSummary, WorkSession
 
 
 @dataclass
@@ -128,30 +125,53 @@ class Overlapped:
         if first is None or first.lease is None or first.tensors is None:
             return summary
         self.session.load(first.tensors, first.lease)
-        lease, anchor, pending = first.lease, self.session.trained(), None
+        lease, anchor, pending, sent = first.lease, self.session.trained(), None, None
         batches, progress = self.session.batches(lease), Progress()
         while stop is None or not stop.is_set():
             h_done = progress.steps >= lease.inner_steps  # H steps since the upload: wait for w
             if pending is not None and (arrived := pending.take(block=h_done)) is not None:
-                record(arrived.reply, summary, on_contribution)
+                self.record(arrived.reply, sent, summary, on_contribution)
                 if arrived.lease is None or arrived.tensors is None:
                     return summary  # the run is done; progress since the last upload is not needed
                 lease, anchor = arrived.lease, self.move_onto(arrived.tensors, anchor, arrived.lease)
                 batches, pending = self.session.batches(lease), None
-            self.step(next(batches), progress, summary)
+            # a step made while the next lease travels counts towards the next round
+            toward = lease.round + 1 if pending is not None else lease.round
+            self.step(next(batches), progress, summary, toward, lease.inner_steps)
             if pending is None and progress.steps >= lease.inner_steps:
-                pending = Prefetch(self.session, self.session.contribution(lease, anchor, progress.result()))
+                sent = progress.result()
+                pending = Prefetch(self.session, self.session.contribution(lease, anchor, sent))
                 anchor, progress = self.session.trained(), Progress()
         if pending is not None and (arrived := pending.take(block=True)) is not None:
-            record(arrived.reply, summary, on_contribution)
+            self.record(arrived.reply, sent, summary, on_contribution)
         return summary
 
-    def step(self, batch: Batch, progress: Progress, summary: WorkerSummary) -> None:
+    def step(self, batch: Batch, progress: Progress, summary: WorkerSummary, number: int, total: int) -> None:
+        """One inner step, told to the reporter as one of the ``total`` steps of round ``number``."""
         begin = time.perf_counter()
         loss, n = self.session.trainer.step(batch)
         spent = time.perf_counter() - begin
         progress.add(loss, n, spent)
         summary.compute_s += spent
+        self.session.reporter.step(
+            Step(number, progress.steps, total, progress.tokens, loss, progress.compute_s)
+        )
+
+    def record(
+        self,
+        reply: ContributionReply | None,
+        result: InnerResult | None,
+        summary: WorkerSummary,
+        on_contribution: Callable[[ContributionReply], None] | None,
+    ) -> None:
+        """A contribution's reply, once its upload is done."""
+        if reply is None:
+            return
+        summary.contributions.append(reply)
+        if result is not None:
+            self.session.reporter.contribution(reply, result)
+        if on_contribution is not None:
+            on_contribution(reply)
 
     @torch.no_grad()
     def move_onto(self, version: TensorDict, reached: TensorDict, lease: LeaseGrant) -> TensorDict:
@@ -167,16 +187,3 @@ class Overlapped:
             drift = max(drift, float(((state[name] - base) - progress).abs().max()))
         self.shifts.append(Shift(lease.version_number, drift))
         return {k: v.clone() for k, v in version.items() if v.is_floating_point()}
-
-
-def record(
-    reply: ContributionReply | None,
-    summary: WorkerSummary,
-    on_contribution: Callable[[ContributionReply], None] | None,
-) -> None:
-    if reply is None:
-        return
-    summary.contributions.append(reply)
-    log.info("overlapped round: %s contribution%s", reply.status, f": {reply.reason}" if reply.reason else "")
-    if on_contribution is not None:
-        on_contribution(reply)

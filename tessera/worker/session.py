@@ -5,7 +5,10 @@ whose factories, or data folder, its owner does not trust (``WorkerSettings.trus
 the recipe is imported or read until then. It remembers the worker's identity and blobs in
 ``state_dir``, so a restarted worker picks up the run where it left. It holds the model, its
 inner trainer, the version last leased (to rebuild newer ones from their changes) and the
-frozen modules a module trains on, and turns trained weights into a contribution.
+frozen modules a module trains on, and turns trained weights into a contribution. It builds the
+model before it registers, so a worker that cannot build it is never counted in the run. What it
+is doing (joining, each inner step, each contribution) it tells its ``Reporter``: by default
+logged, drawn as a progress bar or printed as plain lines by the CLI.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from torch import nn
 
@@ -23,13 +27,21 @@ from tessera.api.client import HubAPI
 from tessera.api.messages import ContributionMeta, ContributionReply, LeaseGrant
 from tessera.blobs import FileBlobStore
 from tessera.core.codecs import ErrorFeedback, apply_change, codec
-from tessera.core.inner import Batch, InnerResult, InnerTrainer
+from tessera.core.inner import Batch, InnerResult, InnerTrainer, StepDone
 from tessera.core.modules import freeze_outside
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
 from tessera.data.source import DataSource
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import DEFAULT_TRUST, Code, build_model, load_data, model_tensors, require_trusted
+from tessera.task import (
+    DEFAULT_TRUST,
+    Code,
+    build_model,
+    load_data,
+    model_bytes,
+    model_tensors,
+    require_trusted,
+)
 from tessera.trust import Trust
 
 log = logging.getLogger(__name__)
@@ -59,6 +71,63 @@ class WorkerSummary:
     def utilization(self) -> float:
         """Share of the worker's wall time spent in inner steps."""
         return self.compute_s / self.wall_s if self.wall_s else 0.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where a lease's inner steps stand after one of them."""
+
+    round: int
+    done: int  # steps done of this lease
+    total: int  # the lease's steps (H)
+    tokens: int  # target elements trained on so far
+    loss: float  # the train loss of the last step
+    compute_s: float  # seconds of inner steps so far
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.compute_s if self.compute_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds until the lease's last step, at the pace so far."""
+        return (self.total - self.done) * self.compute_s / self.done if self.done else 0.0
+
+
+class Reporter(Protocol):
+    """Whom a worker tells what it is doing: the CLI draws it; ``LogReporter`` logs it."""
+
+    def phase(self, text: str) -> None:
+        """What the worker does now: joining, building the model, downloading a version."""
+
+    def step(self, step: Step) -> None:
+        """An inner step is done."""
+
+    def contribution(self, reply: ContributionReply, result: InnerResult) -> None:
+        """A contribution was uploaded; ``reply`` is the hub's verdict."""
+
+
+class LogReporter:
+    """The library's default reporter: phases and contributions as INFO log lines."""
+
+    def phase(self, text: str) -> None:
+        log.info("%s", text)
+
+    def step(self, step: Step) -> None:
+        """Not logged: one line per inner step would drown the log."""
+
+    def contribution(self, reply: ContributionReply, result: InnerResult) -> None:
+        log.info("%s", contribution_line(reply, result))
+
+
+def contribution_line(reply: ContributionReply, result: InnerResult) -> str:
+    """A contribution and the hub's verdict, in one line."""
+    speed = result.tokens / result.compute_s if result.compute_s > 0 else 0.0
+    return (
+        f"round {reply.round}: {reply.status} contribution ({result.steps} steps, {result.tokens} tokens "
+        f"in {result.compute_s:.2f} s of compute, {speed:,.0f} tokens/s, train loss {result.mean_loss:.4f})"
+        + (f": {reply.reason}" if reply.reason else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -107,19 +176,27 @@ class WorkSession:
     """A worker's place in one run (or module): its identity, recipe, model and trainer, the
     version it holds and the frozen modules under it; ``held`` is always the latest version leased."""
 
-    def __init__(self, client: HubAPI, settings: WorkerSettings) -> None:
+    def __init__(self, client: HubAPI, settings: WorkerSettings, reporter: Reporter | None = None) -> None:
         self.client = client
         self.settings = settings
+        self.reporter: Reporter = reporter or LogReporter()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         recipe = parse_recipe(client.status(client.run_id).recipe)
         self.code = require_trusted(recipe, settings.trust)
-        log.info("run %s runs here: %s", client.run_id, describe(self.code, recipe, settings.data_path))
+        runs_here = describe(self.code, recipe, settings.data_path)
+        self.reporter.phase(f"run {client.run_id} runs here: {runs_here}")
+        self.reporter.phase("loading the data")
         self.data: DataSource = load_data(recipe, settings.data_path, settings.trust)
-        self.identity = self._identity()
+        saved = self._saved_identity()
+        wanted = saved.module if saved is not None else settings.module
+        model = self._build_before_joining(recipe, wanted)
+        self.identity = saved or self._register()
         client.select_run(self.identity.run_id)
         module = self.identity.module
         self.recipe: Recipe = recipe.for_module(module) if module else recipe
-        self.model: nn.Module = build_model(self.recipe, settings.trust)
+        if model is None or module != wanted:  # the hub chose the module: its model is built now
+            model = build_model(self.recipe, settings.trust)
+        self.model: nn.Module = model
         self.trained_names = trained_names(self.model, self.recipe, module)
         self.trainer = InnerTrainer(self.model, self.recipe.train)
         self.blobs = BlobCache(settings.state_dir / "blobs", client)
@@ -127,13 +204,29 @@ class WorkSession:
         self.feedback = ErrorFeedback(codec(self.recipe.communication.codec))  # residual: in memory only
         self.held: Held | None = initial_version(self.model, self.trained_names)
 
-    def _identity(self) -> Identity:
+    def _build_before_joining(self, recipe: Recipe, module: str | None) -> nn.Module | None:
+        """The model this worker trains, built before it registers: a worker that cannot build it
+        fails here, never counted in the run. When the hub is to choose the module (a modular run,
+        no --module), the factory is only tried on the meta device and None is returned."""
+        self.reporter.phase(f"building the model ({recipe.model.factory})")
+        if recipe.modules and module is None:
+            model_bytes(recipe, self.settings.trust)
+            return None
+        return build_model(recipe.for_module(module) if module else recipe, self.settings.trust)
+
+    def _saved_identity(self) -> Identity | None:
+        """The identity this worker registered with before, if it was in this run."""
         path = self.settings.state_dir / "identity.json"
-        if path.exists():
-            saved = Identity(**json.loads(path.read_text()))
-            if (saved.joined or saved.run_id) == self.client.run_id:
-                log.info("resuming as worker %s of run %s", saved.worker_id, saved.run_id)
-                return saved
+        if not path.exists():
+            return None
+        saved = Identity(**json.loads(path.read_text()))
+        if (saved.joined or saved.run_id) != self.client.run_id:
+            return None
+        self.reporter.phase(f"resuming as worker {saved.worker_id} of run {saved.run_id}")
+        return saved
+
+    def _register(self) -> Identity:
+        """Join the run as a new worker, and remember it in ``state_dir``."""
         reply = self.client.register(self.settings.name, self.settings.module, self.settings.ranks)
         identity = Identity(
             run_id=reply.run_id or self.client.run_id,
@@ -142,8 +235,9 @@ class WorkSession:
             joined=self.client.run_id,
             module=reply.module,
         )
-        if reply.module:
-            log.info("training module %s (run %s) on shard %s", reply.module, identity.run_id, reply.shard)
+        where = f"module {reply.module} (run {identity.run_id})" if reply.module else f"run {identity.run_id}"
+        self.reporter.phase(f"joined {where} as worker {identity.worker_id}, shard {reply.shard}")
+        path = self.settings.state_dir / "identity.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(identity.__dict__))
         tmp.replace(path)
@@ -173,6 +267,7 @@ class WorkSession:
             if rebuilt is not None:
                 held = rebuilt
         if held is None or held.sha != lease.blob_sha256:
+            self.reporter.phase(f"downloading version {lease.version_number} ({size(lease.nbytes)})")
             held = Held(
                 lease.version_number, lease.blob_sha256, from_bytes(self.blobs.get(lease.blob_sha256))
             )
@@ -217,6 +312,15 @@ class WorkSession:
         shard = lease.shard if self.settings.data_path is None else None
         return self.data.train_batches(shard, self.recipe.train.batch_size, lease.seed)
 
+    def train(self, lease: LeaseGrant) -> InnerResult:
+        """The lease's H inner steps, each told to the reporter."""
+        total = lease.inner_steps
+
+        def told(s: StepDone) -> None:
+            self.reporter.step(Step(lease.round, s.done, total, s.tokens, s.loss, s.elapsed_s))
+
+        return self.trainer.train(self.batches(lease), total, told)
+
     def contribution(
         self, lease: LeaseGrant, base: TensorDict, result: InnerResult
     ) -> tuple[ContributionMeta, bytes]:
@@ -231,6 +335,13 @@ def describe(code: list[Code], recipe: Recipe, data_path: str | None) -> str:
     where = data_path or recipe.data.path or "the data source's own default"
     calls = "; ".join(f"{c.role} {c.spec} ({c.origin})" for c in code)
     return f"{calls}; data read from {where}"
+
+
+def size(nbytes: int) -> str:
+    """``nbytes`` for people: 12 kB, 3.4 MB, 1.20 GB."""
+    if nbytes < 1e6:
+        return f"{nbytes / 1e3:.0f} kB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes < 1e9 else f"{nbytes / 1e9:.2f} GB"
 
 
 def initial_version(model: nn.Module, names: set[str] | None = None) -> Held:

@@ -200,6 +200,66 @@ ACTIONS: dict[str, tuple[Action, dict[str, int]]] = {
             "none": 401,
         },
     ),
+    "read a run's credits": (
+        lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/credits"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "upload an adapter (no metadata: 422 once allowed)": (
+        lambda w, r: w.call(r, "POST", f"/v1/runs/{w.run_id}/adapters", content=b"x"),
+        {
+            "admin": 422,
+            "owner": 422,
+            "member": 422,
+            "collective": 422,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "list adapters": (
+        lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/adapters"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read an adapter (none such: 404 once allowed)": (
+        lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/adapters/00000000000000000000000000000000"),
+        {
+            "admin": 404,
+            "owner": 404,
+            "member": 404,
+            "collective": 404,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read an adapter's tensors (none such: 404 once allowed)": (
+        lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/adapters/00000000000000000000000000000000/blob"),
+        {
+            "admin": 404,
+            "owner": 404,
+            "member": 404,
+            "collective": 404,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
     "read a version": (
         lambda w, r: w.call(r, "GET", f"/v1/runs/{w.run_id}/versions/0"),
         {

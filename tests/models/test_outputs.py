@@ -126,3 +126,14 @@ def test_a_model_that_cannot_take_the_data_is_refused_at_creation(
     with pytest.raises(ConfigError, match=message):
         admin.create_run(with_model(tiny_recipe(corpus_dir), factory))
     assert admin.runs() == []
+
+
+def test_a_fixed_factory_takes_effect_without_restarting_the_hub(
+    admin: HubClient, corpus_dir: Path, tmp_path: Path, trust: Trust
+) -> None:
+    recipe = with_model(tiny_recipe(corpus_dir), "user_models:broken")
+    with pytest.raises(ConfigError, match="user_models:broken failed: KeyError"):
+        admin.create_run(recipe)
+    fixed = USER_MODELS.replace('return {}["vocab"]', "return gpt2()  # fixed")
+    (tmp_path / "user_models.py").write_text(fixed)
+    assert admin.create_run(recipe).run_id

@@ -448,7 +448,7 @@ def test_cli_plan_reports_a_bad_topology(tmp_path: Path) -> None:
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 1
-    assert "bandwidth_mbit must be a positive number" in " ".join(result.stdout.split())
+    assert "bandwidth_mbit must be a positive number" in " ".join(result.stderr.split())
     assert not (tmp_path / "plan.json").exists()
 
 

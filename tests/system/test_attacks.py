@@ -178,7 +178,7 @@ def test_a_worker_refuses_a_run_whose_code_it_does_not_trust(
     shown = worker("--dry-run")
     assert shown.returncode == 1 and "trusted_factory:build (not trusted here)" in shown.stdout, shown.stdout
     refused = worker("--state-dir", str(hub.home.parent / "w"))
-    assert refused.returncode == 1 and "not trusted on this machine" in refused.stdout, refused.stdout
+    assert refused.returncode == 1 and "not trusted on this machine" in refused.stderr, refused.stderr
     assert set(hub.marks.iterdir()) == before  # the worker imported nothing
     assert hub.admin.status(run_id).workers == 0  # and it did not join
     allowed = worker("--dry-run", "--trust", "trusted_factory:build")

@@ -79,7 +79,7 @@ def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_
         token = admin.create_provider("volunteer").token
         state = tmp_path / "worker"
         args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state),
-                "--data-root", str(corpus_dir))  # fmt: skip
+                "--data-root", str(corpus_dir), "--threads", "1")  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "tessera", *args],
             cwd=ROOT,

@@ -3,15 +3,16 @@ the checked path parameters, bodies read within a limit, and the documented erro
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, Header, Request
 from fastapi import Path as PathParam
+from pydantic import BaseModel, ValidationError
 
 from tessera.api.messages import NAME_PATTERN, ErrorBody
 from tessera.api.protocol import MAX_NUMBER
-from tessera.errors import PayloadTooLarge
+from tessera.errors import MalformedContribution, PayloadTooLarge
 from tessera.hub.admission import Admission
 from tessera.hub.auth import Principal
 from tessera.hub.service import HubService
@@ -92,3 +93,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+Meta = TypeVar("Meta", bound=BaseModel)
+
+
+def parse_header(model: type[Meta], raw: str | None, header: str, what: str) -> Meta:
+    """The JSON metadata beside an upload's body, from its header; 422 naming what is wrong."""
+    if not raw:
+        raise MalformedContribution(f"missing {header} header with the {what}'s JSON metadata")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise MalformedContribution(
+            f"{header} header is invalid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+        ) from exc

@@ -8,27 +8,18 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, BackgroundTasks, Header, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tessera.api.messages import ContributionMeta, ContributionReply
 from tessera.api.protocol import META_HEADER
-from tessera.errors import MalformedContribution
-from tessera.hub.routes.common import BINARY, RunId, Service, Who, error_docs, read_limited
+from tessera.hub.routes.common import BINARY, RunId, Service, Who, error_docs, parse_header, read_limited
 
 router = APIRouter()
 BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
 
 
 def parse_meta(raw: str | None) -> ContributionMeta:
-    if not raw:
-        raise MalformedContribution(f"missing {META_HEADER} header with the contribution's JSON metadata")
-    try:
-        return ContributionMeta.model_validate_json(raw)
-    except ValidationError as exc:
-        raise MalformedContribution(
-            f"{META_HEADER} header is invalid: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
-        ) from exc
+    return parse_header(ContributionMeta, raw, META_HEADER, "contribution")
 
 
 @router.post(

@@ -1,4 +1,5 @@
-"""/v1/runs: creating runs and reading them (status, rounds, versions, contributions, blobs)."""
+"""/v1/runs: creating runs and reading them (status, rounds, versions, contributions, credits,
+blobs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from tessera.api.messages import ContributionInfo, CreateRunReply, RoundMetrics, RunStatus, VersionInfo
+from tessera.api.messages import (
+    Balance,
+    ContributionInfo,
+    CreateRunReply,
+    RoundMetrics,
+    RunStatus,
+    VersionInfo,
+)
 from tessera.api.protocol import MAX_NUMBER
 from tessera.errors import TesseraError
 from tessera.hub.routes.common import (
@@ -70,6 +78,12 @@ def contributions(
 ) -> list[ContributionInfo]:
     """Contributions with status and rejection reasons (optionally of one round)."""
     return service.contributions(run_id, who, round)
+
+
+@router.get("/v1/runs/{run_id}/credits", response_model=list[Balance])
+def credits(run_id: RunId, who: Who, service: Service) -> list[Balance]:
+    """Compute credited per provider for this run: its contributors."""
+    return service.credits(run_id, who)
 
 
 @router.get("/v1/runs/{run_id}/versions/latest", response_model=VersionInfo)
