@@ -117,7 +117,9 @@ def train_demo(settings: DemoSettings, rounds: int) -> DemoRun:
         task = bar.add_task("starting", total=rounds)
 
         def started(url: str, run_id: str) -> None:
-            bar.console.print(f"hub at {url}, run {run_id}, {settings.workers} worker processes")
+            bar.console.print(
+                f"hub at {url}, run {run_id}, {settings.workers} worker processes", soft_wrap=True
+            )
 
         def show(s: RunStatus) -> None:
             loss = fmt_loss(s.latest_version.val_loss if s.latest_version else None)
