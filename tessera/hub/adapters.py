@@ -45,9 +45,8 @@ def check_adapter(tensors: TensorDict, meta: AdapterMeta, model: torch.nn.Module
         weight = getattr(modules.get(path), "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise MalformedContribution(f"adapter tensor {name!r}: the model has no 2-D weight at {path!r}")
-        fan = tuple(t.shape)[1] if factor == "A" else tuple(t.shape)[0]
-        rank = tuple(t.shape)[0] if factor == "A" else tuple(t.shape)[1]
-        if t.dim() != 2 or rank != meta.rank or fan not in tuple(weight.shape):
+        rank, fan = (t.shape if factor == "A" else t.shape[::-1]) if t.dim() == 2 else (None, None)
+        if rank != meta.rank or fan not in tuple(weight.shape):
             raise MalformedContribution(
                 f"adapter tensor {name!r} has shape {tuple(t.shape)}; rank {meta.rank} on a weight of "
                 f"shape {tuple(weight.shape)} needs lora_A (rank, fan-in) and lora_B (fan-out, rank)"

@@ -55,4 +55,7 @@ def test_adapters_are_checked_versioned_and_private(admin: HubClient, http, corp
     wrong = {k: torch.zeros(3, 3) for k in result.tensors}
     with pytest.raises(MalformedContribution, match="needs lora_A .rank, fan-in. and lora_B"):
         admin.upload_adapter(run_id, meta(result.targets), to_bytes(wrong))
+    flat = {k: torch.zeros(3) for k in result.tensors}  # 1-D: a 422 too, not a server error
+    with pytest.raises(MalformedContribution, match="needs lora_A .rank, fan-in. and lora_B"):
+        admin.upload_adapter(run_id, meta(result.targets), to_bytes(flat))
     assert len(admin.adapters(run_id)) == 2  # nothing kept of the refused ones
