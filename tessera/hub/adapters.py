@@ -11,7 +11,6 @@ by whoever may read the run; others are told it does not exist.
 
 from __future__ import annotations
 
-import json
 import re
 
 import torch
@@ -62,7 +61,6 @@ def check_adapter(tensors: TensorDict, meta: AdapterMeta, model: torch.nn.Module
 
 
 def adapter_info(a: Adapter, owner: str) -> AdapterInfo:
-    settings = json.loads(a.settings)
     return AdapterInfo(
         adapter_id=a.id,
         run_id=a.run_id,
@@ -75,9 +73,9 @@ def adapter_info(a: Adapter, owner: str) -> AdapterInfo:
         base_version_id=a.base_version_id,
         blob_sha256=a.blob_sha,
         nbytes=a.nbytes,
-        rank=settings["rank"],
-        alpha=settings["alpha"],
-        target_modules=settings["target_modules"],
+        rank=a.settings["rank"],
+        alpha=a.settings["alpha"],
+        target_modules=a.settings["target_modules"],
         data_fingerprint=a.data_fingerprint,
         data_tokens=a.data_tokens,
         steps=a.steps,
@@ -95,15 +93,19 @@ class Adapters:
     def __init__(self, hub: HubContext, runs: Runs) -> None:
         self.hub, self.runs = hub, runs
 
-    def upload(self, run_id: str, who: Principal, meta: AdapterMeta, body: bytes) -> AdapterInfo:
-        """Check and keep an adapter of one of the run's versions (its readers may upload one)."""
+    def upload_limit(self, run_id: str, who: Principal) -> int:
+        """The most bytes an adapter of the run may have, its model's (403 unless ``who`` may read
+        the run: its readers may upload adapters)."""
         self.runs.authorize_read(run_id, who)
         with self.hub.state.reading() as s:
-            run = queries.run(s, run_id)
-            limit = run.model_bytes
-            base = queries.version(s, run_id, meta.base_version)
-            base_id = base.id
-        if len(body) > max(limit, 1):
+            return max(queries.run(s, run_id).model_bytes, 1)
+
+    def upload(self, run_id: str, who: Principal, meta: AdapterMeta, body: bytes) -> AdapterInfo:
+        """Check and keep an adapter of one of the run's versions."""
+        limit = self.upload_limit(run_id, who)
+        with self.hub.state.reading() as s:
+            base_id = queries.version(s, run_id, meta.base_version).id
+        if len(body) > limit:
             raise PayloadTooLarge(f"an adapter of {len(body)} bytes is larger than the model ({limit} bytes)")
         recipe = self.hub.runtimes.whole_recipe(run_id)
         if recipe.modules:
@@ -123,9 +125,7 @@ class Adapters:
                 base_version_number=meta.base_version,
                 blob_sha=sha,
                 nbytes=len(body),
-                settings=json.dumps(
-                    {"rank": meta.rank, "alpha": meta.alpha, "target_modules": meta.target_modules}
-                ),
+                settings={"rank": meta.rank, "alpha": meta.alpha, "target_modules": meta.target_modules},
                 data_fingerprint=meta.data_fingerprint,
                 data_tokens=meta.data_tokens,
                 steps=meta.steps,

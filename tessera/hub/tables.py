@@ -268,7 +268,7 @@ class Adapter(Base):
     base_version_number: Mapped[int] = mapped_column(Integer)
     blob_sha: Mapped[str] = mapped_column(String(64))
     nbytes: Mapped[int] = mapped_column(BigInteger)
-    settings: Mapped[str] = mapped_column(Text)  # JSON: rank, alpha, target modules
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # rank, alpha, target modules
     data_fingerprint: Mapped[str] = mapped_column(String(64))
     data_tokens: Mapped[int] = mapped_column(BigInteger)
     steps: Mapped[int] = mapped_column(Integer)

@@ -25,7 +25,6 @@ from tessera.hub.routes.common import (
 
 router = APIRouter()
 BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
-MAX_ADAPTER_BYTES = 1 << 31  # the hub also refuses an adapter larger than the run's model
 
 
 def parse_meta(raw: str | None) -> AdapterMeta:
@@ -47,9 +46,9 @@ async def upload_adapter(
     meta_header: Annotated[str | None, Header(alias=ADAPTER_HEADER)] = None,
 ) -> AdapterInfo:
     """Keep an adapter (a LoRA fine-tune of one of the run's versions); private unless shared."""
-    await run_in_threadpool(service.runs.authorize_read, run_id, who)  # 403 before anything is read
+    limit = await run_in_threadpool(service.adapters.upload_limit, run_id, who)  # 403 before any read
     meta = parse_meta(meta_header)
-    body = await read_limited(request, MAX_ADAPTER_BYTES)
+    body = await read_limited(request, limit)
     return await run_in_threadpool(service.adapters.upload, run_id, who, meta, body)
 
 
