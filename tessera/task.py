@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from tessera.core.inner import LossFn, loss_function
 from tessera.core.tensors import TensorDict, clone_tensors
 from tessera.data.source import DataSource
+from tessera.data.tokens import data_folder, tokenizer_location
 from tessera.errors import ConfigError, DataError, TesseraError
 from tessera.recipe import Recipe
 from tessera.trust import Trust, check_options
@@ -121,13 +122,8 @@ def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TR
 def check_tokenizer_path(tokenizer: str, data: str | None, trust: Trust) -> None:
     """ConfigError unless the recipe's tokenizer file lies inside the data folder being read, or
     inside one of the machine's data roots (a relative path is taken inside the data folder)."""
-    target = Path(tokenizer).expanduser()
-    folder = Path(data).expanduser().resolve() if data else None
-    if folder is not None and not folder.is_dir():
-        folder = folder.parent  # a data file (e.g. .jsonl): its folder
-    if not target.is_absolute() and folder is not None:
-        target = folder / target
-    resolved = target.resolve()
+    folder = data_folder(Path(data).expanduser().resolve()) if data else None
+    resolved = tokenizer_location(tokenizer, folder).resolve()
     if folder is None or (resolved != folder and folder not in resolved.parents):
         trust.data_path(str(resolved))
 

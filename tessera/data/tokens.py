@@ -70,12 +70,24 @@ class FileTokens:
         return str(self.tokenizer.decode(ids, skip_special_tokens=False))
 
 
+def data_folder(base: Path) -> Path:
+    """The folder of a data path: itself, or the folder of a data file (e.g. a .jsonl)."""
+    return base if base.is_dir() else base.parent
+
+
+def tokenizer_location(path: str, base: Path | None) -> Path:
+    """Where ``path`` points: a relative path is inside ``base``'s data folder (not checked to
+    exist, so that whether it is allowed is decided before anything is read)."""
+    given = Path(path).expanduser()
+    if not given.is_absolute() and base is not None:
+        given = data_folder(base) / given
+    return given
+
+
 def tokenizer_file(path: str, base: Path | None) -> Path:
     """The ``tokenizer.json`` that ``path`` names (a file, or a folder holding one); relative
     paths are inside ``base`` (the data folder)."""
-    given = Path(path).expanduser()
-    if not given.is_absolute() and base is not None:
-        given = (base if base.is_dir() else base.parent) / given
+    given = tokenizer_location(path, base)
     found = given / TOKENIZER_FILE if given.is_dir() else given
     if not found.is_file():
         raise DataError(
