@@ -12,7 +12,6 @@ and the data folder the user names.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 import uuid
@@ -20,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from tessera.api.client import HubClient
 from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
@@ -143,10 +144,11 @@ def run_recipe(settings: DemoSettings) -> str:
     """The recipe the demo's run trains: the one given or the demo's own, with the options'
     overrides (and the demo's collective and --data folder), checked by the recipe parser: a
     bad value is a ConfigError naming it."""
+    tables = settings.overrides.tables()
     if settings.recipe is None:
-        text, tables = demo_recipe(settings), settings.overrides.tables()
+        text = demo_recipe(settings)
     else:
-        text, tables = settings.recipe, settings.overrides.tables()
+        text = settings.recipe
         if settings.collective is not None:
             tables.setdefault("run", {})["collective"] = settings.collective
         if settings.data_path is not None:
@@ -167,38 +169,7 @@ def with_settings(text: str, tables: Mapping[str, Mapping[str, Any]]) -> str:
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] must be a table")
         table.update(values)
-    return to_toml(doc)
-
-
-def to_toml(doc: Mapping[str, Any]) -> str:
-    """A recipe's TOML from its parsed form: top-level keys, then one [section] per table (the
-    tables inside a section written inline)."""
-    top = [f"{toml_key(k)} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    sections = [
-        f"[{toml_key(name)}]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in table.items())
-        for name, table in doc.items()
-        if isinstance(table, dict)
-    ]
-    return "\n".join(["\n".join(top) + "\n", *sections]) if top else "\n".join(sections)
-
-
-def toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
-def toml_value(value: Any) -> str:
-    """A TOML value: strings as JSON writes them (TOML basic strings), tables inline."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise ConfigError(f"cannot write {type(value).__name__} {value!r} into a recipe")
+    return tomli_w.dumps(doc)
 
 
 def modular_recipe(domains: list[str], rounds: int, inner_steps: int, expert_steps: int | None) -> str:
