@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class Lineage:
     contributors: list[dict[str, Any]]
     base: dict[str, Any] | None = None
     adapter: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         body = {k: v for k, v in self.__dict__.items() if v not in (None, {})}
