@@ -234,6 +234,9 @@ class HubClient:
     def adapters(self, run_id: str) -> list[AdapterInfo]:
         return self._json_list(AdapterInfo, f"/v1/runs/{run_id}/adapters")
 
+    def adapter(self, run_id: str, adapter_id: str) -> AdapterInfo:
+        return self._json(AdapterInfo, "GET", f"/v1/runs/{run_id}/adapters/{adapter_id}")
+
     def adapter_blob(self, run_id: str, adapter_id: str) -> bytes:
         data = self._request("GET", f"/v1/runs/{run_id}/adapters/{adapter_id}/blob").content
         self.bytes_down += len(data)

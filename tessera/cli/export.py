@@ -8,6 +8,7 @@ option found under its data folder here, or the file ``--tokenizer`` names.
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -54,9 +55,10 @@ def sample(
     from tessera.recipe import parse_recipe
     from tessera.sampling import sample as generate
 
-    source = reader(hub_url, token, home)
-    run_id = pick_run(source, run)
-    model, info, versions = latest_model(source, run_id, expert, trust, adapter)
+    with closing(reader(hub_url, token, home)) as source:
+        run_id = pick_run(source, run)
+        found = source.adapter(run_id, adapter) if adapter else None
+        model, info, versions = latest_model(source, run_id, expert, trust, found)
     recipe = parse_recipe(info.recipe)
     tokens = run_tokens(recipe, tokenizer)
     text = generate(model, tokens, prompt, length, context_of(recipe), temperature, seed)
@@ -92,9 +94,12 @@ def export(
         raise ConfigError(f"--format must be hf or safetensors, got {format!r}")
     if format == "auto":
         format = "safetensors" if out.suffix == ".safetensors" else "hf"
-    source = reader(hub_url, token, home)
-    run_id = pick_run(source, run)
-    model, info, versions = latest_model(source, run_id, expert, trust, adapter)
+    with closing(reader(hub_url, token, home)) as source:
+        run_id = pick_run(source, run)
+        found = source.adapter(run_id, adapter) if adapter else None
+        model, info, versions = latest_model(source, run_id, expert, trust, found)
+        history = all_versions(source, info) if format == "hf" else []
+        credits = source.credits(run_id) if format == "hf" else []
     if format == "safetensors":
         metadata = {"recipe": info.recipe, "run_id": run_id, "versions": versions}
         metadata["experts"] = json.dumps(expert)
@@ -102,9 +107,8 @@ def export(
         console.print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): run {run_id}, {versions}")
         return
     recipe = parse_recipe(info.recipe)
-    lineage = lineage_of(info, all_versions(source, info), source.credits(run_id))
-    if adapter is not None:
-        found = find_adapter(source, run_id, adapter)
+    lineage = lineage_of(info, history, credits)
+    if found is not None:
         lineage.adapter = found.model_dump(mode="json")
         lineage.base = {"run_id": run_id, "version": found.base_version, "version_id": found.base_version_id}
     files = write_folder(out, model, info.recipe, lineage, license, tokenizer_path(recipe, tokenizer))
@@ -146,35 +150,31 @@ def run_tokens(recipe: Recipe, given: Path | None) -> Tokens:
     return ByteTokens() if path is None else FileTokens(path)
 
 
-def find_adapter(source: RunReader, run_id: str, adapter_id: str) -> AdapterInfo:
-    for found in source.adapters(run_id):
-        if found.adapter_id == adapter_id:
-            return found
-    raise ConfigError(f"run {run_id} has no adapter {adapter_id} that you may read; see `tessera finetune`")
-
-
-def with_adapter(
-    source: RunReader, info: RunStatus, adapter_id: str, trust: list[str] | None
-) -> tuple[torch.nn.Module, str]:
-    """The adapter's base version of the run with the adapter merged in, and what it is."""
+def adapted(
+    source: RunReader, info: RunStatus, adapter: AdapterInfo, trust: list[str] | None
+) -> torch.nn.Module:
+    """The adapter's base version of the run with the adapter merged in."""
     from tessera.core.tensors import from_bytes
     from tessera.finetune import apply_adapter
     from tessera.recipe import parse_recipe
     from tessera.task import assemble
     from tessera.trust import Trust
 
-    found = find_adapter(source, info.run_id, adapter_id)
-    base = source.version(info.run_id, found.base_version)
-    recipe = parse_recipe(info.recipe)
-    model = assemble(
-        recipe, [from_bytes(source.blob(info.run_id, base.blob_sha256))], None, Trust.of(trust or [])
+    if info.modules:
+        raise ConfigError("adapters are of runs that are not modular")
+    base = source.version(info.run_id, adapter.base_version)
+    weights = from_bytes(source.blob(info.run_id, base.blob_sha256))
+    model = assemble(parse_recipe(info.recipe), [weights], None, Trust.of(trust or []))
+    tensors = from_bytes(source.adapter_blob(info.run_id, adapter.adapter_id))
+    return apply_adapter(model, tensors, adapter.rank, adapter.alpha, adapter.target_modules)
+
+
+def adapter_versions(adapter: AdapterInfo) -> str:
+    losses = f"{fmt_loss(adapter.base_loss)} -> {fmt_loss(adapter.adapter_loss)}"
+    return (
+        f"version {adapter.base_version} with adapter {adapter.name} v{adapter.number} "
+        f"(held-out loss on its owner's data {losses})"
     )
-    tensors = from_bytes(source.adapter_blob(info.run_id, adapter_id))
-    merged = apply_adapter(model, tensors, found.rank, found.alpha, found.target_modules)
-    what = (
-        f"version {base.number} with adapter {found.name} v{found.number} (held-out loss on its owner's data "
-    )
-    return merged, what + f"{fmt_loss(found.base_loss)} -> {fmt_loss(found.adapter_loss)})"
 
 
 def latest_model(
@@ -182,7 +182,7 @@ def latest_model(
     run_id: str,
     experts: list[str] | None,
     trust: list[str] | None = None,
-    adapter: str | None = None,
+    adapter: AdapterInfo | None = None,
 ) -> tuple[torch.nn.Module, RunStatus, str]:
     """The run's model from the latest version of each module it needs (modules of experts left
     out are not downloaded), or with ``adapter`` that adapter's base version with it merged in;
@@ -196,10 +196,9 @@ def latest_model(
 
     info = source.status(run_id)
     if adapter is not None:
-        if info.modules or experts:
+        if experts:
             raise ConfigError("adapters are of runs that are not modular; leave out --expert")
-        model, what = with_adapter(source, info, adapter, trust)
-        return model, info, what
+        return adapted(source, info, adapter, trust), info, adapter_versions(adapter)
     recipe = parse_recipe(info.recipe)
     trusted = Trust.of(trust or [])
     parts = [info]

@@ -4,6 +4,7 @@ keep the adapter at the hub (private to you unless --share); the data never leav
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -51,8 +52,8 @@ def finetune(
     from tessera.trust import Trust
 
     settings = LoraSettings(rank=rank, alpha=alpha, steps=steps, lr=lr, batch_size=batch_size)
-    reader = RemoteReader(hub_url, token)
-    model, info, versions = latest_model(reader, run, None, trust)
+    with closing(RemoteReader(hub_url, token)) as reader:  # open while the version is downloaded
+        model, info, versions = latest_model(reader, run, None, trust)
     if info.latest_version is None:
         raise ConfigError(f"run {run} is modular; fine-tune one of its modules' runs (--run MODULE-RUN-ID)")
     recipe = own_data_recipe(parse_recipe(info.recipe), source, text_field)
@@ -94,14 +95,13 @@ def finetune(
 def own_data_recipe(recipe: Recipe, source: str | None, text_field: str) -> Recipe:
     """The run's recipe reading one's own data in one shard: the run's source and context, or
     ``source`` with the options every text source shares."""
-    shared = ("context", "tokenizer", "held_out_fraction")
-    options = {k: v for k, v in recipe.data.options.items() if k in shared}
     if source is None:
-        options = {**recipe.data.options, "num_shards": 1}
-        options.pop("domains", None)
+        options = {k: v for k, v in recipe.data.options.items() if k != "domains"}
     else:
-        options["num_shards"] = 1
+        shared = ("context", "tokenizer", "held_out_fraction")
+        options = {k: v for k, v in recipe.data.options.items() if k in shared}
         if source == "tessera.data.records:load":
             options["text_field"] = text_field
+    options["num_shards"] = 1
     data = replace(recipe.data, source=source or recipe.data.source, path=None, options=options)
     return replace(recipe, data=data)

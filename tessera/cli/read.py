@@ -3,14 +3,16 @@ HTTP from a hub, or from a hub's folder directly (the hub need not run)."""
 
 from __future__ import annotations
 
+import time
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Protocol
 
 import typer
 
 from tessera.api.messages import AdapterInfo, Balance, LedgerReport, RoundMetrics, RunStatus, VersionInfo
-from tessera.cli.app import HOME, HomeOpt, HubOpt, ReadTokenOpt, RunOpt, app, console
-from tessera.cli.tables import print_ledger, print_run
+from tessera.cli.app import HOME, HomeOpt, HubOpt, ReadTokenOpt, RunOpt, app, console, print_json
+from tessera.cli.tables import print_ledger, print_run, run_view
 from tessera.errors import TesseraError
 
 
@@ -22,8 +24,9 @@ class RunReader(Protocol):
     def run_ids(self) -> list[str]: ...
     def ledger(self) -> LedgerReport: ...
     def credits(self, run_id: str) -> list[Balance]: ...
-    def adapters(self, run_id: str) -> list[AdapterInfo]: ...
+    def adapter(self, run_id: str, adapter_id: str) -> AdapterInfo: ...
     def adapter_blob(self, run_id: str, adapter_id: str) -> bytes: ...
+    def close(self) -> None: ...
 
 
 class LocalReader:
@@ -59,11 +62,14 @@ class LocalReader:
     def credits(self, run_id: str) -> list[Balance]:
         return self.service.credits(run_id, self.who)
 
-    def adapters(self, run_id: str) -> list[AdapterInfo]:
-        return self.service.adapters.list(run_id, self.who)
+    def adapter(self, run_id: str, adapter_id: str) -> AdapterInfo:
+        return self.service.adapters.get(run_id, self.who, adapter_id)
 
     def adapter_blob(self, run_id: str, adapter_id: str) -> bytes:
         return self.service.adapters.blob(run_id, self.who, adapter_id)
+
+    def close(self) -> None:
+        self.service.state.close()
 
 
 class RemoteReader:
@@ -73,13 +79,16 @@ class RemoteReader:
         self.client = HubClient.connect(url, token, retry_s=5.0)
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
         self.ledger, self.credits = self.client.ledger, self.client.credits
-        self.adapters, self.adapter_blob = self.client.adapters, self.client.adapter_blob
+        self.adapter, self.adapter_blob = self.client.adapter, self.client.adapter_blob
 
     def blob(self, run_id: str, sha: str) -> bytes:
         return self.client.blob(sha, run_id)
 
     def run_ids(self) -> list[str]:
         return [r.run_id for r in self.client.runs()]
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def reader(hub_url: str | None, token: str | None, home: Path) -> RunReader:
@@ -112,23 +121,12 @@ def status(
     ] = False,
 ) -> None:
     """Show a running or finished run, with metrics per round."""
-    source = reader(hub_url, token, home)
-    try:
+    with closing(reader(hub_url, token, home)) as source:
         run_id = pick_run(source, run)
         if watch:
             watch_run(source, run_id, interval, as_json)
         else:
             show_run(source.status(run_id), source.rounds(run_id), as_json)
-    finally:
-        release(source)
-
-
-def release(source: RunReader) -> None:
-    """Close what ``source`` holds open: its HTTP connections, or its hub's database."""
-    if isinstance(source, RemoteReader):
-        source.client.close()
-    elif isinstance(source, LocalReader):
-        source.service.state.close()
 
 
 def status_json(info: RunStatus, rounds: list[RoundMetrics]) -> dict[str, object]:
@@ -136,8 +134,6 @@ def status_json(info: RunStatus, rounds: list[RoundMetrics]) -> dict[str, object
 
 
 def show_run(info: RunStatus, rounds: list[RoundMetrics], as_json: bool) -> None:
-    from tessera.cli.app import print_json
-
     if as_json:
         print_json(status_json(info, rounds))
     else:
@@ -157,8 +153,6 @@ def watch_run(source: RunReader, run_id: str, interval: float, as_json: bool) ->
 
 
 def print_changes(source: RunReader, run_id: str, interval: float, as_json: bool) -> None:
-    import time
-
     shown: dict[str, object] | None = None
     while True:
         info, rounds = source.status(run_id), source.rounds(run_id)
@@ -172,11 +166,7 @@ def print_changes(source: RunReader, run_id: str, interval: float, as_json: bool
 
 def redraw(source: RunReader, run_id: str, interval: float) -> None:
     """The run's table in place, with as many of its latest rounds as the terminal has room for."""
-    import time
-
     from rich.live import Live
-
-    from tessera.cli.tables import run_view
 
     info = source.status(run_id)
     with Live(console=console, auto_refresh=False) as live:
@@ -197,13 +187,8 @@ def ledger(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ledger as JSON instead")] = False,
 ) -> None:
     """Credited compute (PFLOP) per provider and per collective."""
-    from tessera.cli.app import print_json
-
-    source = reader(hub_url, token, home)
-    try:
+    with closing(reader(hub_url, token, home)) as source:
         report = source.ledger()
-    finally:
-        release(source)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
