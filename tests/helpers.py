@@ -5,18 +5,21 @@ worker spelled out against a hub client. Processes and threads of a cluster come
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, insert, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateTable
 from starlette.testclient import TestClient
 
 from tessera.api.client import HubClient
 from tessera.api.messages import ContributionMeta, LeaseGrant
 from tessera.core.tensors import from_bytes
-from tessera.hub.tables import SCHEMA_VERSION, Base
+from tessera.hub.tables import SCHEMA_VERSION, Base, Meta
 from tessera.trust import Trust
 
 
@@ -86,21 +89,42 @@ POSTGRES_URL = os.environ.get("TESSERA_TEST_DATABASE_URL")
 REQUIRE_POSTGRES = os.environ.get("TESSERA_REQUIRE_POSTGRES") == "1"
 
 
+def schema_fingerprint(engine: Engine) -> str:
+    """A hash of the DDL this checkout's tables compile to on ``engine``'s dialect: two checkouts
+    of the same schema version whose column types differ get different fingerprints."""
+    ddl = "\n".join(str(CreateTable(t).compile(engine)) for t in Base.metadata.sorted_tables)
+    return hashlib.sha256(ddl.encode()).hexdigest()
+
+
 def fresh_postgres(url: str) -> str:
-    """Empty the test database so each test starts from nothing: its tables emptied when they are
-    this schema's (fast), else dropped (a test may have left an older schema behind)."""
+    """Empty the test database so each test starts from nothing: its tables emptied when they
+    were made by this checkout's schema (fast; known by a fingerprint of their DDL kept in
+    ``tessera_meta``), else dropped and made again (a test, or an older checkout on a reused
+    database server, may have left other tables behind)."""
     engine = create_engine(url)
     tables = [t.name for t in Base.metadata.sorted_tables]
+    fingerprint = schema_fingerprint(engine)
     with engine.begin() as conn:
-        current = set(inspect(conn).get_table_names()) == set(tables) and conn.execute(
-            text("SELECT value FROM tessera_meta WHERE key = 'schema_version'")
-        ).scalar() == str(SCHEMA_VERSION)
+        current = (
+            set(inspect(conn).get_table_names()) == set(tables)
+            and conn.execute(text("SELECT value FROM tessera_meta WHERE key = 'test_schema'")).scalar()
+            == fingerprint
+        )
         if current:
             emptied = ", ".join(t for t in tables if t != "tessera_meta")
             conn.execute(text(f"TRUNCATE {emptied} RESTART IDENTITY CASCADE"))
-            conn.execute(text("DELETE FROM tessera_meta WHERE key <> 'schema_version'"))
+            conn.execute(text("DELETE FROM tessera_meta WHERE key NOT IN ('schema_version', 'test_schema')"))
     if not current:
         Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                insert(Meta),
+                [
+                    {"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                    {"key": "test_schema", "value": fingerprint},
+                ],
+            )
     engine.dispose()
     return url
 
