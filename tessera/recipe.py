@@ -1,7 +1,10 @@
 """Run recipes: a TOML file naming the model, the data and the algorithm settings.
 
-[run]    name, rounds, quorum, round_deadline_s, lease_timeout_s, max_staleness, balance_steps,
-         staleness_decay
+[run]    name, collective, rounds, quorum (a count of contributions, or a fraction in (0, 1) of the
+         run's active workers), round_deadline_s, deadline_k (0: off; else the deadline adapts to
+         how long the last rounds' work took to arrive), lease_timeout_s, max_staleness,
+         balance_steps, staleness_decay, priority (in the pool's fair share, -10 to 10), workers
+         (pool workers it can use; 0: its quorum, or no bound for a fractional one)
 [model]  factory = "package.module:function", options = {...}
 [data]   source = "package.module:function", path = "...", options = {...}
 [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
@@ -22,6 +25,7 @@ nesting), and ``[run]`` and ``[model]`` must be present (an empty recipe is refu
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,31 +43,95 @@ MAX_ROUNDS = 100_000
 MAX_QUORUM = 10_000
 MAX_WAIT_S = 30 * 24 * 3600.0  # deadlines and lease timeouts: at most 30 days
 MAX_EVAL_EXAMPLES = 16_384  # held-out examples the hub evaluates each version on
+MAX_DEADLINE_K = 100.0
+MAX_PRIORITY = 10.0
 REQUIRED_SECTIONS = ("run", "model")
+
+
+def quorum_count(quorum: int | float, active_workers: int) -> int:
+    """The contributions that close a round: an integer quorum itself; a fraction of the active
+    workers, rounded up, at least 1 (a product a float's rounding puts a hair above an integer
+    counts as that integer: 0.1 x 30 workers is 3, not 4)."""
+    if isinstance(quorum, int):
+        return quorum
+    return max(1, math.ceil(quorum * active_workers - 1e-9))
+
+
+def check_quorum(where: str, quorum: object) -> None:
+    """ConfigError unless ``quorum`` is an integer from 1 to MAX_QUORUM or a float in (0, 1)."""
+    if isinstance(quorum, bool) or not isinstance(quorum, int | float):
+        raise ConfigError(
+            f"{where} must be a count of contributions (an integer, e.g. 4) or a fraction of the "
+            f"run's active workers (a number between 0 and 1, e.g. 0.5), got {quorum!r}"
+        )
+    if isinstance(quorum, int):
+        check_range(where, quorum, 1, MAX_QUORUM)
+    elif not 0 < quorum < 1:
+        raise ConfigError(
+            f"{where} = {quorum}: a fraction of the active workers must be above 0 and below 1; "
+            f"for a count of contributions write an integer (e.g. {where} = 4)"
+        )
+
+
+def check_number(where: str, value: object, low: float, high: float) -> None:
+    """ConfigError unless ``value`` is an integer or float (a bool is not) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number from {low:g} to {high:g}, got {value!r}")
+    check_range(where, value, low, high)
 
 
 @dataclass(frozen=True)
 class RunSettings:
+    """How a run's rounds go. ``quorum``: the accepted contributions that close a round, as a count
+    (int) or as a fraction (float in (0, 1)) of the run's active workers, the distinct workers
+    leased in the round or the round before, so the pace holds as workers come and go (the hub
+    counts them: ``tessera.hub.rounds.quorum_of``). ``deadline_k`` > 0 adapts the round deadline
+    to median + k x MAD of the last rounds' arrival times (``tessera.hub.rounds``), within
+    ``round_deadline_s``."""
+
     name: str = "run"
     collective: str | None = None  # who may work on the run: members of this collective
     rounds: int = 10
-    quorum: int = 4
+    quorum: int | float = 4
     round_deadline_s: float = 600.0
+    deadline_k: float = 0.0  # 0: the deadline is round_deadline_s; else adaptive (see above)
     lease_timeout_s: float = 1800.0
     max_staleness: int = 1
     staleness_decay: float = 0.5
     balance_steps: bool = False  # size each worker's H from its measured step time
+    # the run's own priority in the pool: added to its owner's fair-share score (tessera.pool.fairshare)
+    priority: float = 0.0
+    workers: int = 0  # pool workers the run can use (0: its quorum; a fractional one: no bound)
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.name) <= 200:
             raise ConfigError("run.name must have 1 to 200 characters")
         check_range("run.rounds", self.rounds, 1, MAX_ROUNDS)
-        check_range("run.quorum", self.quorum, 1, MAX_QUORUM)
+        check_quorum("run.quorum", self.quorum)
         check_range("run.round_deadline_s", self.round_deadline_s, 1e-3, MAX_WAIT_S)
+        check_number("run.deadline_k", self.deadline_k, 0, MAX_DEADLINE_K)
         check_range("run.lease_timeout_s", self.lease_timeout_s, 1e-3, MAX_WAIT_S)
         check_range("run.max_staleness", self.max_staleness, 0, MAX_ROUNDS)
         if not 0 < self.staleness_decay <= 1:
             raise ConfigError(f"run.staleness_decay must be in (0, 1], got {self.staleness_decay}")
+        check_number("run.priority", self.priority, -MAX_PRIORITY, MAX_PRIORITY)
+        check_range("run.workers", self.workers, 0, MAX_QUORUM)
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the quorum is a fraction of the active workers (else a count)."""
+        return isinstance(self.quorum, float)
+
+    @property
+    def min_quorum(self) -> int:
+        """The quorum as a count known without the hub's database: an integer quorum itself; for a
+        fraction 1, the least it can be (a round may close on one contribution, and a part of
+        1 / min_quorum in the round's average is the most any one upload can have)."""
+        return quorum_count(self.quorum, 1)
+
+    def quorum_for(self, active_workers: int) -> int:
+        """The quorum of a round with ``active_workers`` active workers."""
+        return quorum_count(self.quorum, active_workers)
 
 
 @dataclass(frozen=True)

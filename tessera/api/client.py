@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from tessera.api.messages import (
     AdapterInfo,
     AdapterMeta,
+    Assignment,
     Balance,
     ContributionInfo,
     ContributionMeta,
@@ -29,8 +30,13 @@ from tessera.api.messages import (
     LedgerReport,
     MergeReply,
     MergeRequest,
+    PledgeInfo,
+    PledgeRequest,
+    PoolJoinRequest,
+    PoolMemberInfo,
     ProbeReply,
     ProviderInfo,
+    QueueReport,
     RegisterReply,
     RoundMetrics,
     RunStatus,
@@ -53,7 +59,9 @@ class HubAPI(Protocol):
     @property
     def run_id(self) -> str: ...
     def select_run(self, run_id: str) -> None: ...
-    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply: ...
+    def register(
+        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+    ) -> RegisterReply: ...
     def status(self, run_id: str) -> RunStatus: ...
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply: ...
     def blob(self, sha: str, run_id: str | None = None) -> bytes: ...
@@ -154,8 +162,10 @@ class HubClient:
             headers={"Content-Type": "application/toml"},
         )
 
-    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply:
-        body = {"name": name, "module": module, "ranks": ranks}
+    def register(
+        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+    ) -> RegisterReply:
+        body = {"name": name, "module": module, "ranks": ranks, "member_id": member_id}
         return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json=body)
 
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
@@ -254,6 +264,33 @@ class HubClient:
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         which = "latest" if number is None else str(number)
         return self._json(VersionInfo, "GET", f"/v1/runs/{run_id}/versions/{which}")
+
+    def pause(self, run_id: str, paused: bool = True) -> RunStatus:
+        return self._json(RunStatus, "POST", f"/v1/runs/{run_id}/{'pause' if paused else 'resume'}")
+
+    # --- the pool and pledges --------------------------------------------------------------
+
+    def join_pool(self, request: PoolJoinRequest) -> PoolMemberInfo:
+        return self._json(PoolMemberInfo, "POST", "/v1/pool/members", json=request.model_dump())
+
+    def pool_members(self) -> list[PoolMemberInfo]:
+        return self._json_list(PoolMemberInfo, "/v1/pool/members")
+
+    def assign(self, member_id: str, exclude: list[str] | None = None) -> Assignment:
+        body = {"exclude": list(exclude or [])}
+        return self._json(Assignment, "POST", f"/v1/pool/members/{member_id}/assign", json=body)
+
+    def queue(self) -> QueueReport:
+        return self._json(QueueReport, "GET", "/v1/pool/queue")
+
+    def pledge(self, request: PledgeRequest) -> PledgeInfo:
+        return self._json(PledgeInfo, "POST", "/v1/pledges", json=request.model_dump())
+
+    def pledges(self) -> list[PledgeInfo]:
+        return self._json_list(PledgeInfo, "/v1/pledges")
+
+    def cancel_pledge(self, pledge_id: str) -> PledgeInfo:
+        return self._json(PledgeInfo, "POST", f"/v1/pledges/{pledge_id}/cancel")
 
 
 def retry_after(response: httpx.Response, default: float) -> float:

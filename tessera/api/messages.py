@@ -70,6 +70,7 @@ class RegisterRequest(Message):
     name: Printable = Field(default="worker", min_length=1, max_length=200)
     module: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
     ranks: Whole = Field(default=1, ge=1, le=65_536, description="torchrun ranks training as this worker")
+    member_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="as a pool worker")
 
 
 class RegisterReply(Message):
@@ -111,6 +112,9 @@ class LeaseGrant(Message):
     seed: int
     module: str | None = None  # of a modular run: the module this lease trains
     frozen: list[FrozenModule] = Field(default_factory=list)
+    stop_at: float | None = Field(
+        default=None, description="unix time to stop training and upload what was done (a window ends)"
+    )
 
 
 class LeaseReply(Message):
@@ -277,6 +281,7 @@ class RunStatus(Message):
     run_id: str
     name: str
     status: Literal["active", "finished"]
+    paused: bool = False
     error: str | None = None  # the last failure to close a round or load the run, until one closes
     error_at: float | None = None
     rounds_total: int
@@ -298,6 +303,12 @@ class Balance(Message):
     pflop: float = Field(description="credited training compute, in PFLOP (10^15 FLOPs)")
     tokens: int
     contributions: int
+    used_pflop: float = Field(default=0.0, description="compute the provider's runs used, in PFLOP")
+
+    @property
+    def balance_pflop(self) -> float:
+        """What the provider gave minus what its runs used."""
+        return self.pflop - self.used_pflop
 
 
 class LedgerReport(Message):
@@ -314,3 +325,113 @@ class ErrorBody(Message):
 
 class ProbeReply(Message):
     nbytes: int
+
+
+# --- the pool ------------------------------------------------------------------------------
+
+WindowSpec = Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE_PATTERN)]
+DateSpec = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+KindLabel = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+HEX_ID = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+
+class PoolJoinRequest(Message):
+    """A worker offering itself to the pool: what it is, when it may work, where it may go."""
+
+    name: Printable = Field(default="worker", min_length=1, max_length=200)
+    kind: KindLabel = "cpu"
+    windows: list[WindowSpec] = Field(default_factory=list, max_length=32, description="[] : always")
+    holidays: list[DateSpec] = Field(default_factory=list, max_length=400)
+    pinned_run_id: str | None = HEX_ID
+    collective: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    pledge_id: str | None = HEX_ID
+
+
+class PoolMemberInfo(Message):
+    member_id: str
+    provider: str
+    name: str
+    kind: str
+    windows: list[str]
+    holidays: list[str]
+    pinned_run_id: str | None
+    collective: str | None
+    pledge_id: str | None
+    run_id: str | None = Field(description="the run it works on now")
+    serving: str | None = Field(description="the pledge it works for now (None: the pool)")
+    assigned_at: float | None
+    last_seen_at: float
+
+
+class AssignRequest(Message):
+    exclude: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] = Field(
+        default_factory=list, max_length=256, description="runs this machine refuses (code it does not trust)"
+    )
+
+
+class Assignment(Message):
+    """Where a pool worker works now: a run (and its worker id there, if it was in it before),
+    or nowhere for ``retry_after_s`` (and why)."""
+
+    status: Literal["work", "idle"]
+    run_id: str | None = None
+    worker_id: str | None = None
+    serving: str | None = None
+    retry_after_s: float = 0.0
+    reason: str = ""
+
+
+class QueueEntry(Message):
+    """A run claiming workers from the pool, as fair share sees it now."""
+
+    run_id: str
+    name: str
+    owner: str
+    account: str = Field(description="the collective it counts against, or its owner")
+    priority: float = Field(description="the run's own priority ([run] priority)")
+    balance_pflop: float = Field(description="the account's decayed balance")
+    score: float = Field(description="priority plus balance points: higher is served first")
+    ahead: int = Field(description="runs with a higher score")
+    entitled: float = Field(description="pool workers fair share gives it now")
+    workers: int = Field(description="pool workers on it now")
+    demand: float = Field(description="workers it can use")
+    reason: str
+
+
+class QueueReport(Message):
+    pool_workers: int
+    runs: list[QueueEntry]
+
+
+class PledgeRequest(Message):
+    """``nodes`` workers (of ``worker_kind``, within ``windows``), or a budget of ``steps`` inner
+    steps or ``pflop``, to a run, a collective's runs or the whole pool."""
+
+    target: Literal["run", "collective", "pool"] = "pool"
+    target_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=NAME_PATTERN)
+    nodes: Whole | None = Field(default=None, ge=1, le=100_000)
+    worker_kind: KindLabel | None = None
+    windows: list[WindowSpec] = Field(default_factory=list, max_length=32)
+    holidays: list[DateSpec] = Field(default_factory=list, max_length=400)
+    steps: Whole | None = Field(default=None, ge=1, le=MAX_COUNT)
+    pflop: float | None = Field(default=None, gt=0.0, le=1e12, allow_inf_nan=False)
+
+
+class PledgeInfo(Message):
+    pledge_id: str
+    provider: str
+    kind: Literal["nodes", "budget"]
+    target: str
+    target_id: str | None
+    nodes: int | None
+    worker_kind: str | None
+    windows: list[str]
+    holidays: list[str]
+    steps: int | None
+    pflop: float | None
+    status: str
+    created_at: float
+    ended_at: float | None
+    members: int = Field(description="pool workers bound to it now (nodes pledges)")
+    delivered_steps: int
+    delivered_pflop: float

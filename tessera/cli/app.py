@@ -45,6 +45,13 @@ ReadTokenOpt = Annotated[
     str | None, typer.Option("--token", envvar="TESSERA_TOKEN", help="API token (with --hub)")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else")]
+WindowOpt = Annotated[
+    list[str] | None,
+    typer.Option("--window", help='When it may work, e.g. "22:00-07:00 Europe/Vienna mon-fri" (repeat)'),
+]
+HolidayOpt = Annotated[
+    list[str] | None, typer.Option("--holiday", help="A date it does not work, YYYY-MM-DD (repeat)")
+]
 
 
 def print_json(value: Any) -> None:

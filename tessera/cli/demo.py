@@ -94,7 +94,7 @@ def demo_settings(
             inner_steps=base.inner_steps if overrides.inner_steps is None else overrides.inner_steps,
             overrides=replace(overrides, rounds=None, inner_steps=None),
         )
-    quorum = load_recipe(recipe).run.quorum
+    quorum = load_recipe(recipe).run.min_quorum
     if workers is not None and workers < quorum:
         raise TesseraError(
             f"{recipe} has run.quorum = {quorum}: its rounds close only with {quorum} contributions; "

@@ -17,9 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from tessera.cli.app import (
     HOME,
     DataRootOpt,
+    HolidayOpt,
     HubUrl,
     TokenOpt,
     TrustOpt,
+    WindowOpt,
     app,
     console,
     err_console,
@@ -28,10 +30,10 @@ from tessera.cli.app import (
 from tessera.task import configure_torch
 
 if TYPE_CHECKING:
-    from tessera.api.messages import ContributionReply
+    from tessera.api.messages import ContributionReply, PoolJoinRequest
     from tessera.core.inner import InnerResult
     from tessera.trust import Trust
-    from tessera.worker.session import Step, WorkerSummary
+    from tessera.worker.session import Step, WorkerSettings, WorkerSummary
 
 
 @app.command()
@@ -39,8 +41,11 @@ def worker(
     hub_url: HubUrl,
     token: TokenOpt,
     run: Annotated[
-        str, typer.Option("--run", "--run-id", envvar="TESSERA_RUN", help="Run id (--run-id under torchrun)")
-    ],
+        str | None,
+        typer.Option(
+            "--run", "--run-id", envvar="TESSERA_RUN", help="Work on this run only (default: serve the pool)"
+        ),
+    ] = None,
     data: Annotated[str | None, typer.Option(help="Folder of your own text files to train on")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the worker keeps identity and blobs")] = None,
     name: str = "worker",
@@ -60,14 +65,30 @@ def worker(
     progress_every: Annotated[
         float, typer.Option(help="Seconds between progress lines when the output is not a terminal")
     ] = 10.0,
+    kind: Annotated[
+        str, typer.Option(help="In the pool: what kind of node this is (as pledges name it)")
+    ] = "cpu",
+    window: WindowOpt = None,
+    holiday: HolidayOpt = None,
+    collective: Annotated[
+        str | None, typer.Option(help="In the pool: serve only this collective's runs")
+    ] = None,
+    pledge: Annotated[
+        str | None, typer.Option(help="In the pool: the nodes pledge this worker is one of")
+    ] = None,
 ) -> None:
-    """Lease, train, upload until the run ends. Ctrl-C stops; running it again resumes.
+    """Lease, train, upload until the run ends; without --run, serve the pool: the hub moves the
+    worker from run to run by fair share, within its --window. Ctrl-C stops; running it again
+    resumes. With --window (or --collective, --pledge) a --run worker is a pool worker pinned to
+    that run, so the hub keeps it to its windows.
 
     Before joining, the worker shows the code the run executes here and refuses factories you do
     not trust (tessera's own are; add others with --trust) and recipe data folders outside your
     --data-root. Under torchrun the whole group is one worker: all ranks train with DDP, rank 0
     talks to the hub."""
     from tessera.api.client import HubClient
+    from tessera.api.messages import PoolJoinRequest
+    from tessera.errors import ConfigError
     from tessera.trust import Trust
     from tessera.worker.group import Group, GroupWorkLoop, follow, in_torchrun
     from tessera.worker.loop import WorkLoop
@@ -77,9 +98,20 @@ def worker(
     configure_torch(threads)
     trusted = Trust.of(trust or [], data_root or [])
     if dry_run:
+        if run is None:
+            raise ConfigError("--dry-run shows one run's code: give --run")
         show_run_code(hub_url, token, run, trusted, data)
         return
     reporter = reporter_for(err_console, progress_every)
+    offer = PoolJoinRequest(
+        name=name, kind=kind, windows=window or [], holidays=holiday or [], pinned_run_id=run,
+        collective=collective, pledge_id=pledge,
+    )  # fmt: skip
+    if run is None or offer.windows or collective or pledge:
+        serve_pool(hub_url, token, offer, WorkerSettings(
+            state_dir=state_dir or HOME / "workers" / f"pool-{name}", name=name, data_path=data, trust=trusted
+        ), reporter)  # fmt: skip
+        return
     state = state_dir or HOME / "workers" / f"{run}-{name}"
     group = Group() if in_torchrun() else None
     ranks = group.world_size if group is not None else 1
@@ -104,6 +136,30 @@ def worker(
         if group is not None:
             group.close()
     print_summary(summary, json_path)
+
+
+def serve_pool(
+    hub_url: str,
+    token: str,
+    offer: PoolJoinRequest,
+    settings: WorkerSettings,
+    reporter: BarReporter | LineReporter,
+) -> None:
+    """Serve the pool until Ctrl-C, one run at a time (not under torchrun)."""
+    from tessera.api.client import HubClient
+    from tessera.errors import ConfigError
+    from tessera.worker.group import in_torchrun
+    from tessera.worker.pool import PoolLoop
+
+    if in_torchrun():
+        raise ConfigError("a torchrun group works on one run: give --run (without --window)")
+    reporter.phase(f"connecting to the hub at {hub_url} to serve the pool")
+    client = HubClient.connect(hub_url, token)
+    try:
+        PoolLoop(client, settings, offer, reporter).run()
+    finally:
+        reporter.close()
+        client.close()
 
 
 def print_summary(summary: WorkerSummary, json_path: Path | None) -> None:

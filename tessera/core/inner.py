@@ -124,9 +124,14 @@ class InnerTrainer:
         return float(loss.detach()), targets.numel()
 
     def train(
-        self, batches: Iterator[Batch], steps: int, on_step: Callable[[StepDone], None] | None = None
+        self,
+        batches: Iterator[Batch],
+        steps: int,
+        on_step: Callable[[StepDone], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> InnerResult:
-        """``steps`` optimizer steps; ``on_step`` hears of each as it is done."""
+        """``steps`` optimizer steps, fewer if ``stop`` (asked after each) says so; ``on_step``
+        hears of each as it is done."""
         start = time.perf_counter()
         losses: list[float] = []
         tokens = 0
@@ -136,8 +141,10 @@ class InnerTrainer:
             tokens += n
             if on_step is not None:
                 on_step(StepDone(done, tokens, loss, time.perf_counter() - start))
+            if stop is not None and done < steps and stop():
+                break
         return InnerResult(
-            steps=steps,
+            steps=len(losses),
             tokens=tokens,
             mean_loss=sum(losses) / len(losses),
             final_loss=losses[-1],

@@ -31,7 +31,7 @@ from tessera.blobs import FileBlobStore
 from tessera.errors import TesseraError, TooManyRequests
 from tessera.hub.admission import Admission
 from tessera.hub.config import HubConfig
-from tessera.hub.routes import adapters, contributions, merges, probe, providers, runs, workers
+from tessera.hub.routes import adapters, contributions, merges, pool, probe, providers, runs, workers
 from tessera.hub.routes.common import COMMON_ERRORS, HTTP_ERRORS, Who
 from tessera.hub.service import HubService
 from tessera.hub.state import State, private_file
@@ -45,6 +45,7 @@ ROUTERS = (
     workers.router,
     contributions.router,
     providers.router,
+    pool.router,
     probe.router,
 )
 

@@ -13,6 +13,12 @@ collective itself (its own token); others.
 | read a run's versions and blobs          | yes   | yes       | yes    | yes        | no    |
 | read a run's status and metrics          | yes   | yes       | yes    | yes        | no    |
 | merge a run's modules                    | yes   | yes       | no     | no         | no    |
+| pause or resume a run                    | yes   | yes       | no     | no         | no    |
+| join the pool, read its queue, list own pool workers and pledges | yes | yes | yes | yes | yes |
+| place a pool worker                      | own   | own       | own    | own        | own   |
+| pledge to a run (one may work on)        | yes   | yes       | yes    | no         | no    |
+| pledge to a collective (one's own)       | yes   | yes       | yes    | yes        | no    |
+| cancel a pledge                          | all   | own       | own    | own        | own   |
 | read the ledger                          | all   | own       | own and own collectives' | own | own |
 | create or revoke one's own tokens        | yes   | yes       | yes    | yes        | yes   |
 | revoke another provider's token          | yes   | no        | no     | no         | no    |

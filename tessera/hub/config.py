@@ -14,6 +14,9 @@ Read from a TOML file (``tessera hub --config FILE``), every key optional:
     [api]
     docs = "token"                            # /openapi.json: "token" (needs one), "public", "off"
 
+    [pool]                                    # fair share (tessera.pool.fairshare) and placement
+    half_life_s = 604800                      # ...the other fields of PoolSettings
+
 Limits counted in memory (waiting leases, probe bytes) hold per hub process.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from tessera.errors import ConfigError
+from tessera.pool.fairshare import DAY_S, FairShareSettings
 from tessera.settings import from_table, read_toml
 from tessera.trust import Trust
 
@@ -69,18 +73,43 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class PoolSettings:
+    """How the hub shares its pool of workers among runs."""
+
+    half_life_s: float = 7 * DAY_S  # of credit and usage in fair share
+    pflop_per_point: float = 1.0  # balance that doubles a run's weight
+    min_share: float = 0.05  # of the pool for every account with work waiting
+    min_stay_s: float = 600.0  # a pool worker stays at least this long on a run (bounded preemption)
+    member_timeout_s: float = 3600.0  # a pool worker not heard of for this long is gone
+    idle_retry_s: float = 30.0  # a pool worker with nothing to do asks again after this
+    window_margin_s: float = 30.0  # a lease stops this long before its worker's window ends, to upload
+
+    def __post_init__(self) -> None:
+        FairShareSettings(self.half_life_s, self.pflop_per_point, self.min_share)  # checks them
+        for name in ("min_stay_s", "member_timeout_s", "idle_retry_s", "window_margin_s"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 30 * DAY_S:
+                raise ConfigError(f"pool.{name} must be from 0 to 30 days in seconds, got {value}")
+
+    @property
+    def fair_share(self) -> FairShareSettings:
+        return FairShareSettings(self.half_life_s, self.pflop_per_point, self.min_share)
+
+
+@dataclass(frozen=True)
 class HubConfig:
     trust: Trust = field(default_factory=Trust)
     limits: HubLimits = field(default_factory=HubLimits)
     api_docs: ApiDocs = "token"
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
 
 def load_hub_config(path: Path | None, factories: list[str], data_roots: list[str]) -> HubConfig:
     """The configuration in ``path`` (if any), with ``--trust`` and ``--data-root`` added."""
     doc = read_toml(path.read_text(), f"hub configuration {path}") if path is not None else {}
-    unknown = sorted(set(doc) - {"trust", "limits", "api"})
+    unknown = sorted(set(doc) - {"trust", "limits", "api", "pool"})
     if unknown:
-        raise ConfigError(f"unknown sections {unknown} in {path}; allowed: api, limits, trust")
+        raise ConfigError(f"unknown sections {unknown} in {path}; allowed: api, limits, pool, trust")
     trust = from_table("trust", TrustSection, doc.get("trust", {}))
     return HubConfig(
         trust=Trust(
@@ -90,4 +119,5 @@ def load_hub_config(path: Path | None, factories: list[str], data_roots: list[st
         ),
         limits=from_table("limits", HubLimits, doc.get("limits", {})),
         api_docs=from_table("api", ApiSection, doc.get("api", {})).docs,
+        pool=from_table("pool", PoolSettings, doc.get("pool", {})),
     )

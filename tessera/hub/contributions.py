@@ -29,7 +29,7 @@ from tessera.hub.context import HubContext
 from tessera.hub.rounds import count_arrivals
 from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.tables import Contribution, Lease, Run, Version, Worker
+from tessera.hub.tables import Contribution, Lease, PoolMember, Run, Version, Worker
 from tessera.hub.views import contribution_reply
 
 
@@ -166,7 +166,7 @@ class Contributions:
         with runtime.lock:
             if base.id not in runtime.probe_losses:
                 runtime.probe_losses[base.id] = runtime.probe_loss(params)
-            share = 1.0 / runtime.recipe.run.quorum  # its part in an equal-weight average of the round
+            share = 1.0 / runtime.recipe.run.min_quorum  # its part in an equal-weight average of the round
             candidate = runtime.probe_loss(apply_delta(params, delta, scale=share))
             return probe_verdict(runtime.probe_losses[base.id], candidate, runtime.recipe.validation)
 
@@ -216,6 +216,18 @@ class Contributions:
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
         s.add(contribution)
+        note_step_time(s, meta)
         if record is not None and not closing:  # else the next round counts it when it opens
             count_arrivals(record, [contribution])
         return contribution_reply(contribution)
+
+
+def note_step_time(s: Session, meta: ContributionMeta) -> None:
+    """A pool worker's seconds per inner step, from its claims (bounded at admission), averaged
+    with what it showed before: the pool sizes its leases to its windows by it."""
+    worker = s.get(Worker, meta.worker_id)
+    member = s.get(PoolMember, worker.member_id) if worker and worker.member_id else None
+    if member is None or meta.compute_s <= 0:
+        return
+    step_s = meta.compute_s / meta.steps
+    member.step_s = step_s if member.step_s is None else (member.step_s + step_s) / 2

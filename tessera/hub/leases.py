@@ -21,13 +21,15 @@ from tessera.hub import queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
+from tessera.hub.pool import WindowLimit, reopens_in, window_limit
 from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.tables import Lease, Run, Version, Worker, new_id
+from tessera.hub.tables import Lease, PoolMember, Run, Version, Worker, new_id
 from tessera.hub.views import frozen_module
 
 log = logging.getLogger(__name__)
 WAIT_RETRY_S = 1.0
+PAUSED_RETRY_S = 30.0
 LAST_SEEN_EVERY_S = 10.0  # how fresh a worker's last_seen_at is kept
 
 
@@ -40,13 +42,21 @@ def lease_seed(run_seed: int, worker_index: int, round_number: int) -> int:
 class Leases:
     def __init__(self, hub: HubContext, runs: Runs) -> None:
         self.hub, self.runs = hub, runs
-        self.limits = hub.config.limits
+        self.limits, self.pool = hub.config.limits, hub.config.pool
 
     def register(
-        self, run_id: str, who: Principal, name: str, module: str | None = None, ranks: int = 1
+        self,
+        run_id: str,
+        who: Principal,
+        name: str,
+        module: str | None = None,
+        ranks: int = 1,
+        member_id: str | None = None,
     ) -> RegisterReply:
         """A new worker of the run; on a modular run, of ``module`` (or of the module with the
-        fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with."""
+        fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with;
+        ``member_id``: the pool worker of ``who``'s it is (its leases follow the pool's windows
+        and pledges)."""
         target, module = self._target(run_id, who, module)
         if ranks > self.limits.max_ranks:
             raise QuotaExceeded(
@@ -61,6 +71,10 @@ class Leases:
         with self.hub.locks.of(target), self.hub.state.transaction() as s:
             run = participant(s, target, who, lock=True)
             self._check_worker_quota(s, target, who, ranks)
+            if member_id is not None:
+                member = s.get(PoolMember, member_id)
+                if member is None or member.provider_id != who.provider_id:
+                    raise NotFound(f"no pool worker {member_id} of yours; join the pool again")
             index = run.workers_registered
             run.workers_registered += 1
             worker = Worker(
@@ -71,6 +85,7 @@ class Leases:
                 index=index,
                 shard=runtime.shards[index % len(runtime.shards)],
                 ranks=ranks,
+                member_id=member_id,
                 registered_at=now,
                 last_seen_at=now,
             )
@@ -157,6 +172,8 @@ class Leases:
                 worker.last_seen_at = now
             if run.status == "finished":
                 return LeaseReply(status="done")
+            if self._paused(s, run):
+                return LeaseReply(status="wait", retry_after_s=PAUSED_RETRY_S)
             frozen = frozen_versions(s, run, runtime.recipe)
             leases = queries.worker_leases(s, worker_id, run.current_round)
             if frozen is None or any(lease.state == "used" for lease in leases):
@@ -168,8 +185,17 @@ class Leases:
             if lease is None and queries.round_(s, run_id, run.current_round).closing_at is not None:
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)  # its next version is coming
             if lease is None:
+                member = member_of(s, worker)
+                limit = (
+                    window_limit(member, now, self.pool.window_margin_s)
+                    if member
+                    else WindowLimit(None, None)
+                )
+                if limit is None:  # outside the pool worker's windows: back to the pool until they open
+                    assert member is not None
+                    return LeaseReply(status="wait", retry_after_s=reopens_in(member, now, PAUSED_RETRY_S))
                 version = queries.version(s, run_id, run.current_round)
-                lease = self._new_lease(s, run, worker, version, now)
+                lease = self._new_lease(s, run, worker, version, now, (member, limit))
             else:  # the worker's open lease again
                 version = queries.version_by_id(s, lease.version_id)
             return LeaseReply(
@@ -189,6 +215,7 @@ class Leases:
                     seed=lease_seed(runtime.recipe.seed, worker.index, lease.round),
                     module=run.module,
                     frozen=[frozen_module(name, dep, v) for name, dep, v in frozen],
+                    stop_at=lease.stop_at,
                 ),
             )
 
@@ -207,22 +234,44 @@ class Leases:
             self.hub.runtimes.load_frozen(runtime, frozen)
             return runtime.evaluate(runtime.initial)
 
-    def _new_lease(self, s: Session, run: Run, worker: Worker, version: Version, now: float) -> Lease:
-        """A lease on the current ``version``; a planned worker (by name) gets its planned H."""
+    def _new_lease(
+        self,
+        s: Session,
+        run: Run,
+        worker: Worker,
+        version: Version,
+        now: float,
+        pooled: tuple[PoolMember | None, WindowLimit],
+    ) -> Lease:
+        """A lease on the current ``version``; a planned worker (by name) gets its planned H; a
+        pool worker's lease fits in its window and records the pledge it serves (``pooled``: the
+        pool worker, if it is one, and what its window leaves)."""
         recipe = self.hub.runtimes.recipe_of(run)
+        steps = self._inner_steps(s, run, worker)
+        member, limit = pooled
         lease = Lease(
             id=new_id(),
             run_id=run.id,
             worker_id=worker.id,
             round=run.current_round,
             version_id=version.id,
-            inner_steps=self._inner_steps(s, run, worker),
+            inner_steps=steps if limit.steps is None else min(steps, limit.steps),
             issued_at=now,
             deadline=now + recipe.run.lease_timeout_s,
             state="open",
+            pledge_id=member.serving if member else None,
+            stop_at=limit.stop_at,
         )
         s.add(lease)
         return lease
+
+    @staticmethod
+    def _paused(s: Session, run: Run) -> bool:
+        """Whether the run (a module: its modular run) is paused by its owner."""
+        if run.parent_id is None:
+            return run.paused
+        parent = s.get(Run, run.parent_id)
+        return parent is not None and parent.paused
 
     def _inner_steps(self, s: Session, run: Run, worker: Worker) -> int:
         """H for this worker: the plan's, if it names the worker; with ``run.balance_steps``, the
@@ -242,3 +291,8 @@ class Leases:
         return max(
             1, min(recipe.train.inner_steps, round(recipe.train.inner_steps * fastest / times[worker.id]))
         )
+
+
+def member_of(s: Session, worker: Worker) -> PoolMember | None:
+    """The pool worker a run's worker is, if it is one."""
+    return s.get(PoolMember, worker.member_id) if worker.member_id else None

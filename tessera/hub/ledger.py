@@ -1,25 +1,32 @@
-"""The ledger: append-only credit for committed compute, and balances read from it.
+"""The ledger: append-only credit for committed compute, the debit of the run that used it,
+and balances read from them.
 
 A contribution is credited once, when the version that includes it is committed (the round's
-close), with ``tokens x FLOPs per token`` in PFLOP. Rejected work, and work dropped at the
-close, is never credited; a retried upload is one contribution, so one credit (unique key).
+close), with ``tokens x FLOPs per token`` in PFLOP; the same amount is debited to the run's owner
+(``usage``), so what a provider's own workers do on its own runs nets to zero, and a balance is
+what it gave others' runs minus what others gave its runs. Rejected work, and work dropped at
+the close, is never credited; a retried upload is one contribution, so one credit (unique key).
 Balances are summed in floating point, so no total overflows on any backend (SQLite's integer
-SUM stops at 2^63).
+SUM stops at 2^63). The pool's fair share reads balances decayed by a half-life
+(``decayed_balances``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Float, Integer, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from tessera.api.messages import Balance, LedgerReport
 from tessera.hub.auth import Principal, may_read_ledger_of
 from tessera.hub.state import State
-from tessera.hub.tables import Contribution, LedgerEntry, Membership, Provider, Worker
+from tessera.hub.tables import Contribution, LedgerEntry, Membership, Provider, Run, Worker
 
 PFLOP = 1e15
+BUCKET_S = 3600.0  # decayed balances sum the entries of each hour together
+FORGOTTEN_HALF_LIVES = 20  # entries older than this many half-lives weigh under 1e-6: not read
 
 
 def credit_compute(
@@ -30,23 +37,49 @@ def credit_compute(
     flops_per_token: float,
     now: float,
 ) -> None:
-    """Insert one compute credit per contribution committed in ``version_id``."""
+    """Insert one compute credit per contribution committed in ``version_id``, and its usage
+    debit to the run's owner."""
+    run = s.get(Run, run_id)
+    assert run is not None
     for c in contributions:
         worker = s.get(Worker, c.worker_id)
         assert worker is not None  # contributions reference registered workers
-        s.add(
-            LedgerEntry(
-                provider_id=worker.provider_id,
-                run_id=run_id,
-                contribution_id=c.id,
-                version_id=version_id,
-                kind="compute",
-                tokens=c.tokens,
-                flops_per_token=flops_per_token,
-                amount=c.tokens * flops_per_token / PFLOP,
-                created_at=now,
+        amount = c.tokens * flops_per_token / PFLOP
+        for provider_id, kind, signed in (
+            (worker.provider_id, "compute", amount),
+            (run.owner_id, "usage", -amount),
+        ):
+            s.add(
+                LedgerEntry(
+                    provider_id=provider_id,
+                    run_id=run_id,
+                    contribution_id=c.id,
+                    version_id=version_id,
+                    kind=kind,
+                    tokens=c.tokens,
+                    flops_per_token=flops_per_token,
+                    amount=signed,
+                    created_at=now,
+                )
             )
-        )
+
+
+def decayed_balances(s: Session, now: float, half_life_s: float) -> dict[str, float]:
+    """Each provider's balance with every entry weighed by 2^(-age / half_life): entries are
+    summed per hour in the database and decayed here from their mean time in that hour (exact for
+    an hour's entries written at once, as a round's are; off by under 0.4% of an hour's entries
+    otherwise, at a half-life of a week)."""
+    bucket = cast(LedgerEntry.created_at / BUCKET_S, Integer)
+    rows = s.execute(
+        select(LedgerEntry.provider_id, func.avg(LedgerEntry.created_at), func.sum(LedgerEntry.amount))
+        .where(LedgerEntry.created_at >= now - FORGOTTEN_HALF_LIVES * half_life_s)
+        .group_by(LedgerEntry.provider_id, bucket)
+    ).all()
+    balances: dict[str, float] = {}
+    for provider_id, at, amount in rows:
+        weight = math.exp2(-max(0.0, now - float(at)) / half_life_s)
+        balances[provider_id] = balances.get(provider_id, 0.0) + float(amount) * weight
+    return balances
 
 
 class Ledger:
@@ -59,12 +92,7 @@ class Ledger:
             sums = {
                 row.provider_id: row
                 for row in s.execute(
-                    select(
-                        LedgerEntry.provider_id,
-                        func.sum(LedgerEntry.amount).label("pflop"),
-                        func.sum(cast(LedgerEntry.tokens, Float)).label("tokens"),
-                        func.count().label("n"),
-                    ).group_by(LedgerEntry.provider_id)
+                    select(LedgerEntry.provider_id, *sums_of_kinds()).group_by(LedgerEntry.provider_id)
                 )
             }
             providers = s.scalars(select(Provider).order_by(Provider.name)).all()
@@ -83,29 +111,36 @@ class Ledger:
         model's contributors are part of its record), most compute first."""
         with self.state.reading() as s:
             rows = s.execute(
-                select(
-                    Provider,
-                    func.sum(LedgerEntry.amount).label("pflop"),
-                    func.sum(cast(LedgerEntry.tokens, Float)).label("tokens"),
-                    func.count().label("n"),
-                )
+                select(Provider, *sums_of_kinds())
                 .join(Provider, Provider.id == LedgerEntry.provider_id)
-                .where(LedgerEntry.run_id == run_id)
+                .where(LedgerEntry.run_id == run_id, LedgerEntry.kind == "compute")
                 .group_by(Provider.id)
             ).all()
             credits = [balance(row[0], row) for row in rows]
         return sorted(credits, key=lambda b: (-b.pflop, b.name))
 
 
+def sums_of_kinds() -> tuple[object, ...]:
+    """The columns of a balance: compute earned (PFLOP, tokens, contributions) and compute used
+    (PFLOP, a positive number), summed in one pass."""
+    earned = LedgerEntry.kind == "compute"
+    return (
+        func.sum(case((earned, LedgerEntry.amount), else_=0.0)).label("pflop"),
+        func.sum(case((earned, cast(LedgerEntry.tokens, Float)), else_=0.0)).label("tokens"),
+        func.sum(case((earned, 1), else_=0)).label("n"),
+        func.sum(case((LedgerEntry.kind == "usage", -LedgerEntry.amount), else_=0.0)).label("used"),
+    )
+
+
 def balance(p: Provider, row: object | None) -> Balance:
-    pflop = float(getattr(row, "pflop", 0.0) or 0.0)
     return Balance(
         provider_id=p.id,
         name=p.name,
         kind=p.kind,
-        pflop=pflop,
+        pflop=float(getattr(row, "pflop", 0.0) or 0.0),
         tokens=int(getattr(row, "tokens", 0) or 0),
         contributions=int(getattr(row, "n", 0) or 0),
+        used_pflop=float(getattr(row, "used", 0.0) or 0.0),
     )
 
 
@@ -117,4 +152,5 @@ def total(p: Provider, parts: list[Balance]) -> Balance:
         pflop=sum(b.pflop for b in parts),
         tokens=sum(b.tokens for b in parts),
         contributions=sum(b.contributions for b in parts),
+        used_pflop=sum(b.used_pflop for b in parts),
     )

@@ -117,6 +117,39 @@ def step_times(s: Session, run_id: str, since_round: int) -> dict[str, float]:
     return {worker_id: compute_s / steps for worker_id, compute_s, steps in rows}
 
 
+def active_workers(s: Session, run_id: str, round_number: int) -> int:
+    """The run's active workers at round ``round_number``: the distinct workers issued a lease in
+    it or in the round before (a fractional quorum's base)."""
+    query = select(func.count(func.distinct(Lease.worker_id))).where(
+        Lease.run_id == run_id, Lease.round.in_((round_number - 1, round_number))
+    )
+    return s.scalar(query) or 0
+
+
+def arrival_times(s: Session, run_id: str, since_round: int, before_round: int) -> Sequence[float]:
+    """Seconds from the start of each closed round from ``since_round`` to before ``before_round``
+    to the arrival of each of its accepted contributions that was trained on the round's own
+    version (stale work, a straggler of the round before, says nothing of how long this round's
+    work takes) and arrived after the round (re)started."""
+    waited = Contribution.created_at - RoundRecord.started_at
+    return s.scalars(
+        select(waited)
+        .join(
+            RoundRecord,
+            (RoundRecord.run_id == Contribution.run_id) & (RoundRecord.number == Contribution.round),
+        )
+        .where(
+            Contribution.run_id == run_id,
+            Contribution.round >= since_round,
+            Contribution.round < before_round,
+            Contribution.status == "accepted",
+            Contribution.base_version_number == Contribution.round,
+            RoundRecord.closed_at.is_not(None),
+            waited >= 0,
+        )
+    ).all()
+
+
 def worker_leases(s: Session, worker_id: str, round_number: int) -> Sequence[Lease]:
     return s.scalars(select(Lease).where(Lease.worker_id == worker_id, Lease.round == round_number)).all()
 

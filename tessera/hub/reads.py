@@ -60,6 +60,7 @@ class Reads:
                 run_id=run.id,
                 name=run.name,
                 status=run.status,  # type: ignore[arg-type]
+                paused=run.paused,
                 error=next((m.error for m in modules if m.error), None),
                 error_at=next((m.error_at for m in modules if m.error), None),
                 rounds_total=sum(m.rounds_total for m in modules),
@@ -78,6 +79,7 @@ class Reads:
             run_id=run.id,
             name=run.name,
             status=run.status,  # type: ignore[arg-type]
+            paused=run.paused,
             error=run.error,
             error_at=run.error_at,
             rounds_total=self._rounds_total(run),

@@ -2,6 +2,12 @@
 contributions are fixed, the new version is computed from them (``tessera.hub.outer_step``), and
 it is committed (``tessera.hub.versions``) with the ledger's credits.
 
+Membership is elastic: a fractional ``run.quorum`` is that part of the round's active workers
+(``quorum_of``), so a run keeps its pace as workers come and go. With ``run.deadline_k`` the
+deadline adapts too: once ``ADAPT_AFTER_ROUNDS`` rounds have closed, it is median + k x MAD of
+the arrival times of the last ``ADAPT_WINDOW`` closed rounds (``adaptive_deadline_s``), so one
+straggler does not stretch it; never above ``run.round_deadline_s`` nor below ``MIN_DEADLINE_S``.
+
 Failures are state: a round that cannot close (a lost blob, a version that would not be finite,
 a recipe this hub no longer trusts) is recorded on its run (``error`` in its status, ``failures``
 and ``error`` on the round); the round's contributions are rejected with that reason and their
@@ -12,6 +18,7 @@ database error is recorded too, but the round keeps its contributions and closes
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -24,9 +31,13 @@ from tessera.hub.ledger import credit_compute
 from tessera.hub.outer_step import Computed, compute
 from tessera.hub.tables import Contribution, Lease, RoundRecord, Run
 from tessera.hub.versions import commit_version
+from tessera.recipe import RunSettings
 
 log = logging.getLogger(__name__)
 MAX_SQL_INT = 2**63 - 1
+ADAPT_AFTER_ROUNDS = 3  # closed rounds before the deadline adapts (with run.deadline_k)
+ADAPT_WINDOW = 5  # the closed rounds whose arrival times it reads
+MIN_DEADLINE_S = 1.0  # an adaptive deadline's floor: the deadline ticker's period (tessera.hub.app)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,8 @@ class Rounds:
     def __init__(self, hub: HubContext) -> None:
         self.hub = hub
         self._failures: dict[str, str] = {}  # run id -> the last failure logged
+        self._quorums: dict[str, tuple[int, int]] = {}  # run id -> (round, its quorum when last counted)
+        self._deadlines: dict[str, tuple[int, float]] = {}  # run id -> (round, s from its start)
 
     def close_due(self) -> int:
         """Close every round past its deadline that has at least one contribution."""
@@ -84,33 +97,67 @@ class Rounds:
             closed = closed or finished is not None
             if finished:
                 self.hub.runtimes.drop(run_id)  # a finished run's model leaves memory
+                self._quorums.pop(run_id, None)
+                self._deadlines.pop(run_id, None)
                 return closed
 
-    def _due(self, run: Run, record: RoundRecord) -> str | None:
+    def _due(self, s: Session, run: Run, record: RoundRecord) -> str | None:
         """Why the open round closes now ("quorum" or "deadline"), or None (also while it is
-        closing, unless that close has taken longer than ``limits.close_timeout_s``)."""
+        closing, unless that close has taken longer than ``limits.close_timeout_s``). A round
+        without work is never due, and costs no lookup."""
         now = self.hub.clock()
         if record.closing_at is not None and now - record.closing_at < self.hub.config.limits.close_timeout_s:
             return None
         settings = self.hub.runtimes.recipe_of(run).run
-        if record.accepted >= settings.quorum:
+        if record.accepted == 0:
+            return None
+        if record.accepted >= self._quorum(s, run.id, record, settings):
             return "quorum"
-        if record.accepted > 0 and now - record.started_at >= settings.round_deadline_s:
+        if now - record.started_at >= self._deadline_s(s, run.id, record.number, settings):
             return "deadline"
         return None
+
+    def _quorum(self, s: Session, run_id: str, record: RoundRecord, settings: RunSettings) -> int:
+        """The round's quorum (``quorum_of``), counted again only once its accepted work reaches
+        the last count: within a round the active workers only grow (leases are added, never
+        removed), so work short of an earlier count is short of the quorum now too."""
+        cached = self._quorums.get(run_id)
+        if cached is not None and cached[0] == record.number and record.accepted < cached[1]:
+            return cached[1]
+        quorum = quorum_of(s, run_id, record.number, settings)
+        self._quorums[run_id] = (record.number, quorum)
+        return quorum
+
+    def _deadline_s(self, s: Session, run_id: str, number: int, settings: RunSettings) -> float:
+        """Seconds from round ``number``'s start to its deadline: ``run.round_deadline_s``, or,
+        with ``run.deadline_k`` once ``ADAPT_AFTER_ROUNDS`` rounds have closed (rounds close in
+        order: those before the open one), ``adaptive_deadline_s`` of the last ``ADAPT_WINDOW``
+        closed rounds' arrivals, read once per round (closed rounds do not change)."""
+        if settings.deadline_k <= 0 or number < ADAPT_AFTER_ROUNDS:
+            return settings.round_deadline_s
+        cached = self._deadlines.get(run_id)
+        if cached is not None and cached[0] == number:
+            return cached[1]
+        arrivals = queries.arrival_times(s, run_id, number - ADAPT_WINDOW, number)
+        deadline = adaptive_deadline_s(arrivals, settings.deadline_k, settings.round_deadline_s)
+        log.debug("run %s: round %d's deadline is %.1f s from its start", run_id, number, deadline)
+        self._deadlines[run_id] = (number, deadline)
+        return deadline
 
     def _begin(self, run_id: str) -> Closing | None:
         """Mark the run's round closing, if it is due, and fix what it aggregates."""
         with self.hub.state.reading() as s:  # most calls end here, taking no lock
             run = queries.run(s, run_id)
-            if run.status != "active" or self._due(run, queries.round_(s, run_id, run.current_round)) is None:
+            if run.status != "active":
+                return None
+            if self._due(s, run, queries.round_(s, run_id, run.current_round)) is None:
                 return None
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
             run = queries.run(s, run_id, lock=True)
             if run.status != "active":
                 return None
             record = queries.round_(s, run_id, run.current_round)
-            reason = self._due(run, record)
+            reason = self._due(s, run, record)
             if reason is None:
                 return None
             record.closing_at = self.hub.clock()
@@ -216,6 +263,26 @@ class Rounds:
         count_arrivals(record, arrived)
         record.failures += 1
         record.error, record.started_at = message, self.hub.clock()
+
+
+def quorum_of(s: Session, run_id: str, number: int, settings: RunSettings) -> int:
+    """The accepted contributions that close round ``number``: the run's integer quorum, or its
+    fraction of the round's active workers (``queries.active_workers``), rounded up, at least 1."""
+    if not settings.elastic:
+        return settings.min_quorum
+    return settings.quorum_for(queries.active_workers(s, run_id, number))
+
+
+def adaptive_deadline_s(arrivals: Sequence[float], k: float, most_s: float) -> float:
+    """median + k x MAD of ``arrivals`` (MAD: the median absolute deviation from the median, not
+    scaled; about 0.67 sigma for normal arrivals), at least ``MIN_DEADLINE_S`` and at most
+    ``most_s`` (also the answer without arrivals). A straggler moves the median and the MAD by
+    one rank at most, however late it is."""
+    if not arrivals:
+        return most_s
+    median = statistics.median(arrivals)
+    mad = statistics.median(abs(a - median) for a in arrivals)
+    return min(most_s, max(MIN_DEADLINE_S, median + k * mad))
 
 
 def count_arrivals(record: RoundRecord, arrived: Sequence[Contribution]) -> None:

@@ -152,6 +152,21 @@ class Runs:
             )
         return collective_id
 
+    def pause(self, run_id: str, who: Principal, paused: bool) -> None:
+        """Pause the run (no new leases; pool workers move on at their next round boundary) or
+        resume it: its owner or a hub admin (403 for others, 400 for a module or finished run)."""
+        with self.hub.state.transaction() as s:
+            run = queries.run(s, run_id, lock=True)
+            require_reader(who, run_id, run.owner_id, run.collective_id)
+            if not (who.is_admin or who.provider_id == run.owner_id):
+                raise Forbidden(f"only run {run_id}'s owner or a hub admin may pause or resume it")
+            if run.parent_id is not None:
+                raise ConfigError(f"run {run_id} is a module of run {run.parent_id}; pause that run")
+            if run.status == "finished":
+                raise ConfigError(f"run {run_id} has finished; there is nothing to pause or resume")
+            run.paused = paused
+        log.info("run %s %s by %s", run_id, "paused" if paused else "resumed", who.name)
+
     def authorize(self, run_id: str, who: Principal) -> None:
         """403 unless ``who`` may work on the run (see tessera.hub.auth)."""
         with self.hub.state.reading() as s:

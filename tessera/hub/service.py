@@ -7,6 +7,7 @@ one part per step of the protocol.
     rounds         closing a due round, recording a failed close            (hub.rounds)
     merges         merging modules as a validated step                      (hub.merges)
     reads          status, rounds, versions, contributions, blobs           (hub.reads)
+    pool, pledges  pool workers placed on runs by fair share; pledges       (hub.pool, hub.pledges)
 
 Each commits a new version through ``hub.versions`` and looks rows up through ``hub.queries``.
 Uploading and closing are separate calls: ``submit`` records a contribution and answers;
@@ -40,6 +41,8 @@ from tessera.hub.contributions import Contributions
 from tessera.hub.leases import Leases
 from tessera.hub.ledger import Ledger
 from tessera.hub.merges import Merges
+from tessera.hub.pledges import Pledges
+from tessera.hub.pool import Pool
 from tessera.hub.providers import ProviderService
 from tessera.hub.reads import Reads
 from tessera.hub.rounds import Rounds
@@ -82,6 +85,8 @@ class HubService:
         self.merges = Merges(self.hub, self.runs)
         self.reads = Reads(self.hub, self.runs)
         self.adapters = Adapters(self.hub, self.runs)
+        self.pledges = Pledges(self.hub)
+        self.pool = Pool(self.hub, self.pledges)
 
     # --- runs and workers --------------------------------------------------------------
 
@@ -89,9 +94,15 @@ class HubService:
         return self.runs.create(who, recipe_text)
 
     def register(
-        self, run_id: str, who: Principal, name: str, module: str | None = None, ranks: int = 1
+        self,
+        run_id: str,
+        who: Principal,
+        name: str,
+        module: str | None = None,
+        ranks: int = 1,
+        member_id: str | None = None,
     ) -> RegisterReply:
-        return self.leases.register(run_id, who, name, module, ranks)
+        return self.leases.register(run_id, who, name, module, ranks, member_id)
 
     def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         return self.leases.lease(run_id, who, worker_id, wait_s)

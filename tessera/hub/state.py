@@ -58,6 +58,12 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
     ],
     "7": ["ALTER TABLE rounds ADD COLUMN closing_at FLOAT"],
     "8": [],  # the adapters table, new: create_all makes it
+    "9": [  # and the pool's tables, new
+        "ALTER TABLE workers ADD COLUMN member_id VARCHAR(32)",
+        "ALTER TABLE leases ADD COLUMN pledge_id VARCHAR(32)",
+        "ALTER TABLE leases ADD COLUMN stop_at FLOAT",
+        "ALTER TABLE runs ADD COLUMN paused BOOLEAN DEFAULT FALSE",
+    ],
 }
 
 

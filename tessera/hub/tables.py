@@ -1,5 +1,6 @@
 """The hub's tables (SQLAlchemy ORM): providers and their tokens, runs, workers, versions,
-merges, rounds, leases, contributions, the ledger and adapters, with the row constructors the hub uses.
+merges, rounds, leases, contributions, the ledger, adapters, and the pool (its members and the
+providers' pledges), with the row constructors the hub uses.
 
 ``SCHEMA_VERSION`` is raised on every change of these tables; ``tessera.hub.state`` upgrades
 older databases to it.
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 9  # raise on every change of the tables below
+SCHEMA_VERSION = 10  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -71,6 +72,7 @@ class Run(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
     collective_id: Mapped[str | None] = mapped_column(ForeignKey("providers.id"), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | finished
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)  # by its owner: no new leases
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     outer_state_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
     workers_registered: Mapped[int] = mapped_column(Integer, default=0)
@@ -97,6 +99,7 @@ def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: s
         workers_registered=0,
         created_at=now,
         model_bytes=0,
+        paused=False,
     )
 
 
@@ -109,6 +112,7 @@ class Worker(Base):
     index: Mapped[int] = mapped_column(Integer)  # registration order within the run
     shard: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ranks: Mapped[int] = mapped_column(Integer, default=1)  # torchrun ranks training as this worker
+    member_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a pool member's worker
     registered_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
 
@@ -206,6 +210,8 @@ class Lease(Base):
     deadline: Mapped[float] = mapped_column(Float)
     # open | used | void (its round's close failed: the worker leases again)
     state: Mapped[str] = mapped_column(String(16), default="open")
+    pledge_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the pledge it delivers
+    stop_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # its worker's window ends
 
 
 class Contribution(Base):
@@ -232,7 +238,9 @@ class Contribution(Base):
 
 
 class LedgerEntry(Base):
-    """Append-only: rows are only ever inserted. One compute credit per committed contribution.
+    """Append-only: rows are only ever inserted. Per committed contribution, one ``compute``
+    credit to the provider whose worker made it and one ``usage`` debit (the same amount, negative)
+    to the run's owner.
 
     ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token).
     """
@@ -244,7 +252,7 @@ class LedgerEntry(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     contribution_id: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16))  # compute
+    kind: Mapped[str] = mapped_column(String(16))  # compute | usage
     tokens: Mapped[int] = mapped_column(BigInteger)
     flops_per_token: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
@@ -275,3 +283,47 @@ class Adapter(Base):
     base_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     adapter_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class PoolMember(Base):
+    """A worker serving the pool: the hub assigns it to runs. ``run_id`` is where it works now
+    (since ``assigned_at``, for the pledge ``serving`` or, if None, for the pool)."""
+
+    __tablename__ = "pool_members"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))  # what the provider calls this kind of node
+    pinned_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    collective_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # only its runs
+    pledge_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the nodes pledge it is
+    windows: Mapped[list[str]] = mapped_column(JSON)  # availability windows; [] : always
+    holidays: Mapped[list[str]] = mapped_column(JSON)
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    serving: Mapped[str | None] = mapped_column(String(32), nullable=True)  # pledge id, or None: the pool
+    assigned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    joined_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float] = mapped_column(Float)
+    step_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # measured seconds per inner step
+
+
+class Pledge(Base):
+    """What a provider promised: ``nodes`` (that many of its workers of ``worker_kind``, within
+    its windows) or a ``budget`` (inner steps or PFLOP), to a run, a collective's runs or the pool.
+    What it delivered is read from the leases that served it."""
+
+    __tablename__ = "pledges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # nodes | budget
+    target: Mapped[str] = mapped_column(String(16))  # run | collective | pool
+    target_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    nodes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    windows: Mapped[list[str]] = mapped_column(JSON)
+    holidays: Mapped[list[str]] = mapped_column(JSON)
+    steps: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pflop: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # active | fulfilled | cancelled
+    created_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -29,6 +29,7 @@ from tessera.plan.cost import (
 )
 from tessera.plan.profile import WIRE_FORMATS, ModelProfile
 from tessera.plan.topology import MINUTES_PER_DAY, Link, Node, Topology
+from tessera.recipe import check_quorum, quorum_count
 
 SYNC, DILOCO, MODULES, SINGLE = "sync", "diloco", "modules", "single"
 CLASSES = {
@@ -67,8 +68,24 @@ class Workload:
 
     batch_size: int
     inner_steps: int  # the recipe's H: what a level would use without a plan
-    quorum: int
+    quorum: int | float  # run.quorum: a count, or a fraction of the active workers
     eval_tokens: int  # held-out tokens the hub evaluates at every close
+
+    def __post_init__(self) -> None:
+        check_quorum("run.quorum", self.quorum)
+
+    def quorum_at(self, up: int, planned: int) -> int:
+        """The quorum while ``up`` of the ``planned`` DiLoCo units are available: an integer
+        quorum, at most the units planned (a warning says when it asks for more); a fraction of
+        the units up, which are the workers leasing (the hub's active workers), so any minute
+        with one unit up trains. (When units go, the hub counts them for a round more; the
+        planner's minutes leave that lag out.)"""
+        if isinstance(self.quorum, int):
+            return min(self.quorum, planned)
+        return quorum_count(self.quorum, up)
+
+    def quorum_text(self) -> str:
+        return str(self.quorum) if isinstance(self.quorum, int) else f"{self.quorum:g} of the units up"
 
 
 @dataclass(frozen=True)
@@ -401,7 +418,7 @@ class Planner:
         for u in units:
             if u.strategy == MODULES:
                 self.mark_modules(u)
-        if self.workload.quorum > len(diloco):
+        if isinstance(self.workload.quorum, int) and self.workload.quorum > len(diloco):
             self.warnings.append(
                 f"the recipe's quorum {self.workload.quorum} exceeds the {len(diloco)} DiLoCo workers "
                 f"planned: set run.quorum = {len(diloco)}"
@@ -435,7 +452,7 @@ class Planner:
         if idle:
             self.warnings.append(
                 f"{', '.join(idle)} wait more than a quarter of their available hours for a quorum of "
-                f"{self.workload.quorum}: lower run.quorum or add nodes available at those hours"
+                f"{self.workload.quorum_text()}: lower run.quorum or add nodes available at those hours"
             )
 
     def mark_modules(self, unit: Unit) -> None:
@@ -508,8 +525,8 @@ class Planner:
 
     def training_minutes(self, diloco: Sequence[Unit]) -> frozenset[int]:
         """Minutes of the day in which at least a quorum of DiLoCo units is available."""
-        quorum = min(self.workload.quorum, len(diloco))
-        return frozenset(m for m in range(MINUTES_PER_DAY) if sum(m in u.minutes for u in diloco) >= quorum)
+        up = [sum(m in u.minutes for u in diloco) for m in range(MINUTES_PER_DAY)]
+        return frozenset(m for m, n in enumerate(up) if n >= self.workload.quorum_at(n, len(diloco)))
 
     def memory_need(self, unit: Unit) -> float:
         per_param = memory_per_parameter(diloco=unit.strategy != SYNC).total

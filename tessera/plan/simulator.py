@@ -2,7 +2,9 @@
 
 Each DiLoCo unit of a plan downloads the version, trains its inner steps, uploads; the hub
 closes a round on quorum (or on its deadline with at least one contribution), spends its
-evaluation time, and opens the next round. On top of the plan's steady state it models
+evaluation time, and opens the next round. A fractional quorum is that part of the active units,
+those that started work in the round or the round before, as the hub counts its active workers
+(``tessera.hub.rounds.quorum_of``). On top of the plan's steady state it models
 stragglers (each unit's speed per round drawn from a log-normal), availability windows (a unit
 that goes offline loses the round's work and returns when its window opens) and scheduled
 joins and leaves. It predicts the wall time to N rounds.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from tessera.errors import ConfigError
 from tessera.plan.planner import DILOCO, Plan
 from tessera.plan.topology import MINUTES_PER_DAY, Topology
+from tessera.recipe import check_quorum, quorum_count
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class ChurnEvent:
 @dataclass(frozen=True)
 class SimSettings:
     rounds: int
-    quorum: int | None = None  # None: every DiLoCo unit of the plan
+    quorum: int | float | None = None  # a count, a fraction of the active units; None: every unit
     straggler_sigma: float = 0.0  # log-normal sigma of a unit's per-round slowdown
     start_minute: int = 0  # time of day (UTC, minutes) at t = 0
     round_deadline_s: float | None = None
@@ -49,6 +52,8 @@ class SimSettings:
             raise ConfigError(f"simulate rounds must be at least 1, got {self.rounds}")
         if self.straggler_sigma < 0:
             raise ConfigError("straggler sigma cannot be negative")
+        if self.quorum is not None:
+            check_quorum("simulate quorum", self.quorum)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class SimUnit:
     epoch: int = 0  # bumped when in-flight work is lost
     working: bool = False
     done_round: int = -1
+    started_round: int = -1  # the last round it started work in (the hub's lease)
 
 
 @dataclass
@@ -88,7 +94,6 @@ class Simulation:
         self.units = {u.name: u for u in sim_units(plan, topology, settings.windows)}
         if not self.units:
             raise ConfigError("the plan has no DiLoCo units to simulate")
-        self.quorum = min(settings.quorum or len(self.units), len(self.units))
         self.rng = random.Random(settings.seed)
         self.queue: list[tuple[float, int, str, str, int]] = []
         self.seq = itertools.count()
@@ -128,7 +133,7 @@ class Simulation:
         )
         finish = t + unit.sync_s + unit.inner_steps * unit.step_s * slowdown
         window_end = self.next_flip(unit, t)
-        unit.working = True
+        unit.working, unit.started_round = True, self.round
         if finish > window_end:  # the window closes mid-round: the work is lost
             self.push(window_end, "lost", unit.name, unit.epoch)
         else:
@@ -140,8 +145,17 @@ class Simulation:
         unit.done_round = self.round
         self.arrived.append(unit.name)
         self.result.contributions[unit.name] += 1
-        if len(self.arrived) >= self.quorum:
+        if len(self.arrived) >= self.quorum():
             self.close(t)
+
+    def quorum(self) -> int:
+        """An integer quorum (None: every unit), at most the units; or a fraction of the units
+        active now: those that started work in this round or the one before."""
+        quorum = self.settings.quorum
+        if isinstance(quorum, float):
+            active = sum(u.started_round >= self.round - 1 for u in self.units.values())
+            return quorum_count(quorum, active)
+        return min(quorum or len(self.units), len(self.units))
 
     def lose(self, unit: SimUnit, t: float) -> None:
         self.result.lost_work_s += t - self.work_started[unit.name]

@@ -33,8 +33,10 @@ class InProcessClient:
     def select_run(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def register(self, name: str, module: str | None = None, ranks: int = 1) -> RegisterReply:
-        return self.service.register(self.run_id, self.who(), name, module, ranks)
+    def register(
+        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+    ) -> RegisterReply:
+        return self.service.register(self.run_id, self.who(), name, module, ranks, member_id)
 
     def status(self, run_id: str) -> RunStatus:
         return self.service.status(run_id, self.who())

@@ -156,9 +156,10 @@ class GroupWorkLoop(WorkLoop):
         self,
         stop: threading.Event | None = None,
         on_contribution: Callable[[ContributionReply], None] | None = None,
+        leave: Callable[[], bool] | None = None,
     ) -> WorkerSummary:
         try:
-            return super().run(stop, on_contribution)
+            return super().run(stop, on_contribution, leave)
         finally:
             self.group.broadcast_bytes(DONE)
 

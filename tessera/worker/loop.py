@@ -36,14 +36,16 @@ class WorkLoop:
         self,
         stop: threading.Event | None = None,
         on_contribution: Callable[[ContributionReply], None] | None = None,
+        leave: Callable[[], bool] | None = None,
     ) -> WorkerSummary:
-        """Work until the run finishes (or ``stop`` is set)."""
+        """Work until the run finishes (or ``stop`` is set, or ``leave``, asked after each
+        contribution, says to go: a pool worker that the hub moves to another run)."""
         start, summary = time.perf_counter(), WorkerSummary(started_at=time.time())
         if self.session.recipe.communication.overlap:
             self.overlapped = Overlapped(self.session)
             self.overlapped.run(summary, stop, on_contribution)
         else:
-            self.rounds(summary, stop, on_contribution)
+            self.rounds(summary, stop, on_contribution, leave)
         client = self.session.client
         summary.wall_s = time.perf_counter() - start
         summary.bytes_up, summary.bytes_down = client.bytes_up, client.bytes_down
@@ -54,6 +56,7 @@ class WorkLoop:
         summary: WorkerSummary,
         stop: threading.Event | None,
         on_contribution: Callable[[ContributionReply], None] | None,
+        leave: Callable[[], bool] | None = None,
     ) -> None:
         """Lease, fetch, train H steps, upload; then the same for the next round."""
         session = self.session
@@ -61,13 +64,17 @@ class WorkLoop:
             lease = session.client.lease(session.identity.worker_id, wait_s=session.settings.wait_s)
             if lease.status == "done":
                 break
-            if lease.lease is None:  # wait: the round has our contribution already
+            if lease.lease is None:  # wait: the round has our contribution already, or a window is closed
+                if leave is not None and lease.retry_after_s > session.settings.wait_s and leave():
+                    break
                 continue
             reply, result = self.work(lease.lease)
             summary.contributions.append(reply)
             summary.compute_s += result.compute_s
             if on_contribution is not None:
                 on_contribution(reply)
+            if leave is not None and leave():
+                break
 
     def work(self, lease: LeaseGrant) -> tuple[ContributionReply, InnerResult]:
         """Train on one lease and upload the pseudo-gradient."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -56,6 +57,7 @@ class WorkerSettings:
     module: str | None = None  # of a modular run: the module to train (None: the hub picks)
     trust: Trust = DEFAULT_TRUST  # the code and data folders this machine's owner allows
     ranks: int = 1  # torchrun ranks training as this worker
+    member_id: str | None = None  # as a pool worker (tessera.worker.pool)
 
 
 @dataclass
@@ -227,7 +229,8 @@ class WorkSession:
 
     def _register(self) -> Identity:
         """Join the run as a new worker, and remember it in ``state_dir``."""
-        reply = self.client.register(self.settings.name, self.settings.module, self.settings.ranks)
+        settings = self.settings
+        reply = self.client.register(settings.name, settings.module, settings.ranks, settings.member_id)
         identity = Identity(
             run_id=reply.run_id or self.client.run_id,
             worker_id=reply.worker_id,
@@ -313,13 +316,14 @@ class WorkSession:
         return self.data.train_batches(shard, self.recipe.train.batch_size, lease.seed)
 
     def train(self, lease: LeaseGrant) -> InnerResult:
-        """The lease's H inner steps, each told to the reporter."""
+        """The lease's H inner steps, each told to the reporter; fewer if the lease says to stop
+        at a time (its worker's window ends), and what was done is uploaded as usual."""
         total = lease.inner_steps
 
         def told(s: StepDone) -> None:
             self.reporter.step(Step(lease.round, s.done, total, s.tokens, s.loss, s.elapsed_s))
 
-        return self.trainer.train(self.batches(lease), total, told)
+        return self.trainer.train(self.batches(lease), total, told, stop=stop_at(lease.stop_at))
 
     def contribution(
         self, lease: LeaseGrant, base: TensorDict, result: InnerResult
@@ -328,6 +332,13 @@ class WorkSession:
         delta = pseudo_gradient(base, self.model.state_dict())
         meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name)
         return meta, to_bytes(self.encode(delta))
+
+
+def stop_at(when: float | None) -> Callable[[], bool] | None:
+    """Whether the clock has reached ``when`` (None: no time to stop at)."""
+    if when is None:
+        return None
+    return lambda: time.time() >= when
 
 
 def describe(code: list[Code], recipe: Recipe, data_path: str | None) -> str:

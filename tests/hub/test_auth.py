@@ -10,6 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from tessera.api.client import HubClient
+from tessera.api.messages import PledgeRequest, PoolJoinRequest
+from tessera.hub.auth import Principal
 from tessera.hub.service import HubService
 from tests.helpers import tiny_recipe
 
@@ -57,6 +59,19 @@ class World:
     def blob(self) -> str:
         owner = self.service.providers.principal(self.tokens["owner"])
         return self.service.version(self.run_id, owner, 0).blob_sha256
+
+    def owners(self) -> Principal:
+        return self.service.providers.principal(self.tokens["owner"])
+
+    @cached_property
+    def pool_member(self) -> str:
+        """A pool worker of the owner's."""
+        return self.service.pool.join(self.owners(), PoolJoinRequest(name="owner's")).member_id
+
+    @cached_property
+    def pledge(self) -> str:
+        """A pledge of the owner's, to the pool."""
+        return self.service.pledges.create(self.owners(), PledgeRequest(nodes=1)).pledge_id
 
     def call(self, role: str, method: str, path: str, **kwargs: object) -> int:
         token = self.tokens[role]
@@ -340,6 +355,130 @@ ACTIONS: dict[str, tuple[Action, dict[str, int]]] = {
             "member": 200,
             "collective": 200,
             "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "pause a run": (
+        lambda w, r: w.call(r, "POST", f"/v1/runs/{w.run_id}/pause"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "resume a run": (
+        lambda w, r: w.call(r, "POST", f"/v1/runs/{w.run_id}/resume"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "join the pool": (
+        lambda w, r: w.call(r, "POST", "/v1/pool/members", json={}),
+        {
+            "admin": 201,
+            "owner": 201,
+            "member": 201,
+            "collective": 201,
+            "outsider": 201,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "list own pool workers": (
+        lambda w, r: w.call(r, "GET", "/v1/pool/members"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "place another's pool worker": (
+        lambda w, r: w.call(r, "POST", f"/v1/pool/members/{w.pool_member}/assign", json={}),
+        {
+            "admin": 404,
+            "owner": 200,
+            "member": 404,
+            "collective": 404,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read the pool's queue": (
+        lambda w, r: w.call(r, "GET", "/v1/pool/queue"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "pledge to a run": (
+        lambda w, r: w.call(
+            r, "POST", "/v1/pledges", json={"target": "run", "target_id": w.run_id, "nodes": 1}
+        ),
+        {
+            "admin": 201,
+            "owner": 201,
+            "member": 201,
+            "collective": 403,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "pledge to a collective": (
+        lambda w, r: w.call(
+            r, "POST", "/v1/pledges", json={"target": "collective", "target_id": "lab", "steps": 9}
+        ),
+        {
+            "admin": 201,
+            "owner": 201,
+            "member": 201,
+            "collective": 201,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "list own pledges": (
+        lambda w, r: w.call(r, "GET", "/v1/pledges"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "cancel another's pledge": (
+        lambda w, r: w.call(r, "POST", f"/v1/pledges/{w.pledge}/cancel"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 404,
+            "collective": 404,
+            "outsider": 404,
             "revoked": 401,
             "none": 401,
         },

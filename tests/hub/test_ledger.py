@@ -33,13 +33,20 @@ def test_credit_once_per_committed_contribution(
     with service.state.transaction() as s:
         entries = s.scalars(select(LedgerEntry)).all()
         committed = [cid for v in s.scalars(select(Version)) for cid in v.contributions]
-    assert sorted(e.contribution_id for e in entries) == sorted(committed) and len(entries) == 4
+    credits = [e for e in entries if e.kind == "compute"]
+    debits = [e for e in entries if e.kind == "usage"]
+    assert sorted(e.contribution_id for e in credits) == sorted(committed) and len(credits) == 4
+    assert sorted(e.contribution_id for e in debits) == sorted(committed) and len(entries) == 8
     fpt = service.runtime(created.run_id).flops_per_token
-    assert all(e.amount == pytest.approx(100 * fpt / 1e15) and e.kind == "compute" for e in entries)
+    assert all(e.amount == pytest.approx(100 * fpt / 1e15) for e in credits)
+    owner = admin.whoami().provider_id
+    assert all(e.amount == pytest.approx(-100 * fpt / 1e15) and e.provider_id == owner for e in debits)
     report = admin.ledger()
     by_name = {b.name: b for b in report.providers}
     assert by_name[f"{created.run_id[:8]}-a"].contributions == 2
     assert by_name[f"{created.run_id[:8]}-c"].pflop == 0.0
+    assert by_name["admin"].used_pflop == pytest.approx(4 * 100 * fpt / 1e15)  # its run took it all
+    assert by_name["admin"].balance_pflop == pytest.approx(-4 * 100 * fpt / 1e15)
 
 
 def test_ledger_visibility(http: TestClient, admin: HubClient, corpus_dir: Path) -> None:

@@ -57,6 +57,10 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("rounds", "failures"),
             ("rounds", "error"),
             ("rounds", "closing_at"),
+            ("workers", "member_id"),
+            ("leases", "pledge_id"),
+            ("leases", "stop_at"),
+            ("runs", "paused"),
         )
         for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -82,6 +86,9 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT model_bytes, error, error_at FROM runs")).all() == []
         assert s.execute(text("SELECT ranks FROM workers")).all() == []
         assert s.execute(text("SELECT failures, error, closing_at FROM rounds")).all() == []
+        assert s.execute(text("SELECT member_id FROM workers")).all() == []
+        assert s.execute(text("SELECT pledge_id, stop_at FROM leases")).all() == []
+        assert s.execute(text("SELECT paused FROM runs")).all() == []
         if upgraded.engine.dialect.name == "postgresql":
             kinds = s.execute(
                 text(

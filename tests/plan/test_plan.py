@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -361,6 +362,41 @@ def test_windows_and_churn() -> None:
     assert stuck.complete and stuck.contributions["b"] == 1
     with pytest.raises(ConfigError, match="not a DiLoCo unit"):
         simulate(p, topology, SimSettings(rounds=1, churn=(ChurnEvent(1.0, "zz", "join"),)))
+
+
+def test_a_fractional_quorum_trains_whenever_a_unit_is_up() -> None:
+    text = topo(
+        groups=group("solo"),
+        nodes=node("only", group="solo", lat=1, bw=1000)
+        + node("night", lat=1, bw=1000, extra='availability = ["22:00-06:00 UTC"]'),
+    )
+    counted = plan_for(text, workload=replace(WORKLOAD, quorum=2))
+    elastic = plan_for(text, workload=replace(WORKLOAD, quorum=0.5))
+    assert {n.name: n.idle_h for n in counted.nodes} == {"only": pytest.approx(16), "night": 0}
+    assert {n.name: n.idle_h for n in elastic.nodes} == {"only": 0, "night": 0}
+    with pytest.raises(ConfigError, match="run.quorum"):
+        replace(WORKLOAD, quorum=1.5)
+    with pytest.raises(ConfigError, match="simulate quorum"):
+        SimSettings(rounds=1, quorum=0)
+
+
+def test_a_fractional_quorum_keeps_the_pace_when_units_leave() -> None:
+    """Two of four units leave for good in round 1: a quorum of all four waits out every deadline
+    from then on; quorum = 0.99 of the active units does for two rounds (the units that left count
+    for the round after their last lease), then closes at the plan's pace again."""
+    text = topo(nodes="".join(node(name, lat=20, bw=100) for name in "abcd"))
+    p, topology = plan_for(text), parse_topology(text)
+    churn = tuple(ChurnEvent(1.5 * p.round_s, name, "leave") for name in "cd")
+    deadline = 3 * p.round_s
+
+    def rounds_s(quorum: int | float) -> list[float]:
+        settings = SimSettings(rounds=6, quorum=quorum, windows=False, churn=churn, round_deadline_s=deadline)
+        result = simulate(p, topology, settings)
+        assert result.complete
+        return [round(s / p.round_s, 3) for s in result.round_s]
+
+    assert rounds_s(4) == [1, 3, 3, 3, 3, 3]
+    assert rounds_s(0.99) == [1, 3, 3, 1, 1, 1]
 
 
 # --- recipes, the hub and the CLI -----------------------------------------------------------

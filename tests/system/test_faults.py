@@ -127,7 +127,10 @@ def test_run_survives_killed_workers_and_hub(tmp_path: Path, corpus_dir: Path, d
     with state.transaction() as s:
         versions = s.scalars(select(Version).where(Version.run_id == run_id).order_by(Version.number)).all()
         credited = [
-            e.contribution_id for e in s.scalars(select(LedgerEntry).where(LedgerEntry.run_id == run_id))
+            e.contribution_id
+            for e in s.scalars(
+                select(LedgerEntry).where(LedgerEntry.run_id == run_id, LedgerEntry.kind == "compute")
+            )
         ]
     state.close()
     assert [v.number for v in versions] == list(range(13))

@@ -1,5 +1,5 @@
-"""/v1/runs: creating runs and reading them (status, rounds, versions, contributions, credits,
-blobs)."""
+"""/v1/runs: creating runs, pausing and resuming them, and reading them (status, rounds,
+versions, contributions, credits, blobs)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,19 @@ def contributions(
 def credits(run_id: RunId, who: Who, service: Service) -> list[Balance]:
     """Compute credited per provider for this run: its contributors."""
     return service.credits(run_id, who)
+
+
+@router.post("/v1/runs/{run_id}/pause", response_model=RunStatus)
+def pause(run_id: RunId, who: Who, service: Service) -> RunStatus:
+    """Pause the run: no new leases; pool workers move to other runs (its owner or an admin)."""
+    service.runs.pause(run_id, who, paused=True)
+    return service.status(run_id, who)
+
+
+@router.post("/v1/runs/{run_id}/resume", response_model=RunStatus)
+def resume(run_id: RunId, who: Who, service: Service) -> RunStatus:
+    service.runs.pause(run_id, who, paused=False)
+    return service.status(run_id, who)
 
 
 @router.get("/v1/runs/{run_id}/versions/latest", response_model=VersionInfo)
