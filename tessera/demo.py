@@ -298,7 +298,9 @@ def run_demo(
     """Embedded hub, one run of the demo's recipe (``run_recipe``), worker processes until the
     run finishes."""
     start = time.perf_counter()
-    with embedded_hub(settings.home, settings.trust) as (url, admin), HubClient.connect(url, admin) as client:
+    # the demo's workers are this machine's own processes: their claims are not replayed
+    hub = embedded_hub(settings.home, settings.trust, replay=False)
+    with hub as (url, admin), HubClient.connect(url, admin) as client:
         collective = f"demo-{uuid.uuid4().hex[:8]}"
         client.create_provider(collective, kind="collective")
         tokens = []

@@ -134,6 +134,9 @@ class ContributionMeta(Message):
     train_loss: float = Field(allow_inf_nan=False)
     compute_s: float = Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)
     codec: str = Field(default="fp32", max_length=16, pattern=r"^[a-z0-9.]+$")
+    own_data: bool = Field(
+        default=False, description="trained on the worker's own data: nobody can replay it"
+    )
 
 
 ContributionStatus = Literal["accepted", "rejected", "pending"]
@@ -163,6 +166,9 @@ class ContributionInfo(Message):
     norm: float
     weight: float
     nbytes: int
+    verified: str | None = Field(
+        default=None, description="replayed by the hub: pending | passed | failed; private: not replayable"
+    )
 
 
 ModuleName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]

@@ -11,11 +11,16 @@ from tessera.cli.app import console
 
 
 def ledger_table(report: LedgerReport) -> Table:
-    table = Table(title="ledger: credited training compute")
-    for col in ("provider", "kind", "PFLOP", "tokens", "contribs"):
-        table.add_column(col, justify="left" if col in ("provider", "kind") else "right")
+    """Per provider: the compute it gave (PFLOP credited), what its runs used, the balance of the
+    two (which buys its runs their share of the pool) and its contributions (``--json`` has the
+    tokens too)."""
+    table = Table(title="ledger: training compute in PFLOP")
+    for col in ("provider", "gave", "used", "balance", "contribs"):
+        table.add_column(col, justify="left" if col == "provider" else "right")
     for b in [*report.providers, *report.collectives]:
-        table.add_row(b.name, b.kind, f"{b.pflop:.4f}", str(b.tokens), str(b.contributions))
+        name = f"{b.name} ({b.kind})" if b.kind == "collective" else b.name
+        row = (f"{b.pflop:.3f}", f"{b.used_pflop:.3f}", f"{b.balance_pflop:+.3f}", str(b.contributions))
+        table.add_row(name, *row)
     return table
 
 
@@ -29,7 +34,8 @@ def fmt_loss(value: float | None) -> str:
 
 def run_title(info: RunStatus, rounds: bool = True) -> str:
     done = f"{info.rounds_done}/{info.rounds_total} rounds, " if rounds else ""
-    return f"run {info.run_id} ({info.name})\n{info.status}, {done}{info.workers} workers"
+    status = f"{info.status} (paused)" if info.paused else info.status
+    return f"run {info.run_id} ({info.name})\n{status}, {done}{info.workers} workers"
 
 
 ROUND_COLUMNS = ("round", "held-out", "train", "acc", "rej", "MB up", "MB down", "wall s")

@@ -9,10 +9,12 @@
   ``norm_bound`` times the median norm of the contributions accepted in this and the previous
   round is rejected (needs at least ``norm_history_min`` of them to judge; 0 turns it off);
 - quality probe: the hub applies the candidate to its base version with the share it would
-  have in the round's average (``base - delta / quorum``) and measures held-out loss on a few
+  have in the round's average (``base - delta / min_quorum``) and measures held-out loss on a few
   probe batches; a candidate worse than the base by more than ``probe_tolerance`` (relative)
   is rejected. (Applied whole, an honest update trained on one domain can look worse on the
   mixed held-out data than it is as part of the average.)
+- agreement with a replay (``agreement``): how far an upload points where the hub's own replay
+  of its lease points, as the cosine and the element count it is over (tessera.hub.verify).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
+from tessera.core.tensors import TensorDict
 from tessera.errors import ConfigError
 
 
@@ -95,3 +100,13 @@ def probe_verdict(base_loss: float, candidate_loss: float, settings: ValidationS
             f"{base_loss:.4f} without (tolerance {settings.probe_tolerance:.0%})"
         )
     return None
+
+
+def agreement(upload: TensorDict, replay: TensorDict) -> tuple[float, int]:
+    """Cosine between an upload and a replay of its work (over the upload's tensors), and the
+    number of elements compared: ``cos x sqrt(n)`` is ~N(0, 1) for a random upload."""
+    names = sorted(upload)
+    a = torch.cat([upload[k].detach().float().flatten() for k in names])
+    b = torch.cat([replay[k].detach().float().flatten() for k in names])
+    denominator = float(a.norm() * b.norm())
+    return (float(a @ b) / denominator if denominator > 0 else 0.0), int(a.numel())

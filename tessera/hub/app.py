@@ -119,12 +119,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def deadline_ticker(service: HubService, tick_s: float, stop: threading.Event) -> None:
-    """Close due rounds every ``tick_s``; a run's failure is recorded on the run by the service."""
+    """Close due rounds every ``tick_s``, and replay a contribution marked for it; a run's
+    failure is recorded on the run by the service."""
     while not stop.wait(tick_s):
         try:
             service.close_due_rounds()
+            service.verify_pending()
         except Exception:  # the database itself: logged, and the ticker goes on
-            log.exception("closing due rounds failed")
+            log.exception("closing due rounds or replaying contributions failed")
 
 
 def create_app(service: HubService, tick_s: float | None = 1.0) -> FastAPI:

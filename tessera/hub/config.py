@@ -17,6 +17,9 @@ Read from a TOML file (``tessera hub --config FILE``), every key optional:
     [pool]                                    # fair share (tessera.pool.fairshare) and placement
     half_life_s = 604800                      # ...the other fields of PoolSettings
 
+    [verify]                                  # replaying workers' claims (tessera.hub.verify)
+    fraction = 0.1                            # ...the other fields of VerifySettings
+
 Limits counted in memory (waiting leases, probe bytes) hold per hub process.
 """
 
@@ -97,19 +100,37 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    """How the hub checks workers' claims by replaying their work (``tessera.hub.verify``)."""
+
+    fraction: float = 0.1  # of a trusted worker's replayable contributions replayed
+    trust_after: int = 2  # a worker's first contributions are all replayed, until this many held
+    z_min: float = 6.0  # cos(upload, replay) x sqrt(parameters) below this: the claim fails
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ConfigError(f"verify.fraction must be from 0 to 1, got {self.fraction}")
+        if isinstance(self.trust_after, bool) or not 0 <= self.trust_after <= 1000:
+            raise ConfigError(f"verify.trust_after must be from 0 to 1000, got {self.trust_after}")
+        if not 1.0 <= self.z_min <= 1000.0:
+            raise ConfigError(f"verify.z_min must be from 1 to 1000, got {self.z_min}")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     trust: Trust = field(default_factory=Trust)
     limits: HubLimits = field(default_factory=HubLimits)
     api_docs: ApiDocs = "token"
     pool: PoolSettings = field(default_factory=PoolSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
 
 
 def load_hub_config(path: Path | None, factories: list[str], data_roots: list[str]) -> HubConfig:
     """The configuration in ``path`` (if any), with ``--trust`` and ``--data-root`` added."""
     doc = read_toml(path.read_text(), f"hub configuration {path}") if path is not None else {}
-    unknown = sorted(set(doc) - {"trust", "limits", "api", "pool"})
+    unknown = sorted(set(doc) - {"trust", "limits", "api", "pool", "verify"})
     if unknown:
-        raise ConfigError(f"unknown sections {unknown} in {path}; allowed: api, limits, pool, trust")
+        raise ConfigError(f"unknown sections {unknown} in {path}; allowed: api, limits, pool, trust, verify")
     trust = from_table("trust", TrustSection, doc.get("trust", {}))
     return HubConfig(
         trust=Trust(
@@ -120,4 +141,5 @@ def load_hub_config(path: Path | None, factories: list[str], data_roots: list[st
         limits=from_table("limits", HubLimits, doc.get("limits", {})),
         api_docs=from_table("api", ApiSection, doc.get("api", {})).docs,
         pool=from_table("pool", PoolSettings, doc.get("pool", {})),
+        verify=from_table("verify", VerifySettings, doc.get("verify", {})),
     )

@@ -26,10 +26,12 @@ from tessera.errors import ClaimOutOfBounds, LeaseError
 from tessera.hub import queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
+from tessera.hub.leases import refuse_caught
 from tessera.hub.rounds import count_arrivals
 from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.tables import Contribution, Lease, PoolMember, Run, Version, Worker
+from tessera.hub.verify import Verifier
 from tessera.hub.views import contribution_reply
 
 
@@ -52,17 +54,21 @@ class Candidate:
 
 
 class Contributions:
-    def __init__(self, hub: HubContext, runs: Runs) -> None:
-        self.hub, self.runs = hub, runs
+    def __init__(self, hub: HubContext, runs: Runs, verifier: Verifier) -> None:
+        self.hub, self.runs, self.verifier = hub, runs, verifier
 
     def upload_limit(self, run_id: str) -> int:
         return self.hub.runtimes.get(run_id).upload_limit()
 
     def submit(self, run_id: str, who: Principal, meta: ContributionMeta, body: bytes) -> ContributionReply:
         """Admit, assess, commit; nothing is stored unless it is committed."""
-        with self.hub.state.reading() as s:
-            run = participant(s, run_id, who)  # held: the session keeps a row only while it is used
-            admitted = self._admit(s, run, who, meta, len(body))
+        try:
+            with self.hub.state.reading() as s:
+                run = participant(s, run_id, who)  # held: the session keeps a row only while it is used
+                admitted = self._admit(s, run, who, meta, len(body))
+        except ClaimOutOfBounds as exc:  # an honest worker never claims beyond its lease
+            self.verifier.catch(run_id, meta.worker_id, f"it claimed more than its lease allows: {exc}")
+            raise
         if isinstance(admitted, ContributionReply):
             return admitted
         candidate = self._assess(admitted, body)
@@ -81,6 +87,7 @@ class Contributions:
         lease and its claims (LeaseError, ClaimOutOfBounds), with the norms its check compares."""
         run_id = run.id
         worker = queries.worker(s, run_id, meta.worker_id, who)
+        refuse_caught(worker)
         earlier = self._earlier(s, run_id, meta)
         if earlier is not None:
             return earlier
@@ -215,6 +222,10 @@ class Contributions:
             contribution.status = "accepted" if recipe.aggregation.min_cosine is None else "pending"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
+            contribution.own_data = meta.own_data
+            worker = s.get(Worker, meta.worker_id)
+            assert worker is not None  # admitted: the caller's worker in this run
+            self.verifier.select(s, run, worker, contribution)
         s.add(contribution)
         note_step_time(s, meta)
         if record is not None and not closing:  # else the next round counts it when it opens

@@ -86,6 +86,7 @@ class Leases:
                 shard=runtime.shards[index % len(runtime.shards)],
                 ranks=ranks,
                 member_id=member_id,
+                verified=0,
                 registered_at=now,
                 last_seen_at=now,
             )
@@ -167,6 +168,7 @@ class Leases:
         with self.hub.locks.of(run_id), self.hub.state.transaction() as s:
             run = participant(s, run_id, who, lock=True)
             worker = queries.worker(s, run_id, worker_id, who)
+            refuse_caught(worker)
             now = self.hub.clock()
             if now - worker.last_seen_at >= LAST_SEEN_EVERY_S:  # a polling worker writes nothing
                 worker.last_seen_at = now
@@ -296,3 +298,12 @@ class Leases:
 def member_of(s: Session, worker: Worker) -> PoolMember | None:
     """The pool worker a run's worker is, if it is one."""
     return s.get(PoolMember, worker.member_id) if worker.member_id else None
+
+
+def refuse_caught(worker: Worker) -> None:
+    """Forbidden for a worker whose claims did not hold (``tessera.hub.verify``)."""
+    if worker.flagged_at is not None:
+        raise Forbidden(
+            f"worker {worker.id} was caught ({worker.flag_reason}); its work no longer counts. "
+            "Check the machine and its software, then join as a new worker"
+        )

@@ -44,6 +44,8 @@ def credit_compute(
     for c in contributions:
         worker = s.get(Worker, c.worker_id)
         assert worker is not None  # contributions reference registered workers
+        if worker.flagged_at is not None:  # caught while its round closed (tessera.hub.verify)
+            continue
         amount = c.tokens * flops_per_token / PFLOP
         for provider_id, kind, signed in (
             (worker.provider_id, "compute", amount),
@@ -113,7 +115,7 @@ class Ledger:
             rows = s.execute(
                 select(Provider, *sums_of_kinds())
                 .join(Provider, Provider.id == LedgerEntry.provider_id)
-                .where(LedgerEntry.run_id == run_id, LedgerEntry.kind == "compute")
+                .where(LedgerEntry.run_id == run_id, LedgerEntry.kind.in_(("compute", "correction")))
                 .group_by(Provider.id)
             ).all()
             credits = [balance(row[0], row) for row in rows]
@@ -121,14 +123,25 @@ class Ledger:
 
 
 def sums_of_kinds() -> tuple[object, ...]:
-    """The columns of a balance: compute earned (PFLOP, tokens, contributions) and compute used
-    (PFLOP, a positive number), summed in one pass."""
+    """The columns of a balance: compute earned less what was taken back (PFLOP, tokens,
+    contributions) and compute used less what was refunded (PFLOP, a positive number), summed in
+    one pass."""
     earned = LedgerEntry.kind == "compute"
+    taken_back = LedgerEntry.kind == "correction"
+    kept = earned | taken_back
     return (
-        func.sum(case((earned, LedgerEntry.amount), else_=0.0)).label("pflop"),
-        func.sum(case((earned, cast(LedgerEntry.tokens, Float)), else_=0.0)).label("tokens"),
-        func.sum(case((earned, 1), else_=0)).label("n"),
-        func.sum(case((LedgerEntry.kind == "usage", -LedgerEntry.amount), else_=0.0)).label("used"),
+        func.sum(case((kept, LedgerEntry.amount), else_=0.0)).label("pflop"),
+        func.sum(
+            case(
+                (earned, cast(LedgerEntry.tokens, Float)),
+                (taken_back, -cast(LedgerEntry.tokens, Float)),
+                else_=0.0,
+            )
+        ).label("tokens"),
+        func.sum(case((earned, 1), (taken_back, -1), else_=0)).label("n"),
+        func.sum(case((LedgerEntry.kind.in_(("usage", "refund")), -LedgerEntry.amount), else_=0.0)).label(
+            "used"
+        ),
     )
 
 

@@ -8,6 +8,7 @@ one part per step of the protocol.
     merges         merging modules as a validated step                      (hub.merges)
     reads          status, rounds, versions, contributions, blobs           (hub.reads)
     pool, pledges  pool workers placed on runs by fair share; pledges       (hub.pool, hub.pledges)
+    verifier       replaying workers' claims, catching those that fail      (hub.verify)
 
 Each commits a new version through ``hub.versions`` and looks rows up through ``hub.queries``.
 Uploading and closing are separate calls: ``submit`` records a contribution and answers;
@@ -51,6 +52,7 @@ from tessera.hub.runtime import RunRuntime
 from tessera.hub.runtimes import Runtimes
 from tessera.hub.signal import RoundSignal
 from tessera.hub.state import State
+from tessera.hub.verify import Verifier
 
 
 class HubService:
@@ -80,7 +82,8 @@ class HubService:
         )
         self.runs = Runs(self.hub)
         self.leases = Leases(self.hub, self.runs)
-        self.uploads = Contributions(self.hub, self.runs)
+        self.verifier = Verifier(self.hub)
+        self.uploads = Contributions(self.hub, self.runs, self.verifier)
         self.closing = Rounds(self.hub)
         self.merges = Merges(self.hub, self.runs)
         self.reads = Reads(self.hub, self.runs)
@@ -124,6 +127,10 @@ class HubService:
     def close_if_due(self, run_id: str) -> bool:
         """Close the run's round if it is due; never raises (a failure is recorded on the run)."""
         return self.closing.close_if_due(run_id)
+
+    def verify_pending(self, limit: int = 1) -> int:
+        """Replay up to ``limit`` contributions marked for it (tessera.hub.verify)."""
+        return self.verifier.verify_pending(limit)
 
     def close_due_rounds(self) -> int:
         """Close every round past its deadline that has work in it."""

@@ -63,6 +63,12 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
         "ALTER TABLE leases ADD COLUMN pledge_id VARCHAR(32)",
         "ALTER TABLE leases ADD COLUMN stop_at FLOAT",
         "ALTER TABLE runs ADD COLUMN paused BOOLEAN DEFAULT FALSE",
+        "ALTER TABLE workers ADD COLUMN verified INTEGER DEFAULT 0",
+        "ALTER TABLE workers ADD COLUMN flagged_at FLOAT",
+        "ALTER TABLE workers ADD COLUMN flag_reason TEXT",
+        "ALTER TABLE contributions ADD COLUMN own_data BOOLEAN DEFAULT FALSE",
+        "ALTER TABLE contributions ADD COLUMN verified VARCHAR(16)",
+        "CREATE INDEX ix_contributions_verified ON contributions (verified)",
     ],
 }
 

@@ -113,6 +113,9 @@ class Worker(Base):
     shard: Mapped[str | None] = mapped_column(String(200), nullable=True)
     ranks: Mapped[int] = mapped_column(Integer, default=1)  # torchrun ranks training as this worker
     member_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # a pool member's worker
+    verified: Mapped[int] = mapped_column(Integer, default=0)  # contributions whose replay held
+    flagged_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # its claims did not hold
+    flag_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     registered_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
 
@@ -235,12 +238,16 @@ class Contribution(Base):
     status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    own_data: Mapped[bool] = mapped_column(Boolean, default=False)
+    # replayed by the hub (tessera.hub.verify): pending | passed | failed; private: not replayable
+    verified: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
 
 
 class LedgerEntry(Base):
     """Append-only: rows are only ever inserted. Per committed contribution, one ``compute``
     credit to the provider whose worker made it and one ``usage`` debit (the same amount, negative)
-    to the run's owner.
+    to the run's owner; if the contribution's worker is later caught (``tessera.hub.verify``), a
+    ``correction`` takes the credit back and a ``refund`` returns the owner's usage.
 
     ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token).
     """
@@ -252,7 +259,7 @@ class LedgerEntry(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     contribution_id: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16))  # compute | usage
+    kind: Mapped[str] = mapped_column(String(16))  # compute | usage | correction | refund
     tokens: Mapped[int] = mapped_column(BigInteger)
     flops_per_token: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)

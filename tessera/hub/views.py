@@ -42,6 +42,7 @@ def contribution_info(c: Contribution) -> ContributionInfo:
         norm=c.norm,
         weight=c.weight,
         nbytes=c.nbytes,
+        verified=c.verified,
     )
 
 

@@ -38,14 +38,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Return as soon as ``condition()`` holds (checked every ``POLL_S``); TimeoutError naming
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = POLL_S) -> None:
+    """Return as soon as ``condition()`` holds (checked every ``every_s``); TimeoutError naming
     ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+        time.sleep(every_s)
 
 
 def tessera_command(*args: str) -> list[str]:
@@ -96,7 +96,7 @@ def hub_answers(url: str, proc: subprocess.Popen[bytes]) -> bool:
 
 
 def start_worker(
-    hub: tuple[str, str, str],
+    hub: tuple[str, str, str] | tuple[str, str],
     state_dir: Path,
     *options: str,
     name: str = "worker",
@@ -106,12 +106,13 @@ def start_worker(
     env: Mapping[str, str] | None = None,
     cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """`tessera worker` on ``hub`` (url, token, run id) in ``cwd``, with its state in ``state_dir``
-    and its output in ``log`` (default: ``state_dir``/worker.log); ``prefix`` wraps the command
-    (e.g. to run it in an emulated node)."""
-    url, token, run_id = hub
+    """`tessera worker` on ``hub`` (url, token, run id; without a run id it serves the pool) in
+    ``cwd``, with its state in ``state_dir`` and its output in ``log`` (default:
+    ``state_dir``/worker.log); ``prefix`` wraps the command (e.g. to run it in an emulated node)."""
+    url, token, *run = hub
     state_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [*prefix, *tessera_command("worker", "--hub", url, "--token", token, "--run", run_id,
+    runs = ("--run", run[0]) if run else ()
+    cmd = [*prefix, *tessera_command("worker", "--hub", url, "--token", token, *runs,
            "--name", name, "--threads", str(threads), "--state-dir", str(state_dir), *options)]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     with (log or state_dir / "worker.log").open("ab") as out:
@@ -164,14 +165,16 @@ def wait_for_run(
 
 
 @contextmanager
-def embedded_hub(home: Path, trust: Trust | None = None) -> Iterator[tuple[str, str]]:
-    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token."""
+def embedded_hub(home: Path, trust: Trust | None = None, replay: bool = True) -> Iterator[tuple[str, str]]:
+    """Serve a hub on a free port of 127.0.0.1 in this process; yields its URL and admin token.
+    ``replay``: whether it replays workers' contributions to check their claims."""
     import uvicorn
 
     from tessera.hub.app import admin_token, create_app, open_service
-    from tessera.hub.config import HubConfig
+    from tessera.hub.config import HubConfig, VerifySettings
 
-    service = open_service(home, config=HubConfig(trust=trust or Trust()))
+    verify = VerifySettings() if replay else VerifySettings(fraction=0.0, trust_after=0)
+    service = open_service(home, config=HubConfig(trust=trust or Trust(), verify=verify))
     admin = admin_token(service, home)
     if admin is None:
         raise TesseraError(f"{home} has a hub database but no admin.token; use another --home")

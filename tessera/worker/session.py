@@ -330,7 +330,8 @@ class WorkSession:
     ) -> tuple[ContributionMeta, bytes]:
         """The upload of ``result``: the weights trained since ``base`` as the run's wire format."""
         delta = pseudo_gradient(base, self.model.state_dict())
-        meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name)
+        own = self.settings.data_path is not None
+        meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name, own)
         return meta, to_bytes(self.encode(delta))
 
 
@@ -391,7 +392,7 @@ class Frozen:
 
 
 def contribution_meta(
-    lease: LeaseGrant, worker_id: str, result: InnerResult, codec_name: str = "fp32"
+    lease: LeaseGrant, worker_id: str, result: InnerResult, codec_name: str = "fp32", own_data: bool = False
 ) -> ContributionMeta:
     """One contribution per lease: its id is the lease id, so a retried upload is idempotent."""
     return ContributionMeta(
@@ -403,4 +404,5 @@ def contribution_meta(
         train_loss=result.mean_loss,
         compute_s=result.compute_s,
         codec=codec_name,
+        own_data=own_data,
     )

@@ -167,6 +167,7 @@ def test_tables_fit_80_columns_with_nothing_cut_off() -> None:
             pflop=123_456.7891,
             tokens=123_456_789_012,
             contributions=1_234_567,
+            used_pflop=234_567.8912,
         )  # fmt: skip
     ]
     terminal = Console(width=80, record=True)
@@ -178,8 +179,8 @@ def test_tables_fit_80_columns_with_nothing_cut_off() -> None:
     assert "…" not in text, text  # no cell cut short
     for whole in (
         "1234567",
-        "123456.7891",
-        "123456789012",
+        "123456.789",
+        "-111111.102",
         "123456.7",
         "123456.79",
         "98765.43",

@@ -115,3 +115,20 @@ def test_check_compatible_rejects(candidate: dict[str, torch.Tensor], message: s
     reference = {"w": t(0.0, 0.0), "b": t(0.0)}
     with pytest.raises(MalformedContribution, match=message):
         check_compatible(candidate, reference)
+
+
+def test_inner_training_stops_when_told_and_counts_what_it_did() -> None:
+    from tessera.core.inner import InnerSettings, InnerTrainer
+    from tessera.core.validation import agreement
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    trainer = InnerTrainer(model, InnerSettings(lr=0.01, loss="mse"))
+    batches = iter(lambda: (torch.randn(2, 4), torch.randn(2, 3)), None)
+    asked = []
+    result = trainer.train(batches, 100, stop=lambda: len(asked.append(1) or asked) >= 7)
+    assert (result.steps, result.tokens) == (7, 7 * 2 * 3)
+    assert trainer.train(batches, 3, stop=lambda: True).steps == 1
+    same = {"w": torch.tensor([1.0, 2.0, 3.0])}
+    assert agreement(same, {"w": 2 * same["w"]}) == (pytest.approx(1.0), 3)
+    assert agreement(same, {"w": -same["w"]})[0] == pytest.approx(-1.0)

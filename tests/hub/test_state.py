@@ -43,6 +43,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
     state = State(database_url)
     with state.transaction() as s:
         s.execute(text("DROP INDEX ix_runs_parent_id"))
+        s.execute(text("DROP INDEX ix_contributions_verified"))
         dropped = (
             ("versions", "change_sha"),
             ("versions", "change_nbytes"),
@@ -61,6 +62,11 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("leases", "pledge_id"),
             ("leases", "stop_at"),
             ("runs", "paused"),
+            ("workers", "verified"),
+            ("workers", "flagged_at"),
+            ("workers", "flag_reason"),
+            ("contributions", "own_data"),
+            ("contributions", "verified"),
         )
         for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -89,6 +95,8 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT member_id FROM workers")).all() == []
         assert s.execute(text("SELECT pledge_id, stop_at FROM leases")).all() == []
         assert s.execute(text("SELECT paused FROM runs")).all() == []
+        assert s.execute(text("SELECT verified, flagged_at, flag_reason FROM workers")).all() == []
+        assert s.execute(text("SELECT own_data, verified FROM contributions")).all() == []
         if upgraded.engine.dialect.name == "postgresql":
             kinds = s.execute(
                 text(
