@@ -151,11 +151,12 @@ def test_transformers_architectures_from_a_declarative_config() -> None:
 
 
 def test_the_example_hub_configuration(tmp_path: Path) -> None:
-    from tessera.hub.config import HubConfig, HubLimits, load_hub_config
+    from tessera.hub.config import HubConfig, HubLimits, PoolSettings, VerifySettings, load_hub_config
     from tessera.testing.cluster import ROOT
 
     config = load_hub_config(ROOT / "examples" / "hub.toml", ["extra.module:build"], [str(tmp_path)])
     assert config.limits == HubLimits() and config.api_docs == HubConfig().api_docs
+    assert config.pool == PoolSettings() and config.verify == VerifySettings()
     assert config.trust.factories == {
         "examples.line_kinds:build_model",
         "examples.line_kinds:load",
@@ -169,6 +170,8 @@ def test_the_example_hub_configuration(tmp_path: Path) -> None:
         ("[limit]\n", "unknown sections ['limit']"),
         ('[trust]\nfactories = ["os.system"]\n', "must look like 'package.module:function'"),
         ('[api]\ndocs = "open"\n', "api.docs"),
+        ("[pool]\nmin_share = 0.9\n", "pool.min_share must be from 0 to 0.5"),
+        ("[verify]\nfraction = 2\n", "verify.fraction must be from 0 to 1"),
     ):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):

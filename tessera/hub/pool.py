@@ -369,11 +369,8 @@ def queue_reason(account: str, balance: float, ahead: int, standing: Standing, c
     """Why a run has the pool workers it has, in the words of the fair-share formula."""
     if not standing.wants():
         return f"has the {standing.demand:g} workers it can use"
-    more = (
-        "more workers"
-        if math.isinf(standing.demand)
-        else f"{standing.demand - standing.current:g} more workers"
-    )
+    short = standing.demand - standing.current
+    more = "more workers" if math.isinf(short) else f"{short:g} more worker{'' if short == 1 else 's'}"
     return (
         f"waits for {more}: {account}'s balance is {balance:+.1f} PFLOP; {ahead} runs ahead of it; "
         f"entitled to {standing.entitled:.1f} of {capacity} pool workers, has {standing.current}"

@@ -258,16 +258,24 @@ CLAIMS = [
 def test_claims_beyond_the_lease_are_refused_and_leave_nothing(
     hub: Hub, attacker: HubClient, corpus_dir: Path
 ) -> None:
+    """Each claim is refused and stores nothing; one that parses but exceeds its lease also
+    catches its worker (an honest worker never claims beyond its lease): it leases no more."""
     run_id = hub.admin.create_run(tiny_recipe(corpus_dir, rounds=1, quorum=1)).run_id
-    worker_id, grant = lease(attacker, run_id, "liar")
-    body, token = to_bytes(update(attacker, grant)), attacker.token or ""
-    for claims, answer in CLAIMS:
+    token = attacker.token or ""
+    kept_id, kept = lease(attacker, run_id, "liar")  # for claims that never parse: it stays
+    body = to_bytes(update(attacker, kept))
+    for i, (claims, answer) in enumerate(CLAIMS):
+        parses = "less than or equal" not in answer and "finite" not in answer
+        worker_id, grant = lease(attacker, run_id, f"liar{i}") if parses else (kept_id, kept)
         refused = upload(hub, token, run_id, body, meta(grant, worker_id, **claims))
         assert refused.status_code == 422 and answer in refused.json()["detail"], refused.text
+        with hub.http(token) as http:
+            again = http.post(f"/v1/runs/{run_id}/leases", json={"worker_id": worker_id})
+        assert again.status_code == (403 if parses else 200), again.text
     assert hub.admin.contributions(run_id) == [] and hub.admin.rounds(run_id)[0].accepted == 0
     name = attacker.whoami().name
     assert [b.pflop for b in hub.admin.ledger().providers if b.name == name] == [0.0]
-    honest = upload(hub, token, run_id, body, meta(grant, worker_id))  # the lease still works
+    honest = upload(hub, token, run_id, body, meta(kept, kept_id))  # its lease still works
     assert honest.status_code == 200
     wait_until(lambda: hub.admin.status(run_id).status == "finished", 60, "the run's last close")
     [balance] = [b for b in hub.admin.ledger().providers if b.name == name]
