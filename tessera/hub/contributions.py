@@ -227,18 +227,22 @@ class Contributions:
             assert worker is not None  # admitted: the caller's worker in this run
             self.verifier.select(s, run, worker, contribution)
         s.add(contribution)
-        note_step_time(s, meta)
+        note_step_time(s, meta, contribution.created_at)
         if record is not None and not closing:  # else the next round counts it when it opens
             count_arrivals(record, [contribution])
         return contribution_reply(contribution)
 
 
-def note_step_time(s: Session, meta: ContributionMeta) -> None:
-    """A pool worker's seconds per inner step, from its claims (bounded at admission), averaged
-    with what it showed before: the pool sizes its leases to its windows by it."""
+def note_step_time(s: Session, meta: ContributionMeta, now: float) -> None:
+    """A pool worker was seen now, and its seconds per inner step, from its claims (bounded at
+    admission), averaged with what it showed before: the pool sizes its leases to its windows by
+    it."""
     worker = s.get(Worker, meta.worker_id)
     member = s.get(PoolMember, worker.member_id) if worker and worker.member_id else None
-    if member is None or meta.compute_s <= 0:
+    if member is None:
+        return
+    member.last_seen_at = max(member.last_seen_at, now)
+    if meta.compute_s <= 0:
         return
     step_s = meta.compute_s / meta.steps
     member.step_s = step_s if member.step_s is None else (member.step_s + step_s) / 2

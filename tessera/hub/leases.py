@@ -172,6 +172,8 @@ class Leases:
             now = self.hub.clock()
             if now - worker.last_seen_at >= LAST_SEEN_EVERY_S:  # a polling worker writes nothing
                 worker.last_seen_at = now
+                if (pooled := member_of(s, worker)) is not None:
+                    pooled.last_seen_at = now
             if run.status == "finished":
                 return LeaseReply(status="done")
             if self._paused(s, run):
@@ -188,6 +190,8 @@ class Leases:
                 return LeaseReply(status="wait", retry_after_s=WAIT_RETRY_S)  # its next version is coming
             if lease is None:
                 member = member_of(s, worker)
+                if member is not None:
+                    member.last_seen_at = now  # a new lease: alive for its length at least
                 limit = (
                     window_limit(member, now, self.pool.window_margin_s)
                     if member

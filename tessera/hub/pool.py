@@ -38,13 +38,14 @@ from tessera.hub.context import HubContext
 from tessera.hub.ledger import decayed_balances
 from tessera.hub.pledges import Pledges, target_runs
 from tessera.hub.runs import participant
-from tessera.hub.tables import Membership, Pledge, PoolMember, Provider, Run, Worker, new_id
+from tessera.hub.tables import Lease, Membership, Pledge, PoolMember, Provider, Run, Worker, new_id
 from tessera.pool.fairshare import Claim, account_balances, account_of, entitlements, score
 from tessera.pool.schedule import Position, Standing, choose
 from tessera.pool.windows import availability
 from tessera.recipe import Recipe, RunSettings
 
 BALANCES_FRESH_S = 30.0  # decayed balances are read again after this long
+STEP_SLACK = 0.9  # a windowed lease's steps fill at most this share of the time left (step times vary)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def window_limit(member: PoolMember, now: float, margin_s: float) -> WindowLimit
     if math.isinf(end):
         return WindowLimit(None, None)
     stop = end - margin_s
-    steps = int((stop - now) // member.step_s) if member.step_s else None
+    steps = int(STEP_SLACK * (stop - now) / member.step_s) if member.step_s else None
     if stop <= now or steps == 0:
         return None
     return WindowLimit(stop, steps)
@@ -162,19 +163,28 @@ class Pool:
                 raise NotFound(f"no nodes pledge {req.pledge_id} of yours; `tessera pledge list` shows them")
             if pledge.status != "active":
                 raise ConfigError(f"pledge {pledge.id} is {pledge.status}; join without --pledge")
+            if self._bound(s, pledge) >= (pledge.nodes or 0):
+                raise ConfigError(
+                    f"pledge {pledge.id} has its {pledge.nodes} nodes already; join without --pledge "
+                    "(or pledge more nodes)"
+                )
             return pledge
-        live = self.hub.clock() - self.settings.member_timeout_s
         for pledge in self.pledges.active(s, who.provider_id):
             if pledge.kind != "nodes" or pledge.worker_kind not in (None, req.kind):
                 continue
-            bound = s.scalar(
-                select(func.count())
-                .select_from(PoolMember)
-                .where(PoolMember.pledge_id == pledge.id, PoolMember.last_seen_at >= live)
-            )
-            if (bound or 0) < (pledge.nodes or 0):
+            if self._bound(s, pledge) < (pledge.nodes or 0):
                 return pledge
         return None
+
+    def _bound(self, s: Session, pledge: Pledge) -> int:
+        """The pool workers alive now that are nodes of ``pledge``."""
+        live = self.hub.clock() - self.settings.member_timeout_s
+        bound = s.scalar(
+            select(func.count())
+            .select_from(PoolMember)
+            .where(PoolMember.pledge_id == pledge.id, PoolMember.last_seen_at >= live)
+        )
+        return int(bound or 0)
 
     # --- placing -------------------------------------------------------------------------
 
@@ -214,15 +224,15 @@ class Pool:
             )
 
     def _closed_window(self, member: PoolMember, now: float) -> Assignment | None:
-        """An idle answer until the worker's windows open, if they are closed now."""
-        windows = availability(member.windows, member.holidays)
-        if windows.open_until(now) is not None:
+        """An idle answer until the worker's windows open again, if no lease fits in them now
+        (closed, or too near the end for a step and the upload: the rule leases follow)."""
+        if window_limit(member, now, self.settings.window_margin_s) is not None:
             return None
         member.run_id, member.serving, member.assigned_at = None, None, None
-        opens = windows.next_open(now)
-        wait = self.settings.idle_retry_s if opens is None else max(1.0, opens - now)
-        when = "not within two weeks" if opens is None else f"in {wait / 3600:.1f} h"
-        return Assignment(status="idle", retry_after_s=wait, reason=f"outside its windows; they open {when}")
+        wait = reopens_in(member, now, self.settings.idle_retry_s)
+        return Assignment(
+            status="idle", retry_after_s=wait, reason=f"outside its windows; they open in {wait / 3600:.1f} h"
+        )
 
     def _may_serve(self, who: Principal, member: PoolMember, run: Run, exclude: list[str]) -> bool:
         return (
@@ -260,8 +270,15 @@ class Pool:
             )
         }
         live = now - self.settings.member_timeout_s
+        leasing = (  # a pool worker on a lease is alive, however long the lease
+            select(Worker.member_id)
+            .join(Lease, Lease.worker_id == Worker.id)
+            .where(Worker.member_id.is_not(None), Lease.state == "open", Lease.deadline > now)
+        )
         placed = s.execute(
-            select(PoolMember.id, PoolMember.run_id).where(PoolMember.last_seen_at >= live)
+            select(PoolMember.id, PoolMember.run_id).where(
+                (PoolMember.last_seen_at >= live) | PoolMember.id.in_(leasing)
+            )
         ).all()
         working = [(mid, rid) for mid, rid in placed if rid is not None or mid == asking]
         current = Counter(rid for _, rid in working if rid in runs)

@@ -117,11 +117,13 @@ def step_times(s: Session, run_id: str, since_round: int) -> dict[str, float]:
     return {worker_id: compute_s / steps for worker_id, compute_s, steps in rows}
 
 
-def active_workers(s: Session, run_id: str, round_number: int) -> int:
-    """The run's active workers at round ``round_number``: the distinct workers issued a lease in
-    it or in the round before (a fractional quorum's base)."""
+def active_workers(s: Session, run_id: str, round_number: int, now: float) -> int:
+    """The run's active workers at round ``round_number`` (a fractional quorum's base): the
+    distinct workers issued a lease in it or in the round before, or holding an open lease that
+    has not expired (still training on an older version, when leases outlast rounds)."""
+    in_flight = (Lease.state == "open") & (Lease.deadline > now)
     query = select(func.count(func.distinct(Lease.worker_id))).where(
-        Lease.run_id == run_id, Lease.round.in_((round_number - 1, round_number))
+        Lease.run_id == run_id, Lease.round.in_((round_number - 1, round_number)) | in_flight
     )
     return s.scalar(query) or 0
 

@@ -64,7 +64,6 @@ class Rounds:
     def __init__(self, hub: HubContext) -> None:
         self.hub = hub
         self._failures: dict[str, str] = {}  # run id -> the last failure logged
-        self._quorums: dict[str, tuple[int, int]] = {}  # run id -> (round, its quorum when last counted)
         self._deadlines: dict[str, tuple[int, float]] = {}  # run id -> (round, s from its start)
 
     def close_due(self) -> int:
@@ -97,7 +96,6 @@ class Rounds:
             closed = closed or finished is not None
             if finished:
                 self.hub.runtimes.drop(run_id)  # a finished run's model leaves memory
-                self._quorums.pop(run_id, None)
                 self._deadlines.pop(run_id, None)
                 return closed
 
@@ -118,15 +116,9 @@ class Rounds:
         return None
 
     def _quorum(self, s: Session, run_id: str, record: RoundRecord, settings: RunSettings) -> int:
-        """The round's quorum (``quorum_of``), counted again only once its accepted work reaches
-        the last count: within a round the active workers only grow (leases are added, never
-        removed), so work short of an earlier count is short of the quorum now too."""
-        cached = self._quorums.get(run_id)
-        if cached is not None and cached[0] == record.number and record.accepted < cached[1]:
-            return cached[1]
-        quorum = quorum_of(s, run_id, record.number, settings)
-        self._quorums[run_id] = (record.number, quorum)
-        return quorum
+        """The round's quorum (``quorum_of``), counted on each call: the active workers change
+        both ways within a round (in-flight leases are used, new ones issued)."""
+        return quorum_of(s, run_id, record.number, settings, self.hub.clock())
 
     def _deadline_s(self, s: Session, run_id: str, number: int, settings: RunSettings) -> float:
         """Seconds from round ``number``'s start to its deadline: ``run.round_deadline_s``, or,
@@ -265,12 +257,12 @@ class Rounds:
         record.error, record.started_at = message, self.hub.clock()
 
 
-def quorum_of(s: Session, run_id: str, number: int, settings: RunSettings) -> int:
+def quorum_of(s: Session, run_id: str, number: int, settings: RunSettings, now: float) -> int:
     """The accepted contributions that close round ``number``: the run's integer quorum, or its
     fraction of the round's active workers (``queries.active_workers``), rounded up, at least 1."""
     if not settings.elastic:
         return settings.min_quorum
-    return settings.quorum_for(queries.active_workers(s, run_id, number))
+    return settings.quorum_for(queries.active_workers(s, run_id, number, now))
 
 
 def adaptive_deadline_s(arrivals: Sequence[float], k: float, most_s: float) -> float:

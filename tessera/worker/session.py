@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -318,12 +318,13 @@ class WorkSession:
     def train(self, lease: LeaseGrant) -> InnerResult:
         """The lease's H inner steps, each told to the reporter; fewer if the lease says to stop
         at a time (its worker's window ends), and what was done is uploaded as usual."""
-        total = lease.inner_steps
+        total, pace = lease.inner_steps, Pace(lease.stop_at)
 
         def told(s: StepDone) -> None:
+            pace.step_s = s.elapsed_s / s.done
             self.reporter.step(Step(lease.round, s.done, total, s.tokens, s.loss, s.elapsed_s))
 
-        return self.trainer.train(self.batches(lease), total, told, stop=stop_at(lease.stop_at))
+        return self.trainer.train(self.batches(lease), total, told, stop=pace.stop if lease.stop_at else None)
 
     def contribution(
         self, lease: LeaseGrant, base: TensorDict, result: InnerResult
@@ -335,11 +336,16 @@ class WorkSession:
         return meta, to_bytes(self.encode(delta))
 
 
-def stop_at(when: float | None) -> Callable[[], bool] | None:
-    """Whether the clock has reached ``when`` (None: no time to stop at)."""
-    if when is None:
-        return None
-    return lambda: time.time() >= when
+@dataclass
+class Pace:
+    """When to stop a lease that must end by ``stop_at``: before a step that would not finish
+    by then, at the pace of the steps so far."""
+
+    stop_at: float | None
+    step_s: float = 0.0
+
+    def stop(self) -> bool:
+        return self.stop_at is not None and time.time() + self.step_s >= self.stop_at
 
 
 def describe(code: list[Code], recipe: Recipe, data_path: str | None) -> str:

@@ -42,7 +42,9 @@ def closed(admin: HubClient, run_id: str) -> list[tuple[int, str | None]]:
 def quorum_now(service: HubService, run_id: str) -> int:
     with service.state.reading() as s:
         run = queries.run(s, run_id)
-        return quorum_of(s, run_id, run.current_round, service.hub.runtimes.recipe_of(run).run)
+        return quorum_of(
+            s, run_id, run.current_round, service.hub.runtimes.recipe_of(run).run, service.clock()
+        )
 
 
 def arrivals(service: HubService, run_id: str, since: int, before: int) -> list[float]:
@@ -51,11 +53,13 @@ def arrivals(service: HubService, run_id: str, since: int, before: int) -> list[
 
 
 def test_a_fractional_quorum_follows_the_active_workers_as_they_grow_and_shrink(
-    http: TestClient, admin: HubClient, service: HubService, corpus_dir: Path
+    http: TestClient, admin: HubClient, service: HubService, clock: FakeClock, corpus_dir: Path
 ) -> None:
     """quorum = 0.5: 4 active workers close a round on 2 contributions, 8 on 4; workers that stop
-    leasing still count for the round after their last lease, then no more."""
-    recipe = tiny_recipe(corpus_dir, rounds=5).replace("quorum = 2", "quorum = 0.5")
+    leasing still count for the round after their last lease, and while their lease is open (they
+    may be training still), then no more."""
+    recipe = tiny_recipe(corpus_dir, rounds=5, extra_run="round_deadline_s = 100000")
+    recipe = recipe.replace("quorum = 2", "quorum = 0.5")
     run_id = admin.create_run(recipe).run_id
     crew = {name: join(http, admin, run_id, name) for name in "abcdefgh"}
     first = lease(crew, "abcd")  # registered is not active: leased is
@@ -81,7 +85,8 @@ def test_a_fractional_quorum_follows_the_active_workers_as_they_grow_and_shrink(
     assert len(closed(admin, run_id)) == 2
     submit(crew, "d", grants["d"])
     assert closed(admin, run_id)[-1] == (4, "quorum")
-    # round 3: only a-d leased in rounds 2 and 3
+    # round 3: only a-d leased in rounds 2 and 3, and e-h's round-1 leases have expired
+    clock.advance(1801)
     grants = lease(crew, "abcd")
     assert quorum_now(service, run_id) == 2
     submit(crew, "a", grants["a"])

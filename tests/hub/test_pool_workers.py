@@ -74,7 +74,8 @@ def test_pool_workers_move_to_the_runs_left_and_the_ledger_stays_exact(
     worked = [[run for run, _ in loop.summary.stays] for loop in loops]
     assert sorted(r for stays in worked for r in stays) == sorted(runs)  # each run served once
     assert any(len(stays) == 2 for stays in worked)  # a worker moved when its run finished
-    assert all(loop.summary.refused == [untrusted] for loop in loops)  # refused before it ran here
+    refused = [loop.summary.refused for loop in loops]  # a worker offered it refused it, before it ran
+    assert [untrusted] in refused and all(r in ([], [untrusted]) for r in refused)
     with service.state.reading() as s:
         kinds = dict(
             s.execute(select(LedgerEntry.kind, func.sum(LedgerEntry.amount)).group_by(LedgerEntry.kind)).all()
