@@ -74,10 +74,11 @@ def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path)
 @pytest.mark.timeout(240)
 def test_worker_ctrl_c_exits_cleanly_and_restart_resumes(tmp_path: Path, corpus_dir: Path) -> None:
     # no replays: one of a 1500-step lease in this process would hold the GIL while the test waits
-    # to interrupt the worker
+    # to interrupt the worker; 3 rounds: the first cached blob is version 1's (a new worker holds
+    # version 0 from building it), so the interrupt lands with a whole round still to train
     hub = embedded_hub(tmp_path / "hub", reading(corpus_dir), replay=False)
     with hub as (url, admin_token), HubClient.connect(url, admin_token) as admin:
-        created = admin.create_run(tiny_recipe(corpus_dir, rounds=2, quorum=1, inner_steps=1500))
+        created = admin.create_run(tiny_recipe(corpus_dir, rounds=3, quorum=1, inner_steps=1500))
         token = admin.create_provider("volunteer").token
         state = tmp_path / "worker"
         args = ("worker", "--hub", url, "--token", token, "--run", created.run_id, "--state-dir", str(state),
