@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tessera.api.messages import PledgeInfo, PledgeRequest
-from tessera.errors import ConfigError, Conflict, Forbidden, NotFound
+from tessera.errors import ConfigError, Conflict, NotFound
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
+from tessera.hub.providers import own_collective
 from tessera.hub.runs import participant
 from tessera.hub.tables import Contribution, Lease, LedgerEntry, Pledge, PoolMember, Provider, Run, new_id
 from tessera.pool.windows import availability
@@ -71,15 +72,7 @@ class Pledges:
                     f"run {run.id} is module {run.module} of run {run.parent_id}; pledge to that run"
                 )
             return run.id
-        collective = s.scalars(
-            select(Provider).where((Provider.id == req.target_id) | (Provider.name == req.target_id))
-        ).first()
-        if collective is None or collective.kind != "collective":
-            raise NotFound(f"no collective {req.target_id!r} on this hub")
-        if not (who.is_admin or collective.id == who.provider_id or collective.id in who.collectives):
-            raise Forbidden(
-                f"{who.name} is not a member of collective {collective.name}; pledges go to your own"
-            )
+        collective = own_collective(s, who, req.target_id, "; pledges go to your own")
         return collective.id
 
     def of(self, who: Principal) -> list[PledgeInfo]:

@@ -32,11 +32,12 @@ from tessera.api.messages import (
     QueueEntry,
     QueueReport,
 )
-from tessera.errors import ConfigError, Forbidden, NotFound
+from tessera.errors import ConfigError, NotFound
 from tessera.hub.auth import Principal, may_read, may_work_on
 from tessera.hub.context import HubContext
 from tessera.hub.ledger import decayed_balances
 from tessera.hub.pledges import Pledges, target_runs
+from tessera.hub.providers import own_collective
 from tessera.hub.runs import participant
 from tessera.hub.tables import Lease, Membership, Pledge, PoolMember, Provider, Run, Worker, new_id
 from tessera.pool.fairshare import Claim, account_balances, account_of, entitlements, score
@@ -147,12 +148,7 @@ class Pool:
     def _collective(self, s: Session, who: Principal, name: str | None) -> str | None:
         if name is None:
             return None
-        found = s.scalars(select(Provider).where((Provider.id == name) | (Provider.name == name))).first()
-        if found is None or found.kind != "collective":
-            raise NotFound(f"no collective {name!r} on this hub")
-        if not (who.is_admin or found.id == who.provider_id or found.id in who.collectives):
-            raise Forbidden(f"{who.name} is not a member of collective {found.name}")
-        return found.id
+        return own_collective(s, who, name).id
 
     def _pledge_for(self, s: Session, who: Principal, req: PoolJoinRequest) -> Pledge | None:
         """The nodes pledge the new worker is one of: the one it names (its provider's, active),

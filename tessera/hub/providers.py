@@ -171,3 +171,16 @@ class ProviderService:
         return ProviderInfo(
             provider_id=p.id, name=p.name, kind=p.kind, is_admin=p.is_admin, collectives=sorted(collectives)
         )
+
+
+def own_collective(s: Session, who: Principal, name_or_id: str, hint: str = "") -> Provider:
+    """The collective named (by name or id) that ``who`` belongs to, is, or (a hub admin) may act
+    for: NotFound if there is no such collective, Forbidden (with ``hint``) if ``who`` is not in it."""
+    found = s.scalars(
+        select(Provider).where((Provider.id == name_or_id) | (Provider.name == name_or_id))
+    ).first()
+    if found is None or found.kind != "collective":
+        raise NotFound(f"no collective {name_or_id!r} on this hub")
+    if not (who.is_admin or found.id == who.provider_id or found.id in who.collectives):
+        raise Forbidden(f"{who.name} is not a member of collective {found.name}{hint}")
+    return found
