@@ -100,6 +100,7 @@ from tessera.models.lm import build
 from tessera.pool.windows import Availability, availability
 from tessera.task import training_flops_per_token
 from tessera.testing.adversary import corrupt
+from tessera.testing.corpus import write_corpus
 from tessera.testing.inprocess import InProcessClient
 from tessera.trust import Trust
 from tessera.worker.loop import WorkLoop
@@ -332,18 +333,6 @@ class Hub:
             self.closed(list(self.parked))
         if self.clock.now + every_s <= until:
             events.at(self.clock.now + every_s, lambda: self.close_ticker(events, until, every_s))
-
-
-def write_corpus(root: Path) -> Path:
-    """A small text corpus (Python-like files) for the runs' data."""
-    for pkg in ("alpha", "beta", "gamma", "delta"):
-        for i in range(25):
-            f = root / pkg / f"mod{i}.py"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(
-                f'"""Module {i} of {pkg}."""\n\n' + f"def {pkg}_{i}(x):\n    return x * {i}\n\n" * 15
-            )
-    return root
 
 
 def updates(service: HubService, run_id: str, rng: random.Random) -> list[bytes]:

@@ -16,8 +16,9 @@ from tessera.hub.app import create_app
 from tessera.hub.config import HubConfig
 from tessera.hub.service import HubService
 from tessera.hub.state import State
+from tessera.testing.corpus import write_corpus
 from tessera.trust import Trust
-from tests.helpers import FakeClock, postgres_url, reading, write_corpus
+from tests.helpers import FakeClock, postgres_url, reading
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests (not a test module, no fixtures): a corpus, recipes, a fake clock,
+"""Helpers shared by the tests (not a test module, no fixtures): recipes, a fake clock,
 the PostgreSQL test database, a factory module that leaves marker files, and the steps of a
 worker spelled out against a hub client. Processes and threads of a cluster come from
 ``tessera.testing.cluster``."""
@@ -32,17 +32,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def write_corpus(root: Path) -> Path:
-    for pkg in ("alpha", "beta", "gamma", "delta"):
-        for i in range(25):
-            f = root / pkg / f"mod{i}.py"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(
-                f'"""Module {i} of {pkg}."""\n\n' + f"def {pkg}_{i}(x):\n    return x * {i}\n\n" * 15
-            )
-    return root
 
 
 def tiny_recipe(
