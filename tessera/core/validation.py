@@ -13,8 +13,8 @@
   probe batches; a candidate worse than the base by more than ``probe_tolerance`` (relative)
   is rejected. (Applied whole, an honest update trained on one domain can look worse on the
   mixed held-out data than it is as part of the average.)
-- agreement with a replay (``agreement``): how far an upload points where the hub's own replay
-  of its lease points, as the cosine and the element count it is over (tessera.hub.verify).
+- gain against a replay (``replay_gain``): how much of the loss the hub's own replay of a lease
+  took off the lease's batches the upload took off them too (tessera.hub.verify).
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
-from tessera.core.tensors import TensorDict
 from tessera.errors import ConfigError
 
 
@@ -102,11 +99,13 @@ def probe_verdict(base_loss: float, candidate_loss: float, settings: ValidationS
     return None
 
 
-def agreement(upload: TensorDict, replay: TensorDict) -> tuple[float, int]:
-    """Cosine between an upload and a replay of its work (over the upload's tensors), and the
-    number of elements compared: ``cos x sqrt(n)`` is ~N(0, 1) for a random upload."""
-    names = sorted(upload)
-    a = torch.cat([upload[k].detach().float().flatten() for k in names])
-    b = torch.cat([replay[k].detach().float().flatten() for k in names])
-    denominator = float(a.norm() * b.norm())
-    return (float(a @ b) / denominator if denominator > 0 else 0.0), int(a.numel())
+def replay_gain(base_loss: float, upload_loss: float, replay_loss: float) -> float | None:
+    """The part of the replay's gain on the lease's batches that the upload achieved too:
+    (base - upload) / (base - replay) of their losses, about 1 for honest work, at most 0 for
+    an update that does not train on that data (NaN loss counts as none); None when the replay
+    itself gained nothing, so the data cannot tell."""
+    replay = base_loss - replay_loss
+    if not replay > 1e-6 * max(abs(base_loss), 1.0):
+        return None
+    upload = base_loss - upload_loss
+    return upload / replay if math.isfinite(upload) else -math.inf

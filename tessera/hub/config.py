@@ -105,15 +105,15 @@ class VerifySettings:
 
     fraction: float = 0.1  # of a trusted worker's replayable contributions replayed
     trust_after: int = 2  # a worker's first contributions are all replayed, until this many held
-    z_min: float = 6.0  # cos(upload, replay) x sqrt(parameters) below this: the claim fails
+    gain_min: float = 0.5  # of the replay's loss gain on the lease's batches an upload must make
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
             raise ConfigError(f"verify.fraction must be from 0 to 1, got {self.fraction}")
         if isinstance(self.trust_after, bool) or not 0 <= self.trust_after <= 1000:
             raise ConfigError(f"verify.trust_after must be from 0 to 1000, got {self.trust_after}")
-        if not 1.0 <= self.z_min <= 1000.0:
-            raise ConfigError(f"verify.z_min must be from 1 to 1000, got {self.z_min}")
+        if not 0.0 < self.gain_min <= 1.0:
+            raise ConfigError(f"verify.gain_min must be above 0 and at most 1, got {self.gain_min}")
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,14 @@ replayed yet. Work on a worker's own data (``own_data``) cannot be replayed: it 
 ``private`` and credited by the private rule below.
 
 The comparison: a replay cannot reproduce the worker's inner optimizer state (kept across rounds,
-as in DiLoCo), so equal tensors are not expected. What is tested is whether the upload points
-where training on that data from that base points, beyond chance: z = cos(upload, replay) x
-sqrt(n) over its n elements is about N(0, 1) for a random upload and grows with sqrt(n) for an
-honest one (cosine 0.15 to 1.0 over 16 rounds of a small LM with AdamW kept, measured). A claim
-whose z is below ``z_min`` fails.
+as in DiLoCo), so equal tensors are not expected, nor even the same direction: after an outer
+step that overshot, an honest upload's momentum can point against a fresh replay (cosine -0.15
+measured, under faults). What holds is that both trained on the lease's batches: the hub
+measures the loss on its first ``GAIN_BATCHES`` of them at the base version, with the upload
+applied and after its replay; the upload must take off at least ``gain_min`` of what the
+replay took off (``replay_gain``: 0.97 to 1.09 for honest uploads, measured; at most 0 for a
+random, zero or reversed one). A replay that gains nothing cannot tell: the contribution stays
+unconfirmed.
 
 A worker whose claim fails, or whose upload claimed more than its lease allows, is caught: it is
 flagged (no more leases or uploads), its contributions in rounds not yet closed are rejected, and
@@ -32,14 +35,15 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from itertools import islice
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tessera.core.inner import InnerTrainer
-from tessera.core.pseudo_gradient import pseudo_gradient
+from tessera.core.inner import InnerTrainer, evaluate
 from tessera.core.tensors import TensorDict, from_bytes, model_float_tensors
-from tessera.core.validation import agreement
+from tessera.core.validation import replay_gain
 from tessera.data.source import DataSource
 from tessera.hub import queries
 from tessera.hub.context import HubContext
@@ -50,6 +54,7 @@ from tessera.task import build_model, load_data
 log = logging.getLogger(__name__)
 CACHED_DATA = 4  # runs whose training data the verifier keeps loaded
 SECRET_KEY = "verify_secret"
+GAIN_BATCHES = 16  # of the lease's batches, the first, that the losses are measured on
 
 
 class Verifier:
@@ -95,12 +100,12 @@ class Verifier:
             done = 0
             while done < limit and (found := self._next()) is not None:
                 try:
-                    z = self._z(found)
+                    gain = self._gain(found)
                 except Exception as exc:  # the hub's failure, not the worker's: not replayed
                     log.exception("replaying contribution %s failed; it stays unconfirmed", found)
                     self._unreplayed(found, f"{type(exc).__name__}: {exc}")
                 else:
-                    self._decide(found, z)
+                    self._decide(found, gain)
                 done += 1
             return done
         finally:
@@ -112,33 +117,42 @@ class Verifier:
                 select(Contribution.id).where(Contribution.verified == "pending").order_by(Contribution.pk)
             )
 
-    def _z(self, contribution_id: str) -> float:
-        """z of the upload against the hub's replay of its lease."""
+    def _gain(self, contribution_id: str) -> float | None:
+        """``replay_gain`` of the upload against the hub's replay of its lease."""
         with self.hub.state.reading() as s:
             c = s.scalars(select(Contribution).where(Contribution.id == contribution_id)).one()
             lease, worker = s.get(Lease, c.lease_id), s.get(Worker, c.worker_id)
             assert lease is not None and worker is not None and c.blob_sha is not None
             base_sha = queries.version_by_id(s, lease.version_id).blob_sha
             run_id, shard, steps, blob = c.run_id, worker.shard, c.steps, c.blob_sha
-            seed = (worker.index, lease.round)
+            seed = lease_seed(self.hub.runtimes.get(run_id).recipe.seed, worker.index, lease.round)
+        base = from_bytes(self.hub.store.get(base_sha))
         upload = from_bytes(self.hub.store.get(blob))
-        replay = self._replay(run_id, from_bytes(self.hub.store.get(base_sha)), shard, steps, seed)
-        cos, n = agreement(upload, {k: replay[k] for k in upload})
-        return cos * n**0.5
+        applied = {**base, **{k: base[k] - upload[k] for k in upload if k in base}}
+        replayed, losses = self._replay(run_id, base, shard, steps, seed)
+        return replay_gain(losses(base), losses(applied), losses(replayed))
 
     def _replay(
-        self, run_id: str, base: TensorDict, shard: str | None, steps: int, seed: tuple[int, int]
-    ) -> TensorDict:
-        """The pseudo-gradient (base minus trained) of ``steps`` inner steps from ``base`` on the
-        lease's data, with a fresh optimizer, on a model of the hub's own (not the runtime's,
-        which requests share)."""
+        self, run_id: str, base: TensorDict, shard: str | None, steps: int, seed: int
+    ) -> tuple[TensorDict, Callable[[TensorDict], float]]:
+        """The weights after ``steps`` inner steps from ``base`` on the lease's data, with a
+        fresh optimizer, on a model of the hub's own (not the runtime's, which requests share),
+        and the loss of given weights on the lease's first ``GAIN_BATCHES`` batches."""
         recipe = self.hub.runtimes.get(run_id).recipe
         model = build_model(recipe, self.hub.config.trust)
         model.load_state_dict(base, strict=False)
         data = self._data_of(run_id)
-        batches = data.train_batches(shard, recipe.train.batch_size, lease_seed(recipe.seed, *seed))
-        InnerTrainer(model, recipe.train).train(batches, steps)
-        return pseudo_gradient(base, model_float_tensors(model))
+        trainer = InnerTrainer(model, recipe.train)
+        trainer.train(data.train_batches(shard, recipe.train.batch_size, seed), steps)
+        replayed = model_float_tensors(model)
+        batches = data.train_batches(shard, recipe.train.batch_size, seed)
+        first = list(islice(batches, min(steps, GAIN_BATCHES)))
+
+        def losses(weights: TensorDict) -> float:
+            model.load_state_dict(weights, strict=False)
+            return evaluate(model, first, trainer.loss_fn)
+
+        return replayed, losses
 
     def _data_of(self, run_id: str) -> DataSource:
         if run_id not in self._data:
@@ -155,8 +169,9 @@ class Verifier:
             if c.verified == "pending":
                 c.verified = None
 
-    def _decide(self, contribution_id: str, z: float) -> None:
-        """Record the replay's verdict: the worker's reputation grows, or it is caught."""
+    def _decide(self, contribution_id: str, gain: float | None) -> None:
+        """Record the replay's verdict: the worker's reputation grows, or it is caught; a replay
+        that could not tell (``gain`` None) leaves the contribution unconfirmed."""
         with self.hub.state.reading() as s:
             c = s.scalars(select(Contribution).where(Contribution.id == contribution_id)).one()
             run_id, worker_id = c.run_id, c.worker_id
@@ -166,19 +181,21 @@ class Verifier:
             assert worker is not None
             if c.verified != "pending":
                 return
-            log.info(
-                "run %s: contribution %s replayed, z %.1f (at least %.1f holds)",
-                run_id,
-                c.id,
-                z,
-                self.settings.z_min,
-            )
-            if z >= self.settings.z_min:
+            shown = "none (the replay gained nothing)" if gain is None else f"{gain:.2f}"
+            log.info("run %s: contribution %s replayed, gain %s (at least %.2f holds)",
+                     run_id, c.id, shown, self.settings.gain_min)  # fmt: skip
+            if gain is None:
+                c.verified = None
+            elif gain >= self.settings.gain_min:
                 c.verified = "passed"
                 worker.verified += 1
-                return
-            c.verified = "failed"
-            self._catch(s, worker, f"its upload does not match the hub's replay of its lease (z {z:.1f})")
+            else:
+                c.verified = "failed"
+                reason = (
+                    f"its upload does not match the hub's replay of its lease (it took off {gain:.0%} of"
+                    f" the loss the replay took off its batches; {self.settings.gain_min:.0%} holds)"
+                )
+                self._catch(s, worker, reason)
 
     # --- catching ------------------------------------------------------------------------
 

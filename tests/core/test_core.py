@@ -1,5 +1,7 @@
 """Core math against hand-computed values."""
 
+import math
+
 import pytest
 import torch
 
@@ -119,7 +121,6 @@ def test_check_compatible_rejects(candidate: dict[str, torch.Tensor], message: s
 
 def test_inner_training_stops_when_told_and_counts_what_it_did() -> None:
     from tessera.core.inner import InnerSettings, InnerTrainer
-    from tessera.core.validation import agreement
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
@@ -129,6 +130,12 @@ def test_inner_training_stops_when_told_and_counts_what_it_did() -> None:
     result = trainer.train(batches, 100, stop=lambda: len(asked.append(1) or asked) >= 7)
     assert (result.steps, result.tokens) == (7, 7 * 2 * 3)
     assert trainer.train(batches, 3, stop=lambda: True).steps == 1
-    same = {"w": torch.tensor([1.0, 2.0, 3.0])}
-    assert agreement(same, {"w": 2 * same["w"]}) == (pytest.approx(1.0), 3)
-    assert agreement(same, {"w": -same["w"]})[0] == pytest.approx(-1.0)
+
+
+def test_replay_gain_is_the_part_of_the_replays_gain_the_upload_made() -> None:
+    from tessera.core.validation import replay_gain
+
+    assert replay_gain(2.0, 1.1, 1.0) == pytest.approx(0.9)
+    assert replay_gain(2.0, 2.5, 1.0) == pytest.approx(-0.5)
+    assert replay_gain(2.0, float("nan"), 1.0) == -math.inf
+    assert replay_gain(2.0, 1.0, 2.0) is None  # a replay that gained nothing cannot tell
