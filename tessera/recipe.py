@@ -84,10 +84,10 @@ def check_number(where: str, value: object, low: float, high: float) -> None:
 class RunSettings:
     """How a run's rounds go. ``quorum``: the accepted contributions that close a round, as a count
     (int) or as a fraction (float in (0, 1)) of the run's active workers, the distinct workers
-    leased in the round or the round before, so the pace holds as workers come and go (the hub
-    counts them: ``tessera.hub.rounds.quorum_of``). ``deadline_k`` > 0 adapts the round deadline
-    to median + k x MAD of the last rounds' arrival times (``tessera.hub.rounds``), within
-    ``round_deadline_s``."""
+    leased in the round or the round before whose first work has arrived, so the pace holds as
+    workers come and go (the hub counts them: ``tessera.hub.queries.active_workers``).
+    ``deadline_k`` > 0 adapts the round deadline to median + k x MAD of the last rounds' arrival
+    times (``tessera.hub.rounds``), within ``round_deadline_s``."""
 
     name: str = "run"
     collective: str | None = None  # who may work on the run: members of this collective

@@ -120,26 +120,39 @@ def step_times(s: Session, run_id: str, since_round: int) -> dict[str, float]:
 def active_workers(s: Session, run_id: str, round_number: int, now: float) -> int:
     """The run's active workers at round ``round_number`` (a fractional quorum's base): the
     distinct workers issued a lease in it or in the round before, or holding an open lease that
-    has not expired (still training on an older version, when leases outlast rounds)."""
+    has not expired (still training on an older version, when leases outlast rounds), but not
+    those whose lease stopped at the end of their window, nor, after round 0, those whose first
+    contribution has not arrived (a joining worker's first lease is a whole download and
+    training: the round need not wait for it)."""
     in_flight = (Lease.state == "open") & (Lease.deadline > now)
     query = select(func.count(func.distinct(Lease.worker_id))).where(
-        Lease.run_id == run_id, Lease.round.in_((round_number - 1, round_number)) | in_flight
+        Lease.run_id == run_id,
+        Lease.round.in_((round_number - 1, round_number)) | in_flight,
+        Lease.stop_at.is_(None) | (Lease.stop_at > now),
     )
+    if round_number > 0:
+        contributed = select(Contribution.worker_id).where(Contribution.run_id == run_id)
+        query = query.where(Lease.worker_id.in_(contributed))
     return s.scalar(query) or 0
 
 
-def arrival_times(s: Session, run_id: str, since_round: int, before_round: int) -> Sequence[float]:
+def arrival_times(
+    s: Session, run_id: str, since_round: int, before_round: int, full_steps: int
+) -> list[float]:
     """Seconds from the start of each closed round from ``since_round`` to before ``before_round``
     to the arrival of each of its accepted contributions that was trained on the round's own
     version (stale work, a straggler of the round before, says nothing of how long this round's
-    work takes) and arrived after the round (re)started."""
+    work takes), arrived after the round (re)started, and did its whole lease's steps, a lease of
+    ``full_steps`` unless no window shortened it (work cut or sized short by a window's end
+    arrives early and says nothing of a whole lease's time either)."""
     waited = Contribution.created_at - RoundRecord.started_at
-    return s.scalars(
-        select(waited)
+    rows = s.execute(
+        select(waited, Contribution.steps, Lease.inner_steps, Lease.stop_at)
         .join(
             RoundRecord,
             (RoundRecord.run_id == Contribution.run_id) & (RoundRecord.number == Contribution.round),
         )
+        .join(Lease, Lease.id == Contribution.lease_id)
         .where(
             Contribution.run_id == run_id,
             Contribution.round >= since_round,
@@ -150,6 +163,11 @@ def arrival_times(s: Session, run_id: str, since_round: int, before_round: int) 
             waited >= 0,
         )
     ).all()
+    return [
+        float(at)
+        for at, steps, leased, stop_at in rows
+        if steps >= leased and (stop_at is None or leased >= full_steps)
+    ]
 
 
 def worker_leases(s: Session, worker_id: str, round_number: int) -> Sequence[Lease]:

@@ -106,12 +106,15 @@ class Rounds:
         now = self.hub.clock()
         if record.closing_at is not None and now - record.closing_at < self.hub.config.limits.close_timeout_s:
             return None
-        settings = self.hub.runtimes.recipe_of(run).run
+        recipe = self.hub.runtimes.recipe_of(run)
+        settings = recipe.run
         if record.accepted == 0:
             return None
         if record.accepted >= self._quorum(s, run.id, record, settings):
             return "quorum"
-        if now - record.started_at >= self._deadline_s(s, run.id, record.number, settings):
+        if now - record.started_at >= self._deadline_s(
+            s, run.id, record.number, settings, recipe.train.inner_steps
+        ):
             return "deadline"
         return None
 
@@ -120,17 +123,20 @@ class Rounds:
         both ways within a round (in-flight leases are used, new ones issued)."""
         return quorum_of(s, run_id, record.number, settings, self.hub.clock())
 
-    def _deadline_s(self, s: Session, run_id: str, number: int, settings: RunSettings) -> float:
+    def _deadline_s(
+        self, s: Session, run_id: str, number: int, settings: RunSettings, full_steps: int
+    ) -> float:
         """Seconds from round ``number``'s start to its deadline: ``run.round_deadline_s``, or,
         with ``run.deadline_k`` once ``ADAPT_AFTER_ROUNDS`` rounds have closed (rounds close in
         order: those before the open one), ``adaptive_deadline_s`` of the last ``ADAPT_WINDOW``
-        closed rounds' arrivals, read once per round (closed rounds do not change)."""
+        closed rounds' arrivals (of whole leases: of ``full_steps``, the recipe's, where a window
+        bounds them), read once per round (closed rounds do not change)."""
         if settings.deadline_k <= 0 or number < ADAPT_AFTER_ROUNDS:
             return settings.round_deadline_s
         cached = self._deadlines.get(run_id)
         if cached is not None and cached[0] == number:
             return cached[1]
-        arrivals = queries.arrival_times(s, run_id, number - ADAPT_WINDOW, number)
+        arrivals = queries.arrival_times(s, run_id, number - ADAPT_WINDOW, number, full_steps)
         deadline = adaptive_deadline_s(arrivals, settings.deadline_k, settings.round_deadline_s)
         log.debug("run %s: round %d's deadline is %.1f s from its start", run_id, number, deadline)
         self._deadlines[run_id] = (number, deadline)
