@@ -89,8 +89,10 @@ def count_training_flops(model: nn.Module, batch: Batch, loss_fn: LossFn) -> flo
     return float(counter.get_total_flops())
 
 
-def activation_bytes(model: nn.Module, inputs: torch.Tensor) -> float:
-    """Bytes of every leaf module's output in one forward pass: what backward keeps alive."""
+def activation_bytes_per_sample(model: nn.Module, inputs: torch.Tensor) -> float:
+    """Bytes of every leaf module's output in a forward pass of the batch's first sample: what
+    backward keeps alive, per sample (they grow with the batch; a forward of one sample costs
+    1/batch of the batch's)."""
     total = 0.0
 
     def hook(_module: nn.Module, _args: object, output: object) -> None:
@@ -102,7 +104,7 @@ def activation_bytes(model: nn.Module, inputs: torch.Tensor) -> float:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            model(inputs)
+            model(inputs[:1])
     finally:
         for handle in handles:
             handle.remove()
@@ -129,7 +131,7 @@ def profile_model(
         per_module=parameters_per_module(model),
         flops_per_token=flops,
         flops_source=source,
-        activation_bytes_per_sample=activation_bytes(model, inputs) / inputs.shape[0],
+        activation_bytes_per_sample=activation_bytes_per_sample(model, inputs),
         tokens_per_sample=tokens // inputs.shape[0],
         tensor_numels=tuple(t.numel() for t in floats),
     )
