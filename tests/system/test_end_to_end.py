@@ -43,7 +43,7 @@ def test_demo_two_workers_three_rounds_compare_status_and_sample(tmp_path: Path)
         "--rounds",
         "3",
         "--inner-steps",
-        "50",
+        "30",
         "--home",
         str(tmp_path / "home"),
         "--json",
