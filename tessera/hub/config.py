@@ -105,7 +105,7 @@ class VerifySettings:
 
     fraction: float = 0.1  # of a trusted worker's replayable contributions replayed
     trust_after: int = 2  # a worker's first contributions are all replayed, until this many held
-    gain_min: float = 0.5  # of the replay's loss gain on the lease's batches an upload must make
+    gain_min: float = 0.1  # of the replay's loss gain on the lease's batches an upload must make
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
