@@ -17,7 +17,7 @@ from tessera.hub.app import create_app
 from tessera.hub.service import HubService
 
 pytestmark = pytest.mark.timeout(600)
-EXAMPLES = 20  # per operation and backend: bounded to stay inside make test's budget
+EXAMPLES = 12  # per operation and backend: bounded to stay inside make test's budget
 load_all_checks()
 ALL_CHECKS = list(CHECKS.get_all())
 
