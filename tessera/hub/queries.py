@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from tessera.errors import Forbidden, NotFound
 from tessera.hub.auth import Principal
@@ -121,9 +121,9 @@ def active_workers(s: Session, run_id: str, round_number: int, now: float) -> in
     """The run's active workers at round ``round_number`` (a fractional quorum's base): the
     distinct workers issued a lease in it or in the round before, or holding an open lease that
     has not expired (still training on an older version, when leases outlast rounds), but not
-    those whose lease stopped at the end of their window, nor, after round 0, those whose first
-    contribution has not arrived (a joining worker's first lease is a whole download and
-    training: the round need not wait for it)."""
+    those whose lease stopped at the end of their window, nor, after round 0, those none of whose
+    uploads has arrived yet (a joining worker's first lease is a whole download and training:
+    the round need not wait for it)."""
     in_flight = (Lease.state == "open") & (Lease.deadline > now)
     query = select(func.count(func.distinct(Lease.worker_id))).where(
         Lease.run_id == run_id,
@@ -131,8 +131,8 @@ def active_workers(s: Session, run_id: str, round_number: int, now: float) -> in
         Lease.stop_at.is_(None) | (Lease.stop_at > now),
     )
     if round_number > 0:
-        contributed = select(Contribution.worker_id).where(Contribution.run_id == run_id)
-        query = query.where(Lease.worker_id.in_(contributed))
+        delivered = aliased(Lease)  # one of the worker's leases that an upload used
+        query = query.where(exists().where(delivered.worker_id == Lease.worker_id, delivered.state == "used"))
     return s.scalar(query) or 0
 
 
@@ -142,9 +142,9 @@ def arrival_times(
     """Seconds from the start of each closed round from ``since_round`` to before ``before_round``
     to the arrival of each of its accepted contributions that was trained on the round's own
     version (stale work, a straggler of the round before, says nothing of how long this round's
-    work takes), arrived after the round (re)started, and did its whole lease's steps, a lease of
-    ``full_steps`` unless no window shortened it (work cut or sized short by a window's end
-    arrives early and says nothing of a whole lease's time either)."""
+    work takes), arrived after the round (re)started, and did all its lease's steps, of a lease
+    of the recipe's ``full_steps`` where a window bounded it (work cut or sized short by a
+    window's end arrives early and says nothing of a whole lease's time either)."""
     waited = Contribution.created_at - RoundRecord.started_at
     rows = s.execute(
         select(waited, Contribution.steps, Lease.inner_steps, Lease.stop_at)
