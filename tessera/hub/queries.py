@@ -138,7 +138,7 @@ def active_workers(s: Session, run_id: str, round_number: int, now: float) -> in
 
 def arrival_times(
     s: Session, run_id: str, since_round: int, before_round: int, full_steps: int
-) -> list[float]:
+) -> Sequence[float]:
     """Seconds from the start of each closed round from ``since_round`` to before ``before_round``
     to the arrival of each of its accepted contributions that was trained on the round's own
     version (stale work, a straggler of the round before, says nothing of how long this round's
@@ -146,8 +146,8 @@ def arrival_times(
     of the recipe's ``full_steps`` where a window bounded it (work cut or sized short by a
     window's end arrives early and says nothing of a whole lease's time either)."""
     waited = Contribution.created_at - RoundRecord.started_at
-    rows = s.execute(
-        select(waited, Contribution.steps, Lease.inner_steps, Lease.stop_at)
+    return s.scalars(
+        select(waited)
         .join(
             RoundRecord,
             (RoundRecord.run_id == Contribution.run_id) & (RoundRecord.number == Contribution.round),
@@ -161,13 +161,10 @@ def arrival_times(
             Contribution.base_version_number == Contribution.round,
             RoundRecord.closed_at.is_not(None),
             waited >= 0,
+            Contribution.steps >= Lease.inner_steps,
+            Lease.stop_at.is_(None) | (Lease.inner_steps >= full_steps),
         )
     ).all()
-    return [
-        float(at)
-        for at, steps, leased, stop_at in rows
-        if steps >= leased and (stop_at is None or leased >= full_steps)
-    ]
 
 
 def worker_leases(s: Session, worker_id: str, round_number: int) -> Sequence[Lease]:

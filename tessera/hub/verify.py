@@ -147,8 +147,8 @@ class Verifier:
         trainer = InnerTrainer(model, recipe.train)
         trainer.train(data.train_batches(shard, recipe.train.batch_size, seed), steps)
         replayed = model_float_tensors(model)
-        batches = list(islice(data.train_batches(shard, recipe.train.batch_size, seed), steps))
-        spread = batches[:: max(1, len(batches) // GAIN_BATCHES)][:GAIN_BATCHES]
+        batches = data.train_batches(shard, recipe.train.batch_size, seed)
+        spread = list(islice(islice(batches, 0, steps, max(1, steps // GAIN_BATCHES)), GAIN_BATCHES))
 
         def losses(weights: TensorDict) -> float:
             model.load_state_dict(weights, strict=False)
