@@ -16,6 +16,15 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from tessera.api.commons import (
+    AccessChange,
+    AccessExplanation,
+    DatasetFile,
+    DatasetInfo,
+    DatasetRequest,
+    WithdrawReply,
+    WithdrawRequest,
+)
 from tessera.api.messages import (
     AdapterInfo,
     AdapterMeta,
@@ -291,6 +300,56 @@ class HubClient:
 
     def cancel_pledge(self, pledge_id: str) -> PledgeInfo:
         return self._json(PledgeInfo, "POST", f"/v1/pledges/{pledge_id}/cancel")
+
+    # --- the commons: datasets ---------------------------------------------------------
+
+    def add_dataset(self, request: DatasetRequest) -> DatasetInfo:
+        return self._json(DatasetInfo, "POST", "/v1/datasets", json=request.model_dump())
+
+    def upload_dataset_file(self, dataset_id: str, sha: str, body: bytes) -> DatasetInfo:
+        headers = {"Content-Type": "application/octet-stream"}
+        reply = self._json(
+            DatasetInfo, "PUT", f"/v1/datasets/{dataset_id}/files/{sha}", content=body, headers=headers
+        )
+        self.bytes_up += len(body)
+        return reply
+
+    def datasets(self, owner: str | None = None, name: str | None = None) -> list[DatasetInfo]:
+        params = {k: v for k, v in (("owner", owner), ("name", name)) if v is not None}
+        return self._json_list(DatasetInfo, "/v1/datasets", params=params)
+
+    def dataset(self, dataset_id: str) -> DatasetInfo:
+        return self._json(DatasetInfo, "GET", f"/v1/datasets/{dataset_id}")
+
+    def dataset_versions(self, dataset_id: str) -> list[DatasetInfo]:
+        return self._json_list(DatasetInfo, f"/v1/datasets/{dataset_id}/versions")
+
+    def dataset_descendants(self, dataset_id: str) -> list[DatasetInfo]:
+        return self._json_list(DatasetInfo, f"/v1/datasets/{dataset_id}/descendants")
+
+    def dataset_files(self, dataset_id: str) -> list[DatasetFile]:
+        return self._json_list(DatasetFile, f"/v1/datasets/{dataset_id}/files")
+
+    def dataset_file(self, dataset_id: str, sha: str) -> bytes:
+        data = self._request("GET", f"/v1/datasets/{dataset_id}/files/{sha}").content
+        self.bytes_down += len(data)
+        return data
+
+    def withdraw_dataset(self, dataset_id: str, reason: str) -> WithdrawReply:
+        body = WithdrawRequest(reason=reason).model_dump()
+        return self._json(WithdrawReply, "POST", f"/v1/datasets/{dataset_id}/withdraw", json=body)
+
+    def explain_access(self, dataset_id: str, provider: str) -> AccessExplanation:
+        return self._json(AccessExplanation, "GET", f"/v1/datasets/{dataset_id}/access/{provider}")
+
+    def change_access(
+        self, dataset_id: str, provider: str, revoke: bool, reason: str = ""
+    ) -> AccessExplanation:
+        action = "revoke" if revoke else "restore"
+        body = AccessChange(reason=reason).model_dump()
+        return self._json(
+            AccessExplanation, "POST", f"/v1/datasets/{dataset_id}/access/{provider}/{action}", json=body
+        )
 
 
 def retry_after(response: httpx.Response, default: float) -> float:

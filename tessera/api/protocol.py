@@ -12,6 +12,7 @@ from tessera.errors import (
     ConfigError,
     Conflict,
     ContributionRejected,
+    DataError,
     Forbidden,
     LeaseError,
     MalformedContribution,
@@ -43,6 +44,7 @@ ERRORS: dict[str, type[TesseraError]] = {
         QuotaExceeded,
         TooManyRequests,
         ConfigError,
+        DataError,
         Conflict,
     )
 }

@@ -31,7 +31,17 @@ from tessera.blobs import FileBlobStore
 from tessera.errors import TesseraError, TooManyRequests
 from tessera.hub.admission import Admission
 from tessera.hub.config import HubConfig
-from tessera.hub.routes import adapters, contributions, merges, pool, probe, providers, runs, workers
+from tessera.hub.routes import (
+    adapters,
+    contributions,
+    datasets,
+    merges,
+    pool,
+    probe,
+    providers,
+    runs,
+    workers,
+)
 from tessera.hub.routes.common import COMMON_ERRORS, HTTP_ERRORS, Who
 from tessera.hub.service import HubService
 from tessera.hub.state import State, private_file
@@ -42,6 +52,7 @@ ROUTERS = (
     runs.router,
     merges.router,
     adapters.router,
+    datasets.router,
     workers.router,
     contributions.router,
     providers.router,

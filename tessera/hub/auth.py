@@ -20,6 +20,11 @@ collective itself (its own token); others.
 | pledge to a collective (one's own)       | yes   | yes       | yes    | yes        | no    |
 | cancel a pledge                          | all   | own       | own    | own        | own   |
 | read the ledger                          | all   | own       | own and own collectives' | own | own |
+| register a dataset version               | yes   | yes       | yes    | yes        | yes   |
+| read a dataset version                   | all   | own       | by its visibility (tessera.hub.access) |
+| upload a version's files, withdraw it    | all   | own       | no     | no         | no    |
+| revoke or restore access to a version    | all   | own       | no     | no         | no    |
+| explain a provider's access to a version | all   | own       | one's own access only             |
 | create or revoke one's own tokens        | yes   | yes       | yes    | yes        | yes   |
 | revoke another provider's token          | yes   | no        | no     | no         | no    |
 

@@ -52,6 +52,8 @@ class HubLimits:
     cached_runtimes: int = 8  # runs whose model and held-out data the hub keeps in memory
     close_timeout_s: int = 600  # a round closing longer (its hub process died) is closed again
     max_assessing: int = 2  # uploads decoded and checked at once (each holds ~3x its model's fp32 size)
+    max_dataset_file_bytes: int = 256 * MIB  # one file of a dataset version (held in memory on upload)
+    max_provider_dataset_bytes: int = 64 * GIB  # the files of a provider's dataset versions together
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

@@ -9,6 +9,7 @@ one part per step of the protocol.
     reads          status, rounds, versions, contributions, blobs           (hub.reads)
     pool, pledges  pool workers placed on runs by fair share; pledges       (hub.pool, hub.pledges)
     verifier       replaying workers' claims, catching those that fail      (hub.verify)
+    datasets       dataset versions, their files, derivations, withdrawal    (hub.datasets)
 
 Each commits a new version through ``hub.versions`` and looks rows up through ``hub.queries``.
 Uploading and closing are separate calls: ``submit`` records a contribution and answers;
@@ -39,6 +40,7 @@ from tessera.hub.auth import Principal
 from tessera.hub.config import HubConfig
 from tessera.hub.context import HubContext, RunLocks
 from tessera.hub.contributions import Contributions
+from tessera.hub.datasets import Datasets
 from tessera.hub.leases import Leases
 from tessera.hub.ledger import Ledger
 from tessera.hub.merges import Merges
@@ -90,6 +92,7 @@ class HubService:
         self.adapters = Adapters(self.hub, self.runs)
         self.pledges = Pledges(self.hub)
         self.pool = Pool(self.hub, self.pledges)
+        self.datasets = Datasets(self.hub)
 
     # --- runs and workers --------------------------------------------------------------
 

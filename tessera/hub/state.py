@@ -70,6 +70,7 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
         "ALTER TABLE contributions ADD COLUMN verified VARCHAR(16)",
         "CREATE INDEX ix_contributions_verified ON contributions (verified)",
     ],
+    "10": [],  # the commons' tables and runs' events, new: create_all makes them
 }
 
 

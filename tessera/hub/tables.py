@@ -1,6 +1,7 @@
 """The hub's tables (SQLAlchemy ORM): providers and their tokens, runs, workers, versions,
-merges, rounds, leases, contributions, the ledger, adapters, and the pool (its members and the
-providers' pledges), with the row constructors the hub uses.
+merges, rounds, leases, contributions, the ledger, adapters, the pool (its members and the
+providers' pledges), the commons (dataset versions, their derivations, access decisions) and
+runs' events, with the row constructors the hub uses.
 
 ``SCHEMA_VERSION`` is raised on every change of these tables; ``tessera.hub.state`` upgrades
 older databases to it.
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 10  # raise on every change of the tables below
+SCHEMA_VERSION = 11  # raise on every change of the tables below
 
 
 class Base(DeclarativeBase):
@@ -334,3 +335,90 @@ class Pledge(Base):
     status: Mapped[str] = mapped_column(String(16))  # active | fulfilled | cancelled
     created_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Dataset(Base):
+    """A dataset version, its id the Merkle root over its files (tessera.data.datasets); versioned
+    per owner and name. A private version's files stay with its owner (only its id and statistics
+    are here); the others' files are blobs at the hub once uploaded (``state`` ready)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("owner_id", "name", "number"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    licence: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    visibility: Mapped[str] = mapped_column(String(16))  # public | collective | contributors | private
+    collective_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    threshold_pflop: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold_run_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    stored: Mapped[bool] = mapped_column(Boolean)
+    state: Mapped[str] = mapped_column(String(16))  # uploading | ready
+    file_count: Mapped[int] = mapped_column(Integer)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[list[list[Any]]] = mapped_column(JSON)  # [path, sha256, size]; [] when private
+    transform: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a derived version's
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    code_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    deterministic: Mapped[bool] = mapped_column(Boolean, default=True)
+    withdrawn_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    withdrawn_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    tainted_by: Mapped[list[str]] = mapped_column(JSON)  # withdrawn versions it derives from
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class DatasetInput(Base):
+    """An edge of the derivation graph: ``dataset_id`` was derived from ``input_id``."""
+
+    __tablename__ = "dataset_inputs"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    input_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class AccessDecision(Base):
+    """A grant or refusal of a provider's access to a dataset version, recorded when it first
+    differs from the last one recorded for the pair (append-only)."""
+
+    __tablename__ = "access_decisions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(String(64), index=True)
+    provider_id: Mapped[str] = mapped_column(String(32), index=True)
+    granted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class AccessRevocation(Base):
+    """An owner's revocation of one provider's access to a dataset version, whatever it earned."""
+
+    __tablename__ = "access_revocations"
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class RunEvent(Base):
+    """Something a run's owners are told (a dataset it trains on was withdrawn), in its feed."""
+
+    __tablename__ = "run_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(64), nullable=True)  # e.g. a dataset id
+    at: Mapped[float] = mapped_column(Float)
+
+
+class RunDataset(Base):
+    """A dataset version a run trains on (named in its recipe), with its mixing weight."""
+
+    __tablename__ = "run_datasets"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    weight: Mapped[float] = mapped_column(Float)

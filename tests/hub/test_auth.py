@@ -10,7 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from tessera.api.client import HubClient
+from tessera.api.commons import DatasetRequest
 from tessera.api.messages import PledgeRequest, PoolJoinRequest
+from tessera.blobs import sha256_hex
 from tessera.hub.auth import Principal
 from tessera.hub.service import HubService
 from tests.helpers import tiny_recipe
@@ -72,6 +74,26 @@ class World:
     def pledge(self) -> str:
         """A pledge of the owner's, to the pool."""
         return self.service.pledges.create(self.owners(), PledgeRequest(nodes=1)).pledge_id
+
+    def dataset(self, visibility: str, upload: bool = True) -> str:
+        """A dataset version of the owner's with one file (uploaded unless not ``upload``)."""
+        body = f"{visibility} {upload}".encode()
+        terms = {"collective": "lab"} if visibility == "collective" else {}
+        terms |= {"threshold_pflop": 1.0} if visibility == "contributors" else {}
+        files = [{"path": "f.txt", "sha256": sha256_hex(body), "size": len(body)}]
+        if visibility == "private":  # its id and statistics only
+            terms, files, upload = {"root": sha256_hex(body), "file_count": 1}, [], False
+        req = DatasetRequest.model_validate(
+            {"name": visibility, "licence": "MIT", "visibility": visibility, "files": files, **terms}
+        )
+        info = self.service.datasets.add(self.owners(), req)
+        if upload:
+            self.service.datasets.put_file(self.owners(), info.dataset_id, sha256_hex(body), body)
+        return info.dataset_id
+
+    def private_request(self, role: str) -> dict[str, object]:
+        root = sha256_hex(role.encode())
+        return {"name": "mine", "licence": "MIT", "visibility": "private", "root": root, "file_count": 1}
 
     def call(self, role: str, method: str, path: str, **kwargs: object) -> int:
         token = self.tokens[role]
@@ -479,6 +501,161 @@ ACTIONS: dict[str, tuple[Action, dict[str, int]]] = {
             "member": 404,
             "collective": 404,
             "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "register a dataset": (
+        lambda w, r: w.call(r, "POST", "/v1/datasets", json=w.private_request(r)),
+        {
+            "admin": 201,
+            "owner": 201,
+            "member": 201,
+            "collective": 201,
+            "outsider": 201,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "list datasets": (
+        lambda w, r: w.call(r, "GET", "/v1/datasets"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read a public dataset": (
+        lambda w, r: w.call(r, "GET", f"/v1/datasets/{w.dataset('public')}"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read a collective dataset (the lab's)": (
+        lambda w, r: w.call(r, "GET", f"/v1/datasets/{w.dataset('collective')}/files"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read a contributors dataset (no one earned it)": (
+        lambda w, r: w.call(r, "GET", f"/v1/datasets/{w.dataset('contributors')}/versions"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 404,
+            "collective": 404,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "read a private dataset": (
+        lambda w, r: w.call(r, "GET", f"/v1/datasets/{w.dataset('private')}/descendants"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 404,
+            "collective": 404,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "upload a dataset's file": (
+        lambda w, r: w.call(
+            r,
+            "PUT",
+            f"/v1/datasets/{w.dataset('public', upload=False)}/files/{sha256_hex(b'public False')}",
+            content=b"public False",
+        ),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "download a public dataset's file": (
+        lambda w, r: w.call(
+            r, "GET", f"/v1/datasets/{w.dataset('public')}/files/{sha256_hex(b'public True')}"
+        ),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 200,
+            "outsider": 200,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "withdraw a collective dataset": (
+        lambda w, r: w.call(
+            r, "POST", f"/v1/datasets/{w.dataset('collective')}/withdraw", json={"reason": "x"}
+        ),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "explain the member's access to a contributors dataset": (
+        lambda w, r: w.call(r, "GET", f"/v1/datasets/{w.dataset('contributors')}/access/member"),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 200,
+            "collective": 404,
+            "outsider": 404,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "revoke the outsider's access to a public dataset": (
+        lambda w, r: w.call(r, "POST", f"/v1/datasets/{w.dataset('public')}/access/outsider/revoke", json={}),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 403,
+            "revoked": 401,
+            "none": 401,
+        },
+    ),
+    "restore the outsider's access to a public dataset": (
+        lambda w, r: w.call(
+            r, "POST", f"/v1/datasets/{w.dataset('public')}/access/outsider/restore", json={}
+        ),
+        {
+            "admin": 200,
+            "owner": 200,
+            "member": 403,
+            "collective": 403,
+            "outsider": 403,
             "revoked": 401,
             "none": 401,
         },

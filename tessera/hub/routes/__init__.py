@@ -6,6 +6,7 @@
     contributions  POST /v1/runs/{run}/contributions
     merges         POST/GET /v1/runs/{run}/merges
     adapters       POST/GET /v1/runs/{run}/adapters, one, its blob
+    datasets       /v1/datasets: versions, their files, descendants, withdrawal, access
     providers      /v1/whoami, /v1/providers, members, tokens, /v1/ledger
     probe          GET/POST /v1/probe (bandwidth probes, within a budget)
 """
