@@ -4,9 +4,12 @@
          run's active workers), round_deadline_s, deadline_k (0: off; else the deadline adapts to
          how long the last rounds' work took to arrive), lease_timeout_s, max_staleness,
          balance_steps, staleness_decay, priority (in the pool's fair share, -10 to 10), workers
-         (pool workers it can use; 0: its quorum, or no bound for a fractional one)
+         (pool workers it can use; 0: its quorum, or no bound for a fractional one), use
+         ("research" | "commercial": the datasets' licences must allow it), fork_of and
+         fork_version (start from another run's version: a fork, kept in the lineage)
 [model]  factory = "package.module:function", options = {...}
-[data]   source = "package.module:function", path = "...", options = {...}
+[data]   source = "package.module:function", path = "...", options = {...}; or
+         datasets = { <dataset version id> = weight, ... } (the hub's commons; tessera.data.mixture)
 [train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
 [outer]  kind = "nesterov" | "average", lr, momentum
 [eval]   batch_size, batches
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from tessera.core.modules import ModuleSpec, parse_modules
 from tessera.core.outer import OuterSettings
 from tessera.core.robust import AggregationSettings
 from tessera.core.validation import ValidationSettings
+from tessera.data.licences import check_use
 from tessera.errors import ConfigError
 from tessera.settings import check_range, from_table, read_toml
 
@@ -45,6 +50,8 @@ MAX_WAIT_S = 30 * 24 * 3600.0  # deadlines and lease timeouts: at most 30 days
 MAX_EVAL_EXAMPLES = 16_384  # held-out examples the hub evaluates each version on
 MAX_DEADLINE_K = 100.0
 MAX_PRIORITY = 10.0
+MAX_DATASETS = 64
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 REQUIRED_SECTIONS = ("run", "model")
 
 
@@ -102,8 +109,15 @@ class RunSettings:
     # the run's own priority in the pool: added to its owner's fair-share score (tessera.pool.fairshare)
     priority: float = 0.0
     workers: int = 0  # pool workers the run can use (0: its quorum; a fractional one: no bound)
+    use: str = "research"  # what the model is for: research | commercial (datasets' licences must allow it)
+    fork_of: str | None = None  # a run whose version ``fork_version`` this run starts from
+    fork_version: int = 0
 
     def __post_init__(self) -> None:
+        check_use(self.use)
+        if self.fork_of is not None and not re.fullmatch(r"[0-9a-f]{32}", self.fork_of):
+            raise ConfigError(f"run.fork_of must be a run id (32 hex digits), got {self.fork_of[:40]!r}")
+        check_range("run.fork_version", self.fork_version, 0, MAX_ROUNDS)
         if not 1 <= len(self.name) <= 200:
             raise ConfigError("run.name must have 1 to 200 characters")
         check_range("run.rounds", self.rounds, 1, MAX_ROUNDS)
@@ -142,9 +156,25 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """Where the data comes from: a source factory reading ``path`` (or a worker's own folder),
+    or dataset versions of the hub's commons by id, with their mixing weights (``datasets``)."""
+
     source: str = "tessera.data.text:load"
     path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, float] = field(default_factory=dict)  # dataset version id -> weight
+
+    def __post_init__(self) -> None:
+        if len(self.datasets) > MAX_DATASETS:
+            raise ConfigError(f"data.datasets names at most {MAX_DATASETS} dataset versions")
+        for dataset_id, weight in self.datasets.items():
+            if not SHA256_RE.match(dataset_id):
+                raise ConfigError(
+                    f"data.datasets: {dataset_id[:70]!r} is not a dataset version id (64 hex digits)"
+                )
+            check_number(f"data.datasets.{dataset_id[:12]}", weight, 1e-6, 1e6)
+        if self.datasets and self.path is not None:
+            raise ConfigError("a recipe reads data.path or names data.datasets, not both")
 
 
 @dataclass(frozen=True)

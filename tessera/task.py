@@ -18,10 +18,12 @@ from torch.overrides import TorchFunctionMode
 
 from tessera.core.inner import LossFn, loss_function
 from tessera.core.tensors import TensorDict, clone_tensors
+from tessera.data.mixture import DatasetFiles, DatasetMixture, MixtureSettings
 from tessera.data.source import DataSource
 from tessera.data.tokens import data_folder, tokenizer_location
 from tessera.errors import ConfigError, DataError, TesseraError
 from tessera.recipe import Recipe
+from tessera.settings import from_table
 from tessera.trust import Trust, check_options
 
 DEFAULT_TRUST = Trust()  # tessera's own factories and declared entry points; no data folders
@@ -99,9 +101,17 @@ def model_bytes(recipe: Recipe, trust: Trust = DEFAULT_TRUST) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TRUST) -> DataSource:
+def load_data(
+    recipe: Recipe,
+    path: str | None = None,
+    trust: Trust = DEFAULT_TRUST,
+    datasets: DatasetFiles | None = None,
+) -> DataSource:
     """The recipe's data source, reading ``path`` (a worker's own data, its owner's choice) or the
-    recipe's path, which must lie inside one of the machine's data roots."""
+    recipe's path, which must lie inside one of the machine's data roots; a recipe that names
+    dataset versions reads them from ``datasets`` (the hub's store, or a worker's cache)."""
+    if recipe.data.datasets:
+        return dataset_source(recipe, datasets)
     spec = recipe.data.source
     factory = trust.resolve(spec, "data")
     check_options(factory, recipe.data.options, spec, given=("path",))
@@ -117,6 +127,13 @@ def load_data(recipe: Recipe, path: str | None = None, trust: Trust = DEFAULT_TR
     if not source.shard_names():
         raise DataError(f"data source {spec!r} has no shards")
     return source
+
+
+def dataset_source(recipe: Recipe, datasets: DatasetFiles | None) -> DatasetMixture:
+    if datasets is None:
+        raise ConfigError("this recipe trains on dataset versions of a hub; they are read through the hub")
+    settings = from_table("data.options", MixtureSettings, recipe.data.options)
+    return DatasetMixture(list(recipe.data.datasets), datasets, settings)
 
 
 def check_tokenizer_path(tokenizer: str, data: str | None, trust: Trust) -> None:

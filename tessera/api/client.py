@@ -22,6 +22,8 @@ from tessera.api.commons import (
     DatasetFile,
     DatasetInfo,
     DatasetRequest,
+    RunEventInfo,
+    RunLineage,
     WithdrawReply,
     WithdrawRequest,
 )
@@ -69,13 +71,20 @@ class HubAPI(Protocol):
     def run_id(self) -> str: ...
     def select_run(self, run_id: str) -> None: ...
     def register(
-        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+        self,
+        name: str,
+        module: str | None = None,
+        ranks: int = 1,
+        member_id: str | None = None,
+        held_datasets: list[str] | None = None,
     ) -> RegisterReply: ...
     def status(self, run_id: str) -> RunStatus: ...
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply: ...
     def blob(self, sha: str, run_id: str | None = None) -> bytes: ...
     def version(self, run_id: str, number: int | None = None) -> VersionInfo: ...
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply: ...
+    def dataset_files(self, dataset_id: str) -> list[DatasetFile]: ...
+    def dataset_file(self, dataset_id: str, sha: str) -> bytes: ...
 
 
 class HubClient:
@@ -172,9 +181,20 @@ class HubClient:
         )
 
     def register(
-        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+        self,
+        name: str,
+        module: str | None = None,
+        ranks: int = 1,
+        member_id: str | None = None,
+        held_datasets: list[str] | None = None,
     ) -> RegisterReply:
-        body = {"name": name, "module": module, "ranks": ranks, "member_id": member_id}
+        body = {
+            "name": name,
+            "module": module,
+            "ranks": ranks,
+            "member_id": member_id,
+            "held_datasets": list(held_datasets or []),
+        }
         return self._json(RegisterReply, "POST", f"/v1/runs/{self.run_id}/workers", json=body)
 
     def lease(self, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
@@ -301,7 +321,14 @@ class HubClient:
     def cancel_pledge(self, pledge_id: str) -> PledgeInfo:
         return self._json(PledgeInfo, "POST", f"/v1/pledges/{pledge_id}/cancel")
 
-    # --- the commons: datasets ---------------------------------------------------------
+    # --- the commons: datasets and lineage --------------------------------------------
+
+    def lineage(self, run_id: str, version: int | None = None) -> RunLineage:
+        params = {} if version is None else {"version": version}
+        return self._json(RunLineage, "GET", f"/v1/runs/{run_id}/lineage", params=params)
+
+    def events(self, run_id: str) -> list[RunEventInfo]:
+        return self._json_list(RunEventInfo, f"/v1/runs/{run_id}/events")
 
     def add_dataset(self, request: DatasetRequest) -> DatasetInfo:
         return self._json(DatasetInfo, "POST", "/v1/datasets", json=request.model_dump())

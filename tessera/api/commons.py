@@ -97,3 +97,48 @@ class AccessExplanation(Message):
 
 class AccessChange(Message):
     reason: Printable = Field(default="", max_length=2000)
+
+
+class DatasetUse(Message):
+    """A dataset version in a run's lineage: one the run trains on (``weight``) or one those
+    were derived from. Its name and owner are shown only to those who may read it."""
+
+    dataset_id: str
+    name: str | None
+    owner: str | None
+    licence: str
+    visibility: str
+    weight: float | None = Field(description="its mixing weight in the run (None: an ancestor)")
+    tokens: int = Field(description="tokens trained on it into the versions up to this one")
+    derived_from: list[str]
+    transform: str | None
+    withdrawn: bool
+    tainted_by: list[str]
+
+
+class ComputeShare(Message):
+    provider: str
+    dataset_id: str | None = Field(description="what the compute trained on (None: a run's own data)")
+    tokens: int
+    pflop: float
+
+
+class RunLineage(Message):
+    """What produced a run's version: the datasets and tokens taken from each, whose compute,
+    and, for a forked run, the lineage of the version it started from."""
+
+    run_id: str
+    name: str
+    version: int
+    version_id: str
+    forked_from: RunLineage | None
+    datasets: list[DatasetUse]
+    compute: list[ComputeShare]
+    marks: list[str] = Field(description="withdrawn data this version was trained on")
+
+
+class RunEventInfo(Message):
+    kind: str
+    detail: str
+    subject: str | None
+    at: float

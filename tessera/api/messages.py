@@ -71,6 +71,11 @@ class RegisterRequest(Message):
     module: str | None = Field(default=None, min_length=1, max_length=64, pattern=NAME_PATTERN)
     ranks: Whole = Field(default=1, ge=1, le=65_536, description="torchrun ranks training as this worker")
     member_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="as a pool worker")
+    held_datasets: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="private dataset versions it holds (checked by hashing)",
+    )
 
 
 class RegisterReply(Message):
@@ -115,6 +120,7 @@ class LeaseGrant(Message):
     stop_at: float | None = Field(
         default=None, description="unix time to stop training and upload what was done (a window ends)"
     )
+    dataset_id: str | None = Field(default=None, description="a dataset run's: the version the shard is of")
 
 
 class LeaseReply(Message):
@@ -300,6 +306,7 @@ class RunStatus(Message):
     module: str | None = None  # a module of the run ``parent_id``
     parent_id: str | None = None
     modules: list[RunStatus] = Field(default_factory=list)  # of a modular run, dependencies first
+    marks: list[str] = Field(default_factory=list, description="withdrawn data the run trains on")
 
 
 class Balance(Message):

@@ -11,7 +11,7 @@ import sys
 
 # isort: off
 # as `tessera --help` lists them
-from tessera.cli import serve, runs, admin, worker, pool, data, read, export, finetune, demo, plan
+from tessera.cli import serve, runs, admin, worker, pool, data, read, lineage, export, finetune, demo, plan
 
 # isort: on
 from tessera.cli.app import app, console, err_console
@@ -19,7 +19,7 @@ from tessera.errors import TesseraError
 
 __all__ = ["app", "main"]
 # each adds its commands to ``app``
-COMMAND_GROUPS = (serve, runs, admin, worker, pool, data, read, export, finetune, demo, plan)
+COMMAND_GROUPS = (serve, runs, admin, worker, pool, data, read, lineage, export, finetune, demo, plan)
 
 
 def main() -> None:

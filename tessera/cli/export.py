@@ -100,6 +100,9 @@ def export(
         model, info, versions = latest_model(source, run_id, expert, trust, found)
         history = all_versions(source, info) if format == "hf" else []
         credits = source.credits(run_id) if format == "hf" else []
+        commons = (
+            source.lineage(run_id) if format == "hf" and parse_recipe(info.recipe).data.datasets else None
+        )
     if format == "safetensors":
         metadata = {"recipe": info.recipe, "run_id": run_id, "versions": versions}
         metadata["experts"] = json.dumps(expert)
@@ -108,6 +111,7 @@ def export(
         return
     recipe = parse_recipe(info.recipe)
     lineage = lineage_of(info, history, credits)
+    lineage.commons = commons.model_dump(mode="json") if commons is not None else None
     if found is not None:
         lineage.adapter = found.model_dump(mode="json")
         lineage.base = {"run_id": run_id, "version": found.base_version, "version_id": found.base_version_id}

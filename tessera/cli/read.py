@@ -10,6 +10,7 @@ from typing import Annotated, Protocol
 
 import typer
 
+from tessera.api.commons import RunLineage
 from tessera.api.messages import AdapterInfo, Balance, LedgerReport, RoundMetrics, RunStatus, VersionInfo
 from tessera.cli.app import HOME, HomeOpt, HubOpt, ReadTokenOpt, RunOpt, app, console, print_json
 from tessera.cli.tables import print_ledger, print_run, run_view
@@ -26,6 +27,7 @@ class RunReader(Protocol):
     def credits(self, run_id: str) -> list[Balance]: ...
     def adapter(self, run_id: str, adapter_id: str) -> AdapterInfo: ...
     def adapter_blob(self, run_id: str, adapter_id: str) -> bytes: ...
+    def lineage(self, run_id: str, version: int | None = None) -> RunLineage: ...
     def close(self) -> None: ...
 
 
@@ -68,6 +70,9 @@ class LocalReader:
     def adapter_blob(self, run_id: str, adapter_id: str) -> bytes:
         return self.service.adapters.blob(run_id, self.who, adapter_id)
 
+    def lineage(self, run_id: str, version: int | None = None) -> RunLineage:
+        return self.service.reads.lineage(run_id, self.who, version)
+
     def close(self) -> None:
         self.service.state.close()
 
@@ -80,6 +85,7 @@ class RemoteReader:
         self.status, self.rounds, self.version = self.client.status, self.client.rounds, self.client.version
         self.ledger, self.credits = self.client.ledger, self.client.credits
         self.adapter, self.adapter_blob = self.client.adapter, self.client.adapter_blob
+        self.lineage = self.client.lineage
 
     def blob(self, run_id: str, sha: str) -> bytes:
         return self.client.blob(sha, run_id)

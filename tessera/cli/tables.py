@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from tessera.api.messages import LedgerReport, RoundMetrics, RunStatus
 from tessera.cli.app import console
@@ -81,8 +82,12 @@ def modules_table(info: RunStatus) -> Group:
 
 
 def run_view(info: RunStatus, rounds: list[RoundMetrics]) -> RenderableType:
-    """What `tessera status` shows of a run: its rounds, or its modules."""
-    return modules_table(info) if info.modules else rounds_table(info, rounds)
+    """What `tessera status` shows of a run: its rounds, or its modules; and withdrawn data it
+    trains on, in red below."""
+    table = modules_table(info) if info.modules else rounds_table(info, rounds)
+    if not info.marks:
+        return table
+    return Group(table, *(Text(f"marked: {m}", style="red") for m in info.marks))
 
 
 def print_run(info: RunStatus, rounds: list[RoundMetrics]) -> None:

@@ -132,6 +132,22 @@ class Corpus:
         log.info("%s", report or f"read {len(docs)} documents from {where}")
         return corpus
 
+    @classmethod
+    def of_split(
+        cls,
+        train: Sequence[Document],
+        held: Sequence[Document],
+        settings: CorpusSettings,
+        where: str,
+        tokens: Tokens,
+    ) -> Corpus:
+        """A corpus of documents split already (by the caller's rule), all training data in one
+        shard, ``all``; either list may be empty."""
+        corpus = cls(where=where, settings=settings, tokens=tokens)
+        corpus._encode(list(train), list(held))
+        corpus.shards = {"all": list(corpus.domains)}
+        return corpus
+
     def _split(self, docs: Sequence[Document]) -> None:
         only = self.settings.only
         if only:

@@ -22,6 +22,7 @@ from tessera.core.aggregation import staleness_weight
 from tessera.core.pseudo_gradient import apply_delta
 from tessera.core.tensors import TensorDict, from_bytes, global_norm, to_bytes
 from tessera.core.validation import norm_verdict, probe_verdict, size_verdict
+from tessera.data.mixture import PRIVATE
 from tessera.errors import ClaimOutOfBounds, LeaseError
 from tessera.hub import queries
 from tessera.hub.auth import Principal
@@ -222,7 +223,7 @@ class Contributions:
             contribution.status = "accepted" if recipe.aggregation.min_cosine is None else "pending"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
-            contribution.own_data = meta.own_data
+            contribution.own_data = meta.own_data or (lease.shard or "").endswith(f"-{PRIVATE}")
             worker = s.get(Worker, meta.worker_id)
             assert worker is not None  # admitted: the caller's worker in this run
             self.verifier.select(s, run, worker, contribution)

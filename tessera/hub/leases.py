@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 
 from tessera.api.messages import LeaseGrant, LeaseReply, RegisterReply
 from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded
-from tessera.hub import queries
+from tessera.hub import mixing, queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.modules import frozen_versions, modules_of
 from tessera.hub.pool import WindowLimit, reopens_in, window_limit
 from tessera.hub.runs import Runs, participant
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.tables import Lease, PoolMember, Run, Version, Worker, new_id
+from tessera.hub.tables import Dataset, Lease, PoolMember, Run, RunDataset, Version, Worker, new_id
 from tessera.hub.views import frozen_module
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,13 @@ class Leases:
         module: str | None = None,
         ranks: int = 1,
         member_id: str | None = None,
+        held_datasets: list[str] | None = None,
     ) -> RegisterReply:
         """A new worker of the run; on a modular run, of ``module`` (or of the module with the
         fewest workers among those ``who`` may train). ``ranks``: the torchrun ranks it trains with;
         ``member_id``: the pool worker of ``who``'s it is (its leases follow the pool's windows
-        and pledges)."""
+        and pledges); ``held_datasets``: the run's private dataset versions of ``who``'s that
+        the worker holds."""
         target, module = self._target(run_id, who, module)
         if ranks > self.limits.max_ranks:
             raise QuotaExceeded(
@@ -75,6 +77,7 @@ class Leases:
                 member = s.get(PoolMember, member_id)
                 if member is None or member.provider_id != who.provider_id:
                     raise NotFound(f"no pool worker {member_id} of yours; join the pool again")
+            check_held(s, target, who, held_datasets or [])
             index = run.workers_registered
             run.workers_registered += 1
             worker = Worker(
@@ -86,6 +89,7 @@ class Leases:
                 shard=runtime.shards[index % len(runtime.shards)],
                 ranks=ranks,
                 member_id=member_id,
+                held_datasets=list(held_datasets or []),
                 verified=0,
                 registered_at=now,
                 last_seen_at=now,
@@ -217,7 +221,8 @@ class Leases:
                     change_nbytes=version.change_nbytes,
                     inner_steps=lease.inner_steps,
                     deadline=lease.deadline,
-                    shard=worker.shard,
+                    shard=lease.shard or worker.shard,
+                    dataset_id=lease.dataset_id,
                     seed=lease_seed(runtime.recipe.seed, worker.index, lease.round),
                     module=run.module,
                     frozen=[frozen_module(name, dep, v) for name, dep, v in frozen],
@@ -255,18 +260,24 @@ class Leases:
         recipe = self.hub.runtimes.recipe_of(run)
         steps = self._inner_steps(s, run, worker)
         member, limit = pooled
+        steps = steps if limit.steps is None else min(steps, limit.steps)
+        dataset_id, shard = (None, None)
+        if recipe.data.datasets:
+            dataset_id, shard = mixing.choose(s, run.id, worker, self.hub.runtimes.get(run.id).shards, steps)
         lease = Lease(
             id=new_id(),
             run_id=run.id,
             worker_id=worker.id,
             round=run.current_round,
             version_id=version.id,
-            inner_steps=steps if limit.steps is None else min(steps, limit.steps),
+            inner_steps=steps,
             issued_at=now,
             deadline=now + recipe.run.lease_timeout_s,
             state="open",
             pledge_id=member.serving if member else None,
             stop_at=limit.stop_at,
+            dataset_id=dataset_id,
+            shard=shard,
         )
         s.add(lease)
         return lease
@@ -297,6 +308,19 @@ class Leases:
         return max(
             1, min(recipe.train.inner_steps, round(recipe.train.inner_steps * fastest / times[worker.id]))
         )
+
+
+def check_held(s: Session, run_id: str, who: Principal, held: list[str]) -> None:
+    """ConfigError unless each version a new worker holds is a private one of ``who``'s that the
+    run trains on."""
+    for dataset_id in held:
+        d = s.get(Dataset, dataset_id)
+        used = s.get(RunDataset, (run_id, dataset_id)) is not None
+        if d is None or d.stored or d.owner_id != who.provider_id or not used:
+            raise ConfigError(
+                f"the worker's data is dataset version {dataset_id[:16]}, which is not a private dataset "
+                f"of {who.name}'s that this run trains on; leave out --data, or register the data"
+            )
 
 
 def member_of(s: Session, worker: Worker) -> PoolMember | None:

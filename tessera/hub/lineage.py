@@ -1,13 +1,29 @@
 """Lineage queries: the derivation graph of dataset versions, walked in the database by
 recursive queries (SQLite and PostgreSQL alike), so a withdrawal reaches every descendant in one
-statement however deep the graph."""
+statement however deep the graph; and a run version's lineage: the dataset versions it trained
+on (with their ancestors), the tokens taken from each and whose compute, read from the ledger's
+credits joined to the leases they were earned on, and the lineage of the version a forked run
+started from."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from tessera.hub.tables import DatasetInput
+from tessera.api.commons import ComputeShare, DatasetUse, RunLineage
+from tessera.hub import access
+from tessera.hub.auth import Principal
+from tessera.hub.tables import (
+    Contribution,
+    Dataset,
+    DatasetInput,
+    Lease,
+    LedgerEntry,
+    Provider,
+    Run,
+    RunDataset,
+    Version,
+)
 
 
 def descendants(s: Session, dataset_id: str) -> list[str]:
@@ -36,3 +52,110 @@ def ancestors(s: Session, dataset_ids: list[str]) -> list[str]:
         select(DatasetInput.input_id).join(above, DatasetInput.dataset_id == above.c.input_id)
     )
     return sorted(s.scalars(select(above.c.input_id)))
+
+
+def compute_of(s: Session, run_id: str, number: int) -> list[ComputeShare]:
+    """Whose compute trained the run's versions up to ``number``, on which dataset version: the
+    ledger's credits (less what was taken back) of the contributions in those versions, by the
+    dataset their leases trained on."""
+    signed = case((LedgerEntry.kind == "correction", -LedgerEntry.tokens), else_=LedgerEntry.tokens)
+    rows = s.execute(
+        select(Lease.dataset_id, Provider.name, func.sum(signed), func.sum(LedgerEntry.amount))
+        .select_from(LedgerEntry)
+        .join(Version, Version.id == LedgerEntry.version_id)
+        .join(
+            Contribution,
+            (Contribution.run_id == LedgerEntry.run_id) & (Contribution.id == LedgerEntry.contribution_id),
+        )
+        .join(Lease, Lease.id == Contribution.lease_id)
+        .join(Provider, Provider.id == LedgerEntry.provider_id)
+        .where(
+            LedgerEntry.run_id == run_id,
+            LedgerEntry.kind.in_(("compute", "correction")),
+            Version.run_id == run_id,
+            Version.number <= number,
+        )
+        .group_by(Lease.dataset_id, Provider.name)
+    ).all()
+    shares = [
+        ComputeShare(provider=p, dataset_id=d, tokens=int(t or 0), pflop=float(a or 0.0))
+        for d, p, t, a in rows
+    ]
+    return sorted(shares, key=lambda c: (-c.tokens, c.provider, c.dataset_id or ""))
+
+
+def dataset_use(s: Session, who: Principal, d: Dataset, weight: float | None, tokens: int) -> DatasetUse:
+    shown = access.decide(s, who, d).granted
+    owner = s.get(Provider, d.owner_id) if shown else None
+    inputs = s.scalars(
+        select(DatasetInput.input_id).where(DatasetInput.dataset_id == d.id).order_by(DatasetInput.position)
+    )
+    return DatasetUse(
+        dataset_id=d.id,
+        name=d.name if shown else None,
+        owner=owner.name if owner else None,
+        licence=d.licence,
+        visibility=d.visibility,
+        weight=weight,
+        tokens=tokens,
+        derived_from=list(inputs),
+        transform=d.transform,
+        withdrawn=d.withdrawn_at is not None,
+        tainted_by=list(d.tainted_by),
+    )
+
+
+def version_lineage(s: Session, who: Principal, run: Run, version: Version) -> RunLineage:
+    """The lineage of one of the run's versions (read by whoever may read the run)."""
+    compute = compute_of(s, run.id, version.number)
+    tokens: dict[str | None, int] = {}
+    for c in compute:
+        tokens[c.dataset_id] = tokens.get(c.dataset_id, 0) + c.tokens
+    used = s.execute(
+        select(RunDataset, Dataset)
+        .join(Dataset, Dataset.id == RunDataset.dataset_id)
+        .where(RunDataset.run_id == (run.parent_id or run.id))
+        .order_by(RunDataset.position)
+    ).all()
+    datasets = [dataset_use(s, who, d, u.weight, tokens.get(d.id, 0)) for u, d in used]
+    above = [a for a in ancestors(s, [d.id for _, d in used]) if a not in {d.id for _, d in used}]
+    datasets += [
+        dataset_use(s, who, d, None, 0) for d in s.scalars(select(Dataset).where(Dataset.id.in_(above)))
+    ]
+    fork = s.get(Version, run.forked_from) if run.forked_from else None
+    parent = s.get(Run, fork.run_id) if fork else None
+    return RunLineage(
+        run_id=run.id,
+        name=run.name,
+        version=version.number,
+        version_id=version.id,
+        forked_from=version_lineage(s, who, parent, fork)
+        if parent is not None and fork is not None
+        else None,
+        datasets=datasets,
+        compute=compute,
+        marks=marks_of(datasets),
+    )
+
+
+def run_marks(s: Session, who: Principal, run: Run) -> list[str]:
+    """The withdrawn dataset versions (or versions derived from withdrawn data) the run names."""
+    used = s.execute(
+        select(RunDataset, Dataset)
+        .join(Dataset, Dataset.id == RunDataset.dataset_id)
+        .where(RunDataset.run_id == (run.parent_id or run.id))
+    ).all()
+    marked = [(u, d) for u, d in used if d.withdrawn_at is not None or d.tainted_by]
+    return marks_of([dataset_use(s, who, d, u.weight, 0) for u, d in marked], with_tokens=False)
+
+
+def marks_of(datasets: list[DatasetUse], with_tokens: bool = True) -> list[str]:
+    """What a reader must know of the data a version was trained on: withdrawn versions."""
+    marks = []
+    for d in datasets:
+        if d.weight is None or not (d.withdrawn or d.tainted_by):
+            continue
+        label = f"{d.name or 'a private dataset'} ({d.dataset_id[:16]})"
+        why = "since withdrawn by its owner" if d.withdrawn else "derived from data since withdrawn"
+        marks.append(f"trains on {label}, {why}" + (f": {d.tokens} tokens of it" if with_tokens else ""))
+    return marks

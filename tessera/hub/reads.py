@@ -1,19 +1,21 @@
 """What readers of a run see: its status (a modular run's added up from its modules), rounds,
-versions, contributions and blobs, for those who may read it."""
+versions, contributions, blobs, lineage and events, for those who may read it."""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from tessera.api.commons import RunEventInfo, RunLineage
 from tessera.api.messages import ContributionInfo, RoundMetrics, RunStatus, VersionInfo
 from tessera.errors import ConfigError, NotFound
 from tessera.hub import queries
 from tessera.hub.auth import Principal, may_read
 from tessera.hub.context import HubContext
+from tessera.hub.lineage import run_marks, version_lineage
 from tessera.hub.modules import modules_of
 from tessera.hub.runs import Runs
-from tessera.hub.tables import RoundRecord, Run
+from tessera.hub.tables import RoundRecord, Run, RunEvent
 from tessera.hub.views import contribution_info, round_metrics, version_info
 
 
@@ -54,8 +56,8 @@ class Reads:
             run = queries.run(s, run_id)
             family = modules_of(s, run)
             if not family:
-                return self._status(s, run)
-            modules = [self._status(s, m) for m in family.values()]
+                return self._status(s, run, who)
+            modules = [self._status(s, m, who) for m in family.values()]
             return RunStatus(
                 run_id=run.id,
                 name=run.name,
@@ -73,7 +75,7 @@ class Reads:
                 modules=modules,
             )
 
-    def _status(self, s: Session, run: Run) -> RunStatus:
+    def _status(self, s: Session, run: Run, who: Principal) -> RunStatus:
         latest = queries.latest_version(s, run.id)
         return RunStatus(
             run_id=run.id,
@@ -91,6 +93,7 @@ class Reads:
             recipe=run.recipe,
             module=run.module,
             parent_id=run.parent_id,
+            marks=run_marks(s, who, run),
         )
 
     def _rounds_total(self, run: Run) -> int:
@@ -110,6 +113,26 @@ class Reads:
         with self.hub.state.reading() as s:
             run = queries.run(s, run_id)
             return version_info(queries.version(s, run_id, run.current_round if number is None else number))
+
+    def lineage(self, run_id: str, who: Principal, number: int | None = None) -> RunLineage:
+        """What produced the run's version ``number`` (default: its latest)."""
+        self.runs.authorize_read(run_id, who)
+        with self.hub.state.reading() as s:
+            run = queries.run(s, run_id)
+            latest = queries.latest_version(s, run_id).number
+            return version_lineage(
+                s, who, run, queries.version(s, run_id, latest if number is None else number)
+            )
+
+    def events(self, run_id: str, who: Principal) -> list[RunEventInfo]:
+        """What the run's owners were told (a dataset it trains on was withdrawn), oldest first."""
+        self.runs.authorize_read(run_id, who)
+        with self.hub.state.reading() as s:
+            run = queries.run(s, run_id)
+            rows = s.scalars(
+                select(RunEvent).where(RunEvent.run_id == (run.parent_id or run.id)).order_by(RunEvent.id)
+            )
+            return [RunEventInfo(kind=e.kind, detail=e.detail, subject=e.subject, at=e.at) for e in rows]
 
     def run_ids(self, who: Principal) -> list[str]:
         """The runs ``who`` may see, oldest first."""

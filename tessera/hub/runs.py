@@ -10,14 +10,22 @@ from sqlalchemy.orm import Session
 
 from tessera.api.messages import CreateRunReply
 from tessera.core.modules import assign, training_order
-from tessera.core.tensors import to_bytes
-from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded, TesseraError
-from tessera.hub import queries
+from tessera.core.tensors import check_compatible, from_bytes, to_bytes
+from tessera.data.licences import refusal
+from tessera.errors import (
+    ConfigError,
+    Forbidden,
+    MalformedContribution,
+    NotFound,
+    QuotaExceeded,
+    TesseraError,
+)
+from tessera.hub import access, queries
 from tessera.hub.auth import Principal, require_participant, require_reader
 from tessera.hub.context import HubContext
 from tessera.hub.modules import check_module
 from tessera.hub.runtime import RunRuntime
-from tessera.hub.tables import Provider, Run, Version, new_id, new_round, new_run
+from tessera.hub.tables import Dataset, Provider, Run, RunDataset, Version, new_id, new_round, new_run
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import build_model, load_data, model_bytes, model_tensors
 
@@ -35,21 +43,33 @@ class Runs:
         Quotas are checked before any factory is called, and again as the run commits."""
         recipe = parse_recipe(recipe_text)
         collective_id = self._collective_id(recipe.run.collective, who)
+        self._check_datasets(who, recipe)
         with self.hub.state.transaction() as s:
             self._check_quota(s, who, 0)
         size = self._model_size(recipe)
         with self.hub.state.transaction() as s:
             self._check_quota(s, who, size)
         modules = self._module_runtimes(recipe)
-        runtime = None if modules else RunRuntime.build(recipe, trust=self.trust)
+        runtime = (
+            None
+            if modules
+            else RunRuntime.build(recipe, data=self.hub.runtimes.load_data(recipe), trust=self.trust)
+        )
+        forked = self._fork(who, recipe, runtime) if recipe.run.fork_of else None
+        if runtime is not None and forked is not None:
+            runtime.initial = from_bytes(self.hub.store.get(forked.blob_sha))
         zeros = {name: version_zero(r) for name, r in [(None, runtime), *modules.items()] if r is not None}
         run_id, now = new_id(), self.hub.clock()
         with self.hub.state.transaction() as s:
             self._check_quota(s, who, size)
             run = new_run(run_id, recipe.run.name, recipe_text, who.provider_id, collective_id, now)
             run.model_bytes = size
+            run.forked_from = forked.id if forked is not None else None
             s.add(run)
             s.flush()  # the run row first: versions and rounds refer to it
+            for position, (dataset_id, weight) in enumerate(recipe.data.datasets.items()):
+                s.add(RunDataset(run_id=run_id, dataset_id=dataset_id, weight=weight, position=position,
+                                 steps_issued=0))  # fmt: skip
             if runtime is not None:
                 self._start(s, run, runtime, zeros[None])
             for name, module_runtime in modules.items():
@@ -64,6 +84,46 @@ class Runs:
             "created run %s (%s)%s", run_id, recipe.run.name, f", modules {list(modules)}" if modules else ""
         )
         return CreateRunReply(run_id=run_id)
+
+    def _fork(self, who: Principal, recipe: Recipe, runtime: RunRuntime | None) -> Version:
+        """The version a fork starts from: of a run ``who`` may read, fitting the recipe's model
+        (ConfigError otherwise)."""
+        if runtime is None:
+            raise ConfigError("run.fork_of: a modular run cannot fork; fork one of its modules' runs")
+        parent_id, number = recipe.run.fork_of or "", recipe.run.fork_version
+        with self.hub.state.reading() as s:
+            parent = queries.run(s, parent_id)
+            require_reader(who, parent_id, parent.owner_id, parent.collective_id)
+            version = queries.version(s, parent_id, number)
+        tensors = from_bytes(self.hub.store.get(version.blob_sha))
+        try:
+            check_compatible(tensors, runtime.initial)
+        except MalformedContribution as exc:
+            raise ConfigError(
+                f"run.fork_of: version {number} of run {parent_id} does not fit this model: {exc}"
+            ) from exc
+        return version
+
+    def _check_datasets(self, who: Principal, recipe: Recipe) -> None:
+        """The recipe's dataset versions exist, may be used by ``who`` (read, or named by id if
+        private: only their owners' workers will train on them), are not withdrawn, and their
+        licences allow the run's declared use (ConfigError with the reason otherwise)."""
+        if not recipe.data.datasets:
+            return
+        if recipe.modules:
+            raise ConfigError("a modular run reads data.path; dataset versions train whole-model runs")
+        with self.hub.state.transaction() as s:
+            for dataset_id in recipe.data.datasets:
+                d = s.get(Dataset, dataset_id)
+                if d is None or (d.stored and not access.decide(s, who, d).granted):
+                    raise access.not_found(dataset_id)
+                problem = refusal(d.licence, recipe.run.use)
+                if d.withdrawn_at is not None or d.tainted_by:
+                    problem = "it was withdrawn (or derives from withdrawn data)"
+                if problem is not None:
+                    raise ConfigError(
+                        f"dataset {d.name} v{d.number} ({dataset_id[:16]}) cannot be used: {problem}"
+                    )
 
     def _model_size(self, recipe: Recipe) -> int:
         """Bytes of the models the run makes the hub hold (a modular run: one per module, as each

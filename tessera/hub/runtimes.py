@@ -9,13 +9,16 @@ from collections import OrderedDict
 
 from tessera.blobs import BlobStore
 from tessera.core.tensors import from_bytes
+from tessera.data.source import DataSource
 from tessera.errors import ConfigError
 from tessera.hub import queries
+from tessera.hub.dataset_files import StoredFiles
 from tessera.hub.modules import frozen_versions
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.state import State
 from tessera.hub.tables import Run, Version
 from tessera.recipe import Recipe, parse_recipe
+from tessera.task import load_data
 from tessera.trust import Trust
 
 CACHED_RECIPES = 1024
@@ -27,6 +30,7 @@ class Runtimes:
 
     def __init__(self, state: State, store: BlobStore, trust: Trust, size: int) -> None:
         self.state, self.store, self.trust, self.size = state, store, trust, size
+        self.files = StoredFiles(state, store)
         self._runtimes: OrderedDict[str, RunRuntime] = OrderedDict()
         self._recipes: OrderedDict[str, Recipe] = OrderedDict()
         self._lock = threading.Lock()
@@ -46,10 +50,14 @@ class Runtimes:
                 f"run {run_id} is modular: work on one of its modules "
                 f"({', '.join(recipe.modules)}); `tessera worker --module` picks one"
             )
-        runtime = RunRuntime.build(recipe, module, trust=self.trust)
+        runtime = RunRuntime.build(recipe, module, self.load_data(recipe), trust=self.trust)
         with self.state.reading() as s:
             self.load_frozen(runtime, frozen_versions(s, queries.run(s, run_id), runtime.recipe) or [])
         return self.keep(run_id, runtime)
+
+    def load_data(self, recipe: Recipe) -> DataSource:
+        """The recipe's data as the hub reads it (its dataset versions from the blob store)."""
+        return load_data(recipe, trust=self.trust, datasets=self.files)
 
     def keep(self, run_id: str, runtime: RunRuntime) -> RunRuntime:
         """Cache ``runtime`` (unless another thread cached one first: that one is returned)."""

@@ -107,8 +107,9 @@ class HubService:
         module: str | None = None,
         ranks: int = 1,
         member_id: str | None = None,
+        held_datasets: list[str] | None = None,
     ) -> RegisterReply:
-        return self.leases.register(run_id, who, name, module, ranks, member_id)
+        return self.leases.register(run_id, who, name, module, ranks, member_id, held_datasets)
 
     def lease(self, run_id: str, who: Principal, worker_id: str, wait_s: float = 0.0) -> LeaseReply:
         return self.leases.lease(run_id, who, worker_id, wait_s)

@@ -70,7 +70,12 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
         "ALTER TABLE contributions ADD COLUMN verified VARCHAR(16)",
         "CREATE INDEX ix_contributions_verified ON contributions (verified)",
     ],
-    "10": [],  # the commons' tables and runs' events, new: create_all makes them
+    "10": [  # and the commons' tables and runs' events, new: create_all makes them
+        "ALTER TABLE leases ADD COLUMN dataset_id VARCHAR(64)",
+        "ALTER TABLE leases ADD COLUMN shard VARCHAR(200)",
+        "ALTER TABLE workers ADD COLUMN held_datasets JSON DEFAULT '[]'",
+        "ALTER TABLE runs ADD COLUMN forked_from VARCHAR(32)",
+    ],
 }
 
 

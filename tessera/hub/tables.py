@@ -85,6 +85,7 @@ class Run(Base):
     # the last failure to close a round (or to load the run), shown in its status until a round closes
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    forked_from: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the version it started from
 
 
 def new_run(run_id: str, name: str, recipe: str, owner_id: str, collective_id: str | None, now: float) -> Run:
@@ -117,6 +118,7 @@ class Worker(Base):
     verified: Mapped[int] = mapped_column(Integer, default=0)  # contributions whose replay held
     flagged_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # its claims did not hold
     flag_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    held_datasets: Mapped[list[str]] = mapped_column(JSON, default=list)  # private versions it holds
     registered_at: Mapped[float] = mapped_column(Float)
     last_seen_at: Mapped[float] = mapped_column(Float)
 
@@ -216,6 +218,10 @@ class Lease(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")
     pledge_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the pledge it delivers
     stop_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # its worker's window ends
+    dataset_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True
+    )  # a dataset run's: what it trains on
+    shard: Mapped[str | None] = mapped_column(String(200), nullable=True)  # a dataset run's shard
 
 
 class Contribution(Base):
@@ -422,3 +428,5 @@ class RunDataset(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     dataset_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     weight: Mapped[float] = mapped_column(Float)
+    position: Mapped[int] = mapped_column(Integer)  # in the recipe
+    steps_issued: Mapped[int] = mapped_column(BigInteger, default=0)  # inner steps leased on it

@@ -49,7 +49,7 @@ from tessera.hub import queries
 from tessera.hub.context import HubContext
 from tessera.hub.leases import lease_seed
 from tessera.hub.tables import Contribution, Lease, LedgerEntry, Meta, Run, Worker
-from tessera.task import build_model, load_data
+from tessera.task import build_model
 
 log = logging.getLogger(__name__)
 CACHED_DATA = 4  # runs whose training data the verifier keeps loaded
@@ -124,7 +124,7 @@ class Verifier:
             lease, worker = s.get(Lease, c.lease_id), s.get(Worker, c.worker_id)
             assert lease is not None and worker is not None and c.blob_sha is not None
             base_sha = queries.version_by_id(s, lease.version_id).blob_sha
-            run_id, shard, steps, blob = c.run_id, worker.shard, c.steps, c.blob_sha
+            run_id, shard, steps, blob = c.run_id, lease.shard or worker.shard, c.steps, c.blob_sha
             seed = lease_seed(self.hub.runtimes.get(run_id).recipe.seed, worker.index, lease.round)
         base = from_bytes(self.hub.store.get(base_sha))
         upload = from_bytes(self.hub.store.get(blob))
@@ -158,7 +158,7 @@ class Verifier:
 
     def _data_of(self, run_id: str) -> DataSource:
         if run_id not in self._data:
-            self._data[run_id] = load_data(self.hub.runtimes.get(run_id).recipe, trust=self.hub.config.trust)
+            self._data[run_id] = self.hub.runtimes.load_data(self.hub.runtimes.get(run_id).recipe)
             while len(self._data) > CACHED_DATA:
                 self._data.popitem(last=False)
         self._data.move_to_end(run_id)

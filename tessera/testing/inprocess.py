@@ -6,6 +6,7 @@ benchmarks run the hub's real validation and aggregation code at full speed.
 
 from __future__ import annotations
 
+from tessera.api.commons import DatasetFile
 from tessera.api.messages import (
     ContributionMeta,
     ContributionReply,
@@ -34,9 +35,14 @@ class InProcessClient:
         self.run_id = run_id
 
     def register(
-        self, name: str, module: str | None = None, ranks: int = 1, member_id: str | None = None
+        self,
+        name: str,
+        module: str | None = None,
+        ranks: int = 1,
+        member_id: str | None = None,
+        held_datasets: list[str] | None = None,
     ) -> RegisterReply:
-        return self.service.register(self.run_id, self.who(), name, module, ranks, member_id)
+        return self.service.register(self.run_id, self.who(), name, module, ranks, member_id, held_datasets)
 
     def status(self, run_id: str) -> RunStatus:
         return self.service.status(run_id, self.who())
@@ -51,6 +57,14 @@ class InProcessClient:
 
     def version(self, run_id: str, number: int | None = None) -> VersionInfo:
         return self.service.version(run_id, self.who(), number)
+
+    def dataset_files(self, dataset_id: str) -> list[DatasetFile]:
+        return self.service.datasets.files(self.who(), dataset_id)
+
+    def dataset_file(self, dataset_id: str, sha: str) -> bytes:
+        data = self.service.datasets.file(self.who(), dataset_id, sha)
+        self.bytes_down += len(data)
+        return data
 
     def submit(self, meta: ContributionMeta, body: bytes) -> ContributionReply:
         reply = self.service.submit(self.run_id, self.who(), meta, body)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessera.api.client import HubClient
+from tessera.api.client import HubAPI, HubClient
 from tessera.api.commons import DatasetFile, DatasetInfo, DatasetRequest, Derivation
 from tessera.blobs import FileBlobStore, sha256_hex
 from tessera.data.datasets import FileEntry, check_path, manifest_of, merkle_root, read_manifest
 from tessera.data.transforms import transform
-from tessera.errors import DataError
+from tessera.errors import DataError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ class DatasetCache:
     def __init__(self, root: Path) -> None:
         self.blobs = FileBlobStore(root)
 
-    def fetch(
-        self, client: HubClient, dataset_id: str, only: list[FileEntry] | None = None
-    ) -> dict[str, bytes]:
+    def fetch(self, client: HubAPI, dataset_id: str, only: list[FileEntry] | None = None) -> dict[str, bytes]:
         """The version's files (or ``only`` those), path -> bytes, downloading each one not cached
         yet; the manifest is checked against the id, and each file against its sha256."""
         files = only if only is not None else manifest(client, dataset_id)
@@ -111,7 +109,7 @@ class DatasetCache:
         return contents
 
 
-def manifest(client: HubClient, dataset_id: str) -> list[FileEntry]:
+def manifest(client: HubAPI, dataset_id: str) -> list[FileEntry]:
     """A version's files as the hub lists them, checked to be the version the id names."""
     files = [FileEntry(f.path, f.sha256, f.size) for f in client.dataset_files(dataset_id)]
     if merkle_root(files) != dataset_id:
@@ -119,6 +117,39 @@ def manifest(client: HubClient, dataset_id: str) -> list[FileEntry]:
             f"the hub's list of files of dataset {dataset_id[:16]} is not that version; ask its admin"
         )
     return files
+
+
+class HubFiles:
+    """A worker's ``DatasetFiles``: versions it may read from the hub (their files fetched into
+    ``cache`` as its leases need them), and the private version it holds itself (``local``: its
+    folder, hashed to the version's id)."""
+
+    def __init__(self, client: HubAPI, cache: DatasetCache, local: Path | None = None) -> None:
+        self.client, self.cache = client, cache
+        self.local = local
+        self.local_files = read_manifest(local) if local is not None else []
+        self.local_id = merkle_root(self.local_files) if local is not None else None
+        self.manifests: dict[str, list[FileEntry] | None] = {}  # versions are immutable: asked once
+
+    def manifest(self, dataset_id: str) -> list[FileEntry] | None:
+        if dataset_id == self.local_id:
+            return self.local_files
+        if dataset_id not in self.manifests:
+            try:
+                self.manifests[dataset_id] = manifest(self.client, dataset_id)
+            except NotFound:  # private, or not open to this provider
+                self.manifests[dataset_id] = None
+        return self.manifests[dataset_id]
+
+    def private(self, dataset_id: str) -> bool:
+        """Its own copy, or a version the hub does not list to this worker (another's private data)."""
+        return dataset_id == self.local_id or self.manifest(dataset_id) is None
+
+    def contents(self, dataset_id: str, files: list[FileEntry]) -> dict[str, bytes]:
+        if dataset_id == self.local_id and self.local is not None:
+            root = self.local
+            return {f.path: (root / f.path if root.is_dir() else root).read_bytes() for f in files}
+        return self.cache.fetch(self.client, dataset_id, files)
 
 
 def write_folder(contents: dict[str, bytes], out: Path) -> None:

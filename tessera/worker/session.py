@@ -32,7 +32,9 @@ from tessera.core.inner import Batch, InnerResult, InnerTrainer, StepDone
 from tessera.core.modules import freeze_outside
 from tessera.core.pseudo_gradient import pseudo_gradient
 from tessera.core.tensors import TensorDict, clone_tensors, from_bytes, model_float_tensors, to_bytes
+from tessera.data.mixture import PRIVATE
 from tessera.data.source import DataSource
+from tessera.errors import DataError
 from tessera.recipe import Recipe, parse_recipe
 from tessera.task import (
     DEFAULT_TRUST,
@@ -44,6 +46,7 @@ from tessera.task import (
     require_trusted,
 )
 from tessera.trust import Trust
+from tessera.worker.datasets import DatasetCache, HubFiles
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +191,8 @@ class WorkSession:
         runs_here = describe(self.code, recipe, settings.data_path)
         self.reporter.phase(f"run {client.run_id} runs here: {runs_here}")
         self.reporter.phase("loading the data")
-        self.data: DataSource = load_data(recipe, settings.data_path, settings.trust)
+        self.held_datasets: list[str] = []  # the run's private dataset versions this worker holds
+        self.data: DataSource = self._load_data(recipe)
         saved = self._saved_identity()
         wanted = saved.module if saved is not None else settings.module
         model = self._build_before_joining(recipe, wanted)
@@ -205,6 +209,24 @@ class WorkSession:
         self.frozen = Frozen(FileBlobStore(settings.state_dir / "frozen"), client)
         self.feedback = ErrorFeedback(codec(self.recipe.communication.codec))  # residual: in memory only
         self.held: Held | None = initial_version(self.model, self.trained_names)
+
+    def _load_data(self, recipe: Recipe) -> DataSource:
+        """The recipe's data: its source reading the worker's own folder (or the recipe's path);
+        for a run on dataset versions, those versions as the leases need them, the worker's own
+        folder being its copy of one of the run's private versions."""
+        settings = self.settings
+        if not recipe.data.datasets:
+            return load_data(recipe, settings.data_path, settings.trust)
+        local = Path(settings.data_path).expanduser() if settings.data_path else None
+        files = HubFiles(self.client, DatasetCache(settings.state_dir / "datasets"), local)
+        if files.local_id is not None:
+            if files.local_id not in recipe.data.datasets:
+                raise DataError(
+                    f"the data at {local} is dataset version {files.local_id[:16]}, which this run does not "
+                    "train on; leave out --data (the run's datasets come from the hub) or register it"
+                )
+            self.held_datasets = [files.local_id]
+        return load_data(recipe, None, settings.trust, datasets=files)
 
     def _build_before_joining(self, recipe: Recipe, module: str | None) -> nn.Module | None:
         """The model this worker trains, built before it registers: a worker that cannot build it
@@ -230,7 +252,9 @@ class WorkSession:
     def _register(self) -> Identity:
         """Join the run as a new worker, and remember it in ``state_dir``."""
         settings = self.settings
-        reply = self.client.register(settings.name, settings.module, settings.ranks, settings.member_id)
+        reply = self.client.register(
+            settings.name, settings.module, settings.ranks, settings.member_id, self.held_datasets
+        )
         identity = Identity(
             run_id=reply.run_id or self.client.run_id,
             worker_id=reply.worker_id,
@@ -312,7 +336,7 @@ class WorkSession:
 
     def batches(self, lease: LeaseGrant) -> Iterator[Batch]:
         """The lease's batches: its shard of the recipe's data, or all of the worker's own data."""
-        shard = lease.shard if self.settings.data_path is None else None
+        shard = lease.shard if self.settings.data_path is None or self.recipe.data.datasets else None
         return self.data.train_batches(shard, self.recipe.train.batch_size, lease.seed)
 
     def train(self, lease: LeaseGrant) -> InnerResult:
@@ -332,6 +356,8 @@ class WorkSession:
         """The upload of ``result``: the weights trained since ``base`` as the run's wire format."""
         delta = pseudo_gradient(base, self.model.state_dict())
         own = self.settings.data_path is not None
+        if self.recipe.data.datasets:  # only a private version's shard is the worker's own data
+            own = (lease.shard or "").endswith(f"-{PRIVATE}")
         meta = contribution_meta(lease, self.identity.worker_id, result, self.feedback.codec.name, own)
         return meta, to_bytes(self.encode(delta))
 

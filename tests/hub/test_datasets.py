@@ -225,7 +225,7 @@ def test_withdrawal_marks_every_descendant_and_tells_the_runs(
     with service.state.transaction() as s:
         s.add(new_run("ef" * 16, "bob's", "", bob_id, None, 0.0))
         s.flush()
-        s.add(RunDataset(run_id="ef" * 16, dataset_id=c.dataset_id, weight=1.0))
+        s.add(RunDataset(run_id="ef" * 16, dataset_id=c.dataset_id, weight=1.0, position=0))
     with pytest.raises(Forbidden, match="only dataset .* owner"):
         bob.withdraw_dataset(a.dataset_id, "not mine")
     reply = alice.withdraw_dataset(a.dataset_id, "the authors asked")

@@ -67,6 +67,10 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("workers", "flag_reason"),
             ("contributions", "own_data"),
             ("contributions", "verified"),
+            ("leases", "dataset_id"),
+            ("leases", "shard"),
+            ("workers", "held_datasets"),
+            ("runs", "forked_from"),
         )
         for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -97,6 +101,9 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT paused FROM runs")).all() == []
         assert s.execute(text("SELECT verified, flagged_at, flag_reason FROM workers")).all() == []
         assert s.execute(text("SELECT own_data, verified FROM contributions")).all() == []
+        assert s.execute(text("SELECT dataset_id, shard FROM leases")).all() == []
+        assert s.execute(text("SELECT held_datasets FROM workers")).all() == []
+        assert s.execute(text("SELECT forked_from FROM runs")).all() == []
         if upgraded.engine.dialect.name == "postgresql":
             kinds = s.execute(
                 text(

@@ -7,6 +7,7 @@
     merges         POST/GET /v1/runs/{run}/merges
     adapters       POST/GET /v1/runs/{run}/adapters, one, its blob
     datasets       /v1/datasets: versions, their files, descendants, withdrawal, access
+    lineage        GET /v1/runs/{run}/lineage (what produced a version), /events
     providers      /v1/whoami, /v1/providers, members, tokens, /v1/ledger
     probe          GET/POST /v1/probe (bandwidth probes, within a budget)
 """

@@ -15,7 +15,7 @@ router = APIRouter()
 
 @router.post("/v1/runs/{run_id}/workers", status_code=201, response_model=RegisterReply)
 def register(run_id: RunId, req: RegisterRequest, who: Who, service: Service) -> RegisterReply:
-    return service.register(run_id, who, req.name, req.module, req.ranks, req.member_id)
+    return service.register(run_id, who, req.name, req.module, req.ranks, req.member_id, req.held_datasets)
 
 
 @router.post("/v1/runs/{run_id}/leases", response_model=LeaseReply, responses=error_docs(429))

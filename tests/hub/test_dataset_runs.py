@@ -1,0 +1,180 @@
+"""Runs that train on dataset versions by id (both backends): licences checked at creation,
+leases naming a version's shard by the mixing weights, private versions only on their owner's
+workers that hold them, withdrawn versions leased no more, and the hub reading the same shard
+files as a worker."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from starlette.testclient import TestClient
+
+from tessera.api.client import HubClient
+from tessera.core.tensors import to_bytes
+from tessera.data.datasets import merkle_root, read_manifest
+from tessera.errors import ConfigError, Forbidden, NotFound
+from tessera.hub.service import HubService
+from tessera.recipe import parse_recipe
+from tessera.task import load_data
+from tessera.worker.datasets import DatasetCache, HubFiles, Terms, add_folder, derive
+from tests.helpers import meta, work, zero_update
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def dataset_recipe(weights: dict[str, float], use: str = "research", quorum: int = 2) -> str:
+    table = ", ".join(f"{i} = {w}" for i, w in weights.items())
+    return f"""
+[run]
+name = "commons"
+rounds = 3
+quorum = {quorum}
+use = "{use}"
+
+[model]
+options = {{ context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
+
+[data]
+datasets = {{ {table} }}
+options = {{ context = 16, num_shards = 2 }}
+
+[train]
+inner_steps = 3
+batch_size = 4
+lr = 0.01
+
+[eval]
+batch_size = 4
+batches = 2
+"""
+
+
+@pytest.fixture
+def commons(http: TestClient, admin: HubClient, corpus_dir: Path, tmp_path: Path) -> dict[str, object]:
+    """alice's public version of the corpus (CC-BY-NC), and bob's private copy of one package."""
+    alice = HubClient(http, admin.create_provider("alice").token, retry_s=0.0)
+    bob = HubClient(http, admin.create_provider("bob").token, retry_s=0.0)
+    public = add_folder(alice, corpus_dir, Terms("corpus", "CC-BY-NC-4.0", "public"))
+    private_dir = tmp_path / "bob"
+    shutil.copytree(corpus_dir / "alpha", private_dir / "alpha")
+    (private_dir / "alpha" / "notes.py").write_text("# bob's own notes\n" * 40)
+    private = add_folder(bob, private_dir, Terms("bob-notes", "MIT"))
+    return {"alice": alice, "bob": bob, "public": public.dataset_id, "private": private.dataset_id,
+            "private_dir": private_dir}  # fmt: skip
+
+
+def test_licences_and_visibility_are_checked_when_a_run_is_made(commons: dict, admin: HubClient) -> None:  # type: ignore[type-arg]
+    alice, public = commons["alice"], commons["public"]
+    with pytest.raises(ConfigError, match="allows only research use, and the run declares commercial"):
+        alice.create_run(dataset_recipe({public: 1.0}, use="commercial"))
+    with pytest.raises(NotFound):
+        alice.create_run(dataset_recipe({"ab" * 32: 1.0}))
+    assert alice.create_run(dataset_recipe({public: 1.0})).run_id
+
+
+def test_leases_follow_the_weights_and_private_data_stays_with_its_owner(  # type: ignore[type-arg]
+    commons: dict, service: HubService, tmp_path: Path
+) -> None:
+    alice, bob, public, private = commons["alice"], commons["bob"], commons["public"], commons["private"]
+    run_id = alice.create_run(dataset_recipe({public: 1.0, private: 3.0}, quorum=50)).run_id
+    alice.select_run(run_id)
+    bob.select_run(run_id)
+    with pytest.raises(ConfigError, match="not a private dataset of alice's"):
+        alice.register("a0", held_datasets=[private])
+    mine = [alice.register(f"a{i}").worker_id for i in range(2)]
+    theirs = [bob.register(f"b{i}", held_datasets=[private]).worker_id for i in range(2)]
+    grants = [alice.lease(w).lease for w in mine] + [bob.lease(w).lease for w in theirs]
+    assert all(g is not None for g in grants)
+    trained = [(g.dataset_id, g.shard) for g in grants if g is not None]
+    # alice's workers may only take the public version; bob's, with 1 : 3 weights, take the
+    # private one until its steps are 3x the public one's (3 steps each lease: 6 public, 6 private)
+    assert [d for d, _ in trained[:2]] == [public, public]
+    assert trained[2][0] == private and trained[2][1] == f"{private[:12]}-private"
+    assert {s for d, s in trained[:2]} == {f"{public[:12]}-0", f"{public[:12]}-1"}  # by worker index
+
+    recipe = parse_recipe(alice.status(run_id).recipe)
+    hub_data = service.hub.runtimes.load_data(recipe)
+    cache = DatasetCache(tmp_path / "cache")
+    worker_data = load_data(recipe, datasets=HubFiles(alice, cache))
+    shard = trained[0][1]
+    assert shard is not None
+    hub_batch = next(hub_data.train_batches(shard, 4, 7))
+    worker_batch = next(worker_data.train_batches(shard, 4, 7))
+    assert torch.equal(hub_batch[0], worker_batch[0])  # the hub replays what the worker trained on
+    assert 0 < len(list(cache.blobs.root.glob("*/*"))) < 100  # only the shard's files came down
+    own = load_data(recipe, datasets=HubFiles(bob, DatasetCache(tmp_path / "bob"), commons["private_dir"]))
+    assert next(own.train_batches(f"{private[:12]}-private", 4, 1))[0].shape == (4, 16)
+
+
+def test_a_withdrawn_version_is_leased_no_more(commons: dict) -> None:  # type: ignore[type-arg]
+    alice, public = commons["alice"], commons["public"]
+    run_id = alice.create_run(dataset_recipe({public: 1.0}, quorum=50)).run_id
+    alice.select_run(run_id)
+    first = alice.register("a0").worker_id
+    assert alice.lease(first).lease is not None
+    alice.withdraw_dataset(public, "the authors asked")
+    late = alice.register("a1").worker_id
+    with pytest.raises(Forbidden, match="was withdrawn"):
+        alice.lease(late)
+    with pytest.raises(ConfigError, match="cannot be used: it was withdrawn"):
+        alice.create_run(dataset_recipe({public: 1.0}))
+
+
+def test_a_private_folder_is_its_version(commons: dict) -> None:  # type: ignore[type-arg]
+    assert merkle_root(read_manifest(commons["private_dir"])) == commons["private"]
+
+
+def test_lineage_reaches_the_datasets_their_tokens_and_whose_compute(  # type: ignore[type-arg]
+    commons: dict, http: TestClient, admin: HubClient
+) -> None:
+    alice, bob, public, private = commons["alice"], commons["bob"], commons["public"], commons["private"]
+    derived, _ = derive(bob, DatasetCache(commons["private_dir"].parent / "c"), [public], "filter",
+                        {"include": ["beta/*"]}, Terms("beta", "CC-BY-NC-4.0", "public"))  # fmt: skip
+    run_id = alice.create_run(dataset_recipe({derived.dataset_id: 1.0, private: 1.0})).run_id
+    for client in (alice, bob):
+        client.select_run(run_id)
+    workers = [
+        (alice, alice.register("a").worker_id),
+        (bob, bob.register("b", held_datasets=[private]).worker_id),
+    ]
+    for client, worker_id in workers:
+        grant = work(client, worker_id)
+        reply = client.submit(meta(grant, worker_id, tokens=64), to_bytes(zero_update(client, grant)))
+        assert reply.status == "accepted"
+    assert alice.status(run_id).rounds_done == 1
+    lineage = bob.lineage(run_id, 1)
+    assert [(d.dataset_id, d.weight, d.tokens) for d in lineage.datasets] == [
+        (derived.dataset_id, 1.0, 64),
+        (private, 1.0, 64),
+        (public, None, 0),  # what the filtered version derives from
+    ]
+    assert lineage.datasets[0].derived_from == [public] and lineage.datasets[0].transform == "filter"
+    assert {(c.provider, c.dataset_id, c.tokens) for c in lineage.compute} == {
+        ("alice", derived.dataset_id, 64),
+        ("bob", private, 64),
+    }
+    assert alice.lineage(run_id).datasets[1].name is None  # bob's private version: its id only
+    assert alice.lineage(run_id, 0).compute == []
+
+    fork_recipe = dataset_recipe({public: 1.0}).replace(
+        'use = "research"', f'use = "research"\nfork_of = "{run_id}"\nfork_version = 1'
+    )
+    fork_id = bob.create_run(fork_recipe).run_id  # bob's own run, from alice's run's version 1
+    assert bob.version(fork_id, 0).blob_sha256 == bob.version(run_id, 1).blob_sha256
+    forked = bob.lineage(fork_id)
+    assert forked.forked_from is not None and (forked.forked_from.run_id, forked.forked_from.version) == (
+        run_id,
+        1,
+    )
+    assert {c.provider for c in forked.forked_from.compute} == {"alice", "bob"}
+
+    bob.withdraw_dataset(private, "I changed my mind")
+    status = alice.status(run_id)
+    assert status.marks == [f"trains on a private dataset ({private[:16]}), since withdrawn by its owner"]
+    assert [e.kind for e in alice.events(run_id)] == ["dataset_withdrawn"]
+    assert "64 tokens of it" in alice.lineage(run_id).marks[0]
+    alice.withdraw_dataset(public, "licence trouble")
+    assert len(alice.status(run_id).marks) == 2 and len(alice.events(run_id)) == 2
