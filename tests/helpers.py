@@ -69,6 +69,36 @@ batches = 2
 """
 
 
+def dataset_recipe(
+    weights: dict[str, float], use: str = "research", quorum: int = 2, inner_steps: int = 3
+) -> str:
+    """A tiny model's recipe on dataset versions of the commons (id -> mixing weight)."""
+    table = ", ".join(f"{i} = {w}" for i, w in weights.items())
+    return f"""
+[run]
+name = "commons"
+rounds = 3
+quorum = {quorum}
+use = "{use}"
+
+[model]
+options = {{ context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
+
+[data]
+datasets = {{ {table} }}
+options = {{ context = 16, num_shards = 2 }}
+
+[train]
+inner_steps = {inner_steps}
+batch_size = 4
+lr = 0.01
+
+[eval]
+batch_size = 4
+batches = 2
+"""
+
+
 def reading(folder: Path) -> Trust:
     """What a test's hub and workers trust: tessera's own factories, and recipes reading ``folder``."""
     return Trust.of(data_roots=[folder])

@@ -19,9 +19,9 @@ tells a provider the terms it has not met (owner and threshold), never the datas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from tessera.api.commons import AccessExplanation
@@ -95,13 +95,32 @@ def earned(s: Session, who: Principal, d: Dataset) -> Decision:
     )
 
 
-def decide(s: Session, who: Principal, d: Dataset) -> Decision:
-    """Whether ``who`` may read dataset version ``d``, and the rule that says so."""
+@dataclass
+class Memo:
+    """What ``decide`` looked up for one caller, kept while it decides on many versions (a
+    listing): the versions revoked for it, and its credit per owner and run."""
+
+    revoked: dict[str, AccessRevocation] | None = None
+    earned: dict[tuple[str, str | None, float | None], Decision] = field(default_factory=dict)
+
+
+def revocation(s: Session, who: Principal, d: Dataset, memo: Memo | None) -> AccessRevocation | None:
+    if memo is None:
+        return s.get(AccessRevocation, (d.id, who.provider_id))
+    if memo.revoked is None:
+        rows = s.scalars(select(AccessRevocation).where(AccessRevocation.provider_id == who.provider_id))
+        memo.revoked = {r.dataset_id: r for r in rows}
+    return memo.revoked.get(d.id)
+
+
+def decide(s: Session, who: Principal, d: Dataset, memo: Memo | None = None) -> Decision:
+    """Whether ``who`` may read dataset version ``d``, and the rule that says so (``memo``: the
+    lookups kept from deciding on other versions for the same caller)."""
     if who.provider_id == d.owner_id:
         return Decision(True, "you own it")
     if who.is_admin:
         return Decision(True, "you are a hub admin")
-    revoked = s.get(AccessRevocation, (d.id, who.provider_id))
+    revoked = revocation(s, who, d, memo)
     if revoked is not None:
         return Decision(
             False, f"its owner revoked your access{': ' + revoked.reason if revoked.reason else ''}"
@@ -112,8 +131,26 @@ def decide(s: Session, who: Principal, d: Dataset) -> Decision:
         mine = d.collective_id in who.collectives or d.collective_id == who.provider_id
         return Decision(mine, "its collective's members may read it" + ("" if mine else "; you are not one"))
     if d.visibility == "contributors":
-        return earned(s, who, d)
+        if memo is None:
+            return earned(s, who, d)
+        key = (d.owner_id, d.threshold_run_id, d.threshold_pflop)
+        if key not in memo.earned:
+            memo.earned[key] = earned(s, who, d)
+        return memo.earned[key]
     return Decision(False, "it is private: its files stay with its owner")
+
+
+def maybe_visible(who: Principal) -> ColumnElement[bool]:
+    """A condition on versions that holds for every one ``who`` may read (and some it may not:
+    ``decide`` has the last word), so a listing decides on few rows."""
+    if who.is_admin:
+        return true()
+    collectives = [*who.collectives, who.provider_id]
+    return or_(
+        Dataset.owner_id == who.provider_id,
+        Dataset.visibility.in_(("public", "contributors")),
+        (Dataset.visibility == "collective") & Dataset.collective_id.in_(collectives),
+    )
 
 
 def record(s: Session, dataset_id: str, provider_id: str, decision: Decision, now: float) -> None:

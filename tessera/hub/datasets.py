@@ -330,15 +330,19 @@ class Datasets:
         """The versions ``who`` may read, newest first (at most ``LIST_LIMIT``), optionally of one
         owner (name or id) and name."""
         with self.hub.state.reading() as s:
-            query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.number.desc())
+            query = (
+                select(Dataset)
+                .where(access.maybe_visible(who))
+                .order_by(Dataset.created_at.desc(), Dataset.number.desc())
+            )
             if owner is not None:
                 found = s.scalar(select(Provider.id).where((Provider.id == owner) | (Provider.name == owner)))
                 query = query.where(Dataset.owner_id == (found or ""))
             if name is not None:
                 query = query.where(Dataset.name == name)
-            shown = []
+            shown, memo = [], access.Memo()
             for d in s.scalars(query):
-                if access.decide(s, who, d).granted:
+                if access.decide(s, who, d, memo).granted:
                     shown.append(self.info(s, d))
                     if len(shown) == LIST_LIMIT:
                         break

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tessera.api.messages import Balance, LedgerReport
 from tessera.hub.auth import Principal, may_read_ledger_of
 from tessera.hub.state import State
-from tessera.hub.tables import Contribution, LedgerEntry, Membership, Provider, Run, Worker
+from tessera.hub.tables import Contribution, Lease, LedgerEntry, Membership, Provider, Run, Worker
 
 PFLOP = 1e15
 BUCKET_S = 3600.0  # decayed balances sum the entries of each hour together
@@ -41,6 +41,8 @@ def credit_compute(
     debit to the run's owner."""
     run = s.get(Run, run_id)
     assert run is not None
+    leases = select(Lease.id, Lease.dataset_id).where(Lease.id.in_([c.lease_id for c in contributions]))
+    trained_on: dict[str, str | None] = {lease_id: dataset_id for lease_id, dataset_id in s.execute(leases)}
     for c in contributions:
         worker = s.get(Worker, c.worker_id)
         assert worker is not None  # contributions reference registered workers
@@ -62,6 +64,7 @@ def credit_compute(
                     flops_per_token=flops_per_token,
                     amount=signed,
                     created_at=now,
+                    dataset_id=trained_on.get(c.lease_id),
                 )
             )
 

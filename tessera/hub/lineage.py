@@ -2,8 +2,8 @@
 recursive queries (SQLite and PostgreSQL alike), so a withdrawal reaches every descendant in one
 statement however deep the graph; and a run version's lineage: the dataset versions it trained
 on (with their ancestors), the tokens taken from each and whose compute, read from the ledger's
-credits joined to the leases they were earned on, and the lineage of the version a forked run
-started from."""
+credits (each names the dataset its lease trained on), and the lineage of the version a forked
+run started from."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from tessera.api.commons import ComputeShare, DatasetUse, RunLineage
 from tessera.hub import access
 from tessera.hub.auth import Principal
 from tessera.hub.tables import (
-    Contribution,
     Dataset,
     DatasetInput,
-    Lease,
     LedgerEntry,
     Provider,
     Run,
@@ -56,18 +54,13 @@ def ancestors(s: Session, dataset_ids: list[str]) -> list[str]:
 
 def compute_of(s: Session, run_id: str, number: int) -> list[ComputeShare]:
     """Whose compute trained the run's versions up to ``number``, on which dataset version: the
-    ledger's credits (less what was taken back) of the contributions in those versions, by the
-    dataset their leases trained on."""
+    ledger's credits (less what was taken back) of the contributions in those versions, each
+    recording the dataset its lease trained on."""
     signed = case((LedgerEntry.kind == "correction", -LedgerEntry.tokens), else_=LedgerEntry.tokens)
     rows = s.execute(
-        select(Lease.dataset_id, Provider.name, func.sum(signed), func.sum(LedgerEntry.amount))
+        select(LedgerEntry.dataset_id, Provider.name, func.sum(signed), func.sum(LedgerEntry.amount))
         .select_from(LedgerEntry)
         .join(Version, Version.id == LedgerEntry.version_id)
-        .join(
-            Contribution,
-            (Contribution.run_id == LedgerEntry.run_id) & (Contribution.id == LedgerEntry.contribution_id),
-        )
-        .join(Lease, Lease.id == Contribution.lease_id)
         .join(Provider, Provider.id == LedgerEntry.provider_id)
         .where(
             LedgerEntry.run_id == run_id,
@@ -75,7 +68,7 @@ def compute_of(s: Session, run_id: str, number: int) -> list[ComputeShare]:
             Version.run_id == run_id,
             Version.number <= number,
         )
-        .group_by(Lease.dataset_id, Provider.name)
+        .group_by(LedgerEntry.dataset_id, Provider.name)
     ).all()
     shares = [
         ComputeShare(provider=p, dataset_id=d, tokens=int(t or 0), pflop=float(a or 0.0))

@@ -42,8 +42,11 @@ def choose(s: Session, run_id: str, worker: Worker, shards: list[str], steps: in
         .where(RunDataset.run_id == run_id)
         .order_by(RunDataset.position)
     ).all()
+    known = {name.rsplit("-", 1)[0] for name in shards}  # the versions the run's data source has
     open_, reasons = [], []
     for use, d in rows:
+        if shard_prefix(d.id) not in known:
+            continue
         why = open_to(s, worker, d)
         if why is None:
             open_.append((use, d))

@@ -75,6 +75,7 @@ MIGRATIONS: dict[str, list[str | tuple[str, str]]] = {
         "ALTER TABLE leases ADD COLUMN shard VARCHAR(200)",
         "ALTER TABLE workers ADD COLUMN held_datasets JSON DEFAULT '[]'",
         "ALTER TABLE runs ADD COLUMN forked_from VARCHAR(32)",
+        "ALTER TABLE ledger ADD COLUMN dataset_id VARCHAR(64)",
     ],
 }
 

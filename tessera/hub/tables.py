@@ -256,7 +256,8 @@ class LedgerEntry(Base):
     to the run's owner; if the contribution's worker is later caught (``tessera.hub.verify``), a
     ``correction`` takes the credit back and a ``refund`` returns the owner's usage.
 
-    ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token).
+    ``amount`` is in PFLOP (10^15 floating-point operations of training: tokens x FLOPs per token);
+    ``dataset_id`` is the dataset version the compute trained on (its lease's), for lineage.
     """
 
     __tablename__ = "ledger"
@@ -271,6 +272,7 @@ class LedgerEntry(Base):
     flops_per_token: Mapped[float] = mapped_column(Float)
     amount: Mapped[float] = mapped_column(Float)
     created_at: Mapped[float] = mapped_column(Float)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # what the compute trained on
 
 
 class Adapter(Base):

@@ -267,5 +267,6 @@ def take_back(s: Session, run: Run, worker: Worker, c: Contribution, now: float)
                 flops_per_token=credit.flops_per_token,
                 amount=amount,
                 created_at=now,
+                dataset_id=credit.dataset_id,
             )
         )

@@ -20,36 +20,9 @@ from tessera.hub.service import HubService
 from tessera.recipe import parse_recipe
 from tessera.task import load_data
 from tessera.worker.datasets import DatasetCache, HubFiles, Terms, add_folder, derive
-from tests.helpers import meta, work, zero_update
+from tests.helpers import dataset_recipe, meta, work, zero_update
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def dataset_recipe(weights: dict[str, float], use: str = "research", quorum: int = 2) -> str:
-    table = ", ".join(f"{i} = {w}" for i, w in weights.items())
-    return f"""
-[run]
-name = "commons"
-rounds = 3
-quorum = {quorum}
-use = "{use}"
-
-[model]
-options = {{ context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
-
-[data]
-datasets = {{ {table} }}
-options = {{ context = 16, num_shards = 2 }}
-
-[train]
-inner_steps = 3
-batch_size = 4
-lr = 0.01
-
-[eval]
-batch_size = 4
-batches = 2
-"""
 
 
 @pytest.fixture

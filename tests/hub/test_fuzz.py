@@ -114,3 +114,25 @@ def test_read_paths(
             f"/v1/runs/{target['run']}/contributions",
         ):
             ok(http.get(path, headers=headers, params=query))
+
+
+@FUZZ
+@given(doc=JSON, body=st.binary(max_size=200), segment=SEGMENT, as_admin=st.booleans())
+def test_dataset_endpoints(
+    target: dict[str, Any], doc: Any, body: bytes, segment: str, as_admin: bool
+) -> None:
+    http = target["http"]
+    token = target["admin"] if as_admin else target["token"]
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    if isinstance(doc, dict):  # a registration with some fields right, so deeper checks are reached
+        doc = {"name": "fuzz", "licence": "MIT", **doc}
+    ok(http.post("/v1/datasets", content=as_json(doc), headers=headers))
+    sha = "ab" * 32
+    for path in (
+        f"/v1/datasets/{segment}",
+        f"/v1/datasets/{sha}/access/{segment}",
+        f"/v1/datasets/{sha}/files",
+    ):
+        ok(http.get(path, headers=headers))
+    ok(http.put(f"/v1/datasets/{sha}/files/{segment}", content=body, headers=headers))
+    ok(http.post(f"/v1/datasets/{sha}/withdraw", content=as_json(doc), headers=headers))

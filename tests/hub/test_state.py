@@ -71,6 +71,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
             ("leases", "shard"),
             ("workers", "held_datasets"),
             ("runs", "forked_from"),
+            ("ledger", "dataset_id"),
         )
         for table, column in dropped:
             s.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
@@ -104,6 +105,7 @@ def test_schema_4_is_upgraded_in_place(database_url: str) -> None:
         assert s.execute(text("SELECT dataset_id, shard FROM leases")).all() == []
         assert s.execute(text("SELECT held_datasets FROM workers")).all() == []
         assert s.execute(text("SELECT forked_from FROM runs")).all() == []
+        assert s.execute(text("SELECT dataset_id FROM ledger")).all() == []
         if upgraded.engine.dialect.name == "postgresql":
             kinds = s.execute(
                 text(

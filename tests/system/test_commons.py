@@ -24,6 +24,7 @@ from tessera.testing.cluster import (
     tessera_command,
     wait_workers,
 )
+from tests.helpers import dataset_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 TINY = 1e-12  # PFLOP of credited compute that earns the curated data: any contribution reaches it
@@ -40,34 +41,6 @@ def tessera(token: str, *args: str, ok: bool = True) -> subprocess.CompletedProc
 
 def printed(token: str, *args: str) -> Any:
     return json.loads(tessera(token, *args, "--json").stdout)
-
-
-def recipe(datasets: dict[str, float]) -> str:
-    table = ", ".join(f"{i} = {w}" for i, w in datasets.items())
-    return f"""
-[run]
-name = "lab-model"
-rounds = 3
-quorum = 2
-round_deadline_s = 120
-use = "research"
-
-[model]
-options = {{ context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
-
-[data]
-datasets = {{ {table} }}
-options = {{ context = 16, num_shards = 2 }}
-
-[train]
-inner_steps = 5
-batch_size = 4
-lr = 0.01
-
-[eval]
-batch_size = 4
-batches = 2
-"""
 
 
 def summary(pkg: str, i: int) -> str:
@@ -122,7 +95,7 @@ def test_the_commons_story(tmp_path: Path, corpus_dir: Path) -> None:
 
         # ada's run trains on the three; ben's worker holds his private copy, dee's does not
         weights = {docs["dataset_id"]: 1.0, notes["dataset_id"]: 1.0, summaries["dataset_id"]: 1.0}
-        (tmp_path / "recipe.toml").write_text(recipe(weights))
+        (tmp_path / "recipe.toml").write_text(dataset_recipe(weights, inner_steps=5))
         run_id = printed(tokens["ada"], "create-run", str(tmp_path / "recipe.toml"), *hub_opt)["run_id"]
         workers = [
             start_worker(
