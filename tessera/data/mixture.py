@@ -188,6 +188,20 @@ class DatasetMixture:
             raise ConfigError("a run on datasets trains shard by shard; a lease names the shard")
         return self.corpus(shard).train_batches(None, batch_size, seed)
 
+    def shard_validation_batches(self, shard: str, batch_size: int, count: int) -> list[Batch]:
+        """Held-out batches of the shard's dataset version (a module trained on it is evaluated on
+        them); none for a version whose files are not readable here."""
+        if shard not in self.shards:
+            raise DataError(f"unknown shard {shard!r}; this run's datasets have {self.shard_names()[:8]}")
+        dataset_id = self.shards[shard].dataset_id
+        held = self._documents(dataset_id, self.held.get(dataset_id, []))
+        if not held:
+            return []
+        corpus = Corpus.of_split(
+            [], held, self.corpus_settings, f"held-out files of {dataset_id[:16]}", ByteTokens()
+        )
+        return corpus.validation_batches(batch_size, count)
+
     def validation_batches(self, batch_size: int, count: int) -> list[Batch]:
         """Held-out batches of every version whose files are readable here."""
         held = [d for dataset_id, files in self.held.items() for d in self._documents(dataset_id, files)]

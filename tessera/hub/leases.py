@@ -77,7 +77,7 @@ class Leases:
                 member = s.get(PoolMember, member_id)
                 if member is None or member.provider_id != who.provider_id:
                     raise NotFound(f"no pool worker {member_id} of yours; join the pool again")
-            check_held(s, target, who, held_datasets or [])
+            check_held(s, run.parent_id or run.id, who, held_datasets or [])
             index = run.workers_registered
             run.workers_registered += 1
             worker = Worker(
@@ -263,7 +263,8 @@ class Leases:
         steps = steps if limit.steps is None else min(steps, limit.steps)
         dataset_id, shard = (None, None)
         if recipe.data.datasets:
-            dataset_id, shard = mixing.choose(s, run.id, worker, self.hub.runtimes.get(run.id).shards, steps)
+            shards = self.hub.runtimes.get(run.id).shards
+            dataset_id, shard = mixing.choose(s, run.parent_id or run.id, worker, shards, steps)
         lease = Lease(
             id=new_id(),
             run_id=run.id,

@@ -104,12 +104,9 @@ def version_lineage(s: Session, who: Principal, run: Run, version: Version) -> R
     tokens: dict[str | None, int] = {}
     for c in compute:
         tokens[c.dataset_id] = tokens.get(c.dataset_id, 0) + c.tokens
-    used = s.execute(
-        select(RunDataset, Dataset)
-        .join(Dataset, Dataset.id == RunDataset.dataset_id)
-        .where(RunDataset.run_id == (run.parent_id or run.id))
-        .order_by(RunDataset.position)
-    ).all()
+    used = named_by(s, run)
+    if run.module is not None:  # a module: the versions it trained on, of those its run names
+        used = [(u, d) for u, d in used if tokens.get(d.id)]
     datasets = [dataset_use(s, who, d, u.weight, tokens.get(d.id, 0)) for u, d in used]
     above = [a for a in ancestors(s, [d.id for _, d in used]) if a not in {d.id for _, d in used}]
     datasets += [
@@ -127,18 +124,41 @@ def version_lineage(s: Session, who: Principal, run: Run, version: Version) -> R
         else None,
         datasets=datasets,
         compute=compute,
-        marks=marks_of(datasets),
+        marks=marks_of(datasets) + only_withdrawn(run, datasets),
     )
 
 
-def run_marks(s: Session, who: Principal, run: Run) -> list[str]:
-    """The withdrawn dataset versions (or versions derived from withdrawn data) the run names."""
-    used = s.execute(
+def named_by(s: Session, run: Run) -> list[tuple[RunDataset, Dataset]]:
+    """The dataset versions a run names (a module: its modular run), in the recipe's order."""
+    rows = s.execute(
         select(RunDataset, Dataset)
         .join(Dataset, Dataset.id == RunDataset.dataset_id)
         .where(RunDataset.run_id == (run.parent_id or run.id))
+        .order_by(RunDataset.position)
     ).all()
-    marked = [(u, d) for u, d in used if d.withdrawn_at is not None or d.tainted_by]
+    return [(u, d) for u, d in rows]
+
+
+def only_withdrawn(run: Run, datasets: list[DatasetUse]) -> list[str]:
+    """For a module all of whose training data was withdrawn: how to leave it out."""
+    trained = [d for d in datasets if d.weight is not None and d.tokens]
+    if run.module is None or not trained or not all(d.withdrawn or d.tainted_by for d in trained):
+        return []
+    return [
+        f"module {run.module} trained only on withdrawn data: leave it out of samples and exports "
+        "with --expert, naming the experts to keep"
+    ]
+
+
+def run_marks(s: Session, who: Principal, run: Run) -> list[str]:
+    """The withdrawn dataset versions (or versions derived from withdrawn data) the run names (a
+    module: those it trained on)."""
+    marked = [(u, d) for u, d in named_by(s, run) if d.withdrawn_at is not None or d.tainted_by]
+    if run.module is not None and marked:
+        trained = set(
+            s.scalars(select(LedgerEntry.dataset_id).where(LedgerEntry.run_id == run.id).distinct())
+        )
+        marked = [(u, d) for u, d in marked if d.id in trained]
     return marks_of([dataset_use(s, who, d, u.weight, 0) for u, d in marked], with_tokens=False)
 
 

@@ -35,7 +35,9 @@ def open_to(s: Session, worker: Worker, d: Dataset) -> str | None:
 
 def choose(s: Session, run_id: str, worker: Worker, shards: list[str], steps: int) -> tuple[str, str]:
     """The (dataset version, shard) of the worker's new lease of ``steps`` inner steps, counted
-    against that version's weight; Forbidden, with each version's reason, if none is open to it."""
+    against that version's weight, among the versions ``shards`` (the run's, or its module's)
+    cover; ``run_id``: the run that names the versions (a module's: its modular run). Forbidden,
+    with each version's reason, if none is open to the worker."""
     rows = s.execute(
         select(RunDataset, Dataset)
         .join(Dataset, Dataset.id == RunDataset.dataset_id)

@@ -27,7 +27,7 @@ from tessera.hub.modules import check_module
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.tables import Dataset, Provider, Run, RunDataset, Version, new_id, new_round, new_run
 from tessera.recipe import Recipe, parse_recipe
-from tessera.task import build_model, load_data, model_bytes, model_tensors
+from tessera.task import build_model, model_bytes, model_tensors
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,6 @@ class Runs:
         licences allow the run's declared use (ConfigError with the reason otherwise)."""
         if not recipe.data.datasets:
             return
-        if recipe.modules:
-            raise ConfigError("a modular run reads data.path; dataset versions train whole-model runs")
         with self.hub.state.transaction() as s:
             for dataset_id in recipe.data.datasets:
                 d = s.get(Dataset, dataset_id)
@@ -180,7 +178,7 @@ class Runs:
             return {}
         whole = model_tensors(build_model(recipe, self.trust))
         assign(recipe.modules, whole)  # every tensor in exactly one module, no module empty
-        data = load_data(recipe, trust=self.trust)
+        data = self.hub.runtimes.load_data(recipe)
         runtimes = {
             name: RunRuntime.build(recipe, name, data, self.trust) for name in training_order(recipe.modules)
         }

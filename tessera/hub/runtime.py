@@ -9,6 +9,7 @@ the held-out data of its shards.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from tessera.task import (
 from tessera.trust import Trust
 
 SAFETENSORS_HEADER_ALLOWANCE = 4096
+SHA256 = re.compile(r"[0-9a-f]{64}")
 HEADER_BYTES_PER_TENSOR = 256
 
 
@@ -79,13 +81,8 @@ class RunRuntime:
         model = build_model(trains, trust)
         names = freeze_outside(model, recipe.modules, module)
         mine = {k: v for k, v in model_tensors(model).items() if k in names}
-        spec = recipe.modules[module]
-        unknown = sorted(set(spec.shards) - set(data.shard_names()))
-        if unknown:
-            raise ConfigError(
-                f"modules.{module}.shards: no shards {unknown}; the data has {data.shard_names()}"
-            )
-        return cls.of(trains, model, data, mine, list(spec.shards) or data.shard_names(), module)
+        shards = module_shards(module, recipe.modules[module].shards, data)
+        return cls.of(trains, model, data, mine, shards, module)
 
     @classmethod
     def of(
@@ -163,10 +160,33 @@ class RunRuntime:
         )
 
 
+def module_shards(module: str, named: tuple[str, ...], data: DataSource) -> list[str]:
+    """The shards a module trains on: those it names (a dataset version's id: all of that
+    version's shards), or all of them; ConfigError for a name the data does not have."""
+    have = data.shard_names()
+    if not named:
+        return have
+    found = []
+    for name in named:
+        matching = [s for s in have if s.startswith(f"{name[:12]}-")] if SHA256.fullmatch(name) else []
+        if not matching and name not in have:
+            raise ConfigError(
+                f"modules.{module}.shards: no shard or dataset version {name!r}; the data has {have}"
+            )
+        found += matching or [name]
+    return found
+
+
 def held_out(recipe: Recipe, data: DataSource, shards: list[str]) -> list[Batch]:
     """The recipe's held-out batches; of the given shards only, when the source holds out per shard."""
     size, count = recipe.eval.batch_size, recipe.eval.batches
     if not shards or not isinstance(data, ShardedValidation):
         return data.validation_batches(size, count)
     each = max(1, count // len(shards))
-    return [batch for shard in shards for batch in data.shard_validation_batches(shard, size, each)]
+    batches = [batch for shard in shards for batch in data.shard_validation_batches(shard, size, each)]
+    if not batches:
+        raise DataError(
+            f"shards {shards[:4]} hold out nothing the hub can read (private data only); give the module "
+            "a shard of data the hub holds, to evaluate its versions on"
+        )
+    return batches

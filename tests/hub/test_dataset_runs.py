@@ -151,3 +151,70 @@ def test_lineage_reaches_the_datasets_their_tokens_and_whose_compute(  # type: i
     assert "64 tokens of it" in alice.lineage(run_id).marks[0]
     alice.withdraw_dataset(public, "licence trouble")
     assert len(alice.status(run_id).marks) == 2 and len(alice.events(run_id)) == 2
+
+
+MODULAR = """
+[run]
+name = "experts"
+rounds = 1
+quorum = 1
+
+[model]
+factory = "tessera.models.modular:build"
+options = {{ experts = ["alpha", "beta"], context = 16, d_model = 16, n_layers = 1, n_heads = 2 }}
+
+[data]
+datasets = {{ {alpha} = 1.0, {beta} = 1.0 }}
+options = {{ context = 16, num_shards = 2 }}
+
+[train]
+inner_steps = 3
+batch_size = 4
+
+[eval]
+batch_size = 4
+batches = 2
+
+[modules.trunk]
+params = ["tok.*", "pos.*", "ln_f.*", "head.*",
+          "blocks.*.ln1.*", "blocks.*.attn.*", "blocks.*.ln2.*", "blocks.*.mlp.*"]
+model_options = {{ experts = [] }}
+
+[modules.alpha]
+params = ["blocks.*.experts.alpha.*"]
+shards = ["{alpha}"]
+model_options = {{ experts = ["alpha"] }}
+
+[modules.beta]
+params = ["blocks.*.experts.beta.*"]
+shards = ["{beta}"]
+model_options = {{ experts = ["beta"] }}
+"""
+
+
+def test_experts_trained_only_on_withdrawn_data_are_marked_for_leaving_out(  # type: ignore[type-arg]
+    commons: dict, corpus_dir: Path
+) -> None:
+    alice = commons["alice"]
+    alpha = add_folder(alice, corpus_dir / "alpha", Terms("alpha", "MIT", "public")).dataset_id
+    beta = add_folder(alice, corpus_dir / "beta", Terms("beta", "MIT", "public")).dataset_id
+    run_id = alice.create_run(MODULAR.format(alpha=alpha, beta=beta)).run_id
+    modules = {}
+    for name, dataset_id in (("alpha", alpha), ("beta", beta)):
+        alice.select_run(run_id)
+        reply = alice.register(name, module=name)
+        alice.select_run(reply.run_id)
+        grant = work(alice, reply.worker_id)
+        assert (
+            grant.dataset_id == dataset_id
+            and grant.shard is not None
+            and grant.shard.startswith(dataset_id[:12])
+        )
+        alice.submit(meta(grant, reply.worker_id), to_bytes(zero_update(alice, grant)))
+        modules[name] = reply.run_id
+    assert [d.dataset_id for d in alice.lineage(modules["alpha"]).datasets] == [alpha]
+    alice.withdraw_dataset(alpha, "opted out")
+    assert alice.status(modules["alpha"]).marks and not alice.status(modules["beta"]).marks
+    marks = alice.lineage(modules["alpha"]).marks
+    assert any("module alpha trained only on withdrawn data" in m and "--expert" in m for m in marks)
+    assert alice.lineage(modules["beta"]).marks == []

@@ -232,7 +232,7 @@ def test_sample_and_export_choose_experts(
             ),
             "start differently",
         ),
-        (('shards = ["beta"]', 'shards = ["gamma"]'), "no shards"),
+        (('shards = ["beta"]', 'shards = ["gamma"]'), "no shard or dataset version 'gamma'"),
         (('shards = ["alpha"]', 'shards = ["alpha"]\nowner = "nobody"'), "no provider named"),
         (("[modules.beta]", '[modules.ghost]\nparams = ["nothing.*"]\n\n[modules.beta]'), "match no tensor"),
     ],
