@@ -100,9 +100,8 @@ def export(
         model, info, versions = latest_model(source, run_id, expert, trust, found)
         history = all_versions(source, info) if format == "hf" else []
         credits = source.credits(run_id) if format == "hf" else []
-        commons = (
-            source.lineage(run_id) if format == "hf" and parse_recipe(info.recipe).data.datasets else None
-        )
+        on_datasets = format == "hf" and bool(parse_recipe(info.recipe).data.datasets) and not info.modules
+        commons = source.lineage(run_id) if on_datasets else None  # a modular run's: per module
     if format == "safetensors":
         metadata = {"recipe": info.recipe, "run_id": run_id, "versions": versions}
         metadata["experts"] = json.dumps(expert)

@@ -66,6 +66,10 @@ def check_manifest(files: Sequence[FileEntry]) -> None:
         if f.path in seen:
             raise DataError(f"file {f.path!r} is listed twice")
         seen.add(f.path)
+    folders = {"/".join(f.path.split("/")[:n]) for f in files for n in range(1, f.path.count("/") + 1)}
+    clash = sorted(folders & seen)
+    if clash:
+        raise DataError(f"{clash[0]!r} is listed as a file and as a folder of other files")
 
 
 def leaf_hash(entry: FileEntry) -> bytes:

@@ -139,21 +139,32 @@ class DatasetMixture:
         self.corpus_settings = settings.corpus()
         self.shards: dict[str, DatasetShard] = {}
         self.held: dict[str, list[FileEntry]] = {}  # the held-out files of versions readable here
+        self.unreadable: list[str] = []  # not readable here (yet): shards learned if a lease names one
         for dataset_id in dataset_ids:
             manifest = files.manifest(dataset_id)
-            if manifest is not None:
-                held = held_out_files(manifest, settings.held_out_fraction)
-                self.held[dataset_id] = [f for f in manifest if f.sha256 in held]
-                manifest = [f for f in manifest if f.sha256 not in held]
-            if files.private(dataset_id):
-                own = tuple(manifest or ())  # the owner's copy, where this is its owner's worker
-                name = private_shard(dataset_id)
-                self.shards[name] = DatasetShard(name, dataset_id, own)
-            elif manifest is None:
-                raise DataError(f"dataset version {dataset_id[:16]} of this run cannot be read here")
+            if manifest is None and not files.private(dataset_id):
+                self.unreadable.append(dataset_id)
             else:
-                self.shards |= {s.name: s for s in dataset_shards(dataset_id, manifest, settings.num_shards)}
+                self._add(dataset_id, manifest)
         self._corpora: OrderedDict[str, Corpus] = OrderedDict()
+
+    def _add(self, dataset_id: str, manifest: list[FileEntry] | None) -> None:
+        """A version's shards (a private one: one shard, of the owner's copy where it is here)
+        and its held-out files."""
+        if manifest is not None:
+            held = held_out_files(manifest, self.settings.held_out_fraction)
+            self.held[dataset_id] = [f for f in manifest if f.sha256 in held]
+            manifest = [f for f in manifest if f.sha256 not in held]
+        if self.files.private(dataset_id):
+            name = private_shard(dataset_id)
+            self.shards[name] = DatasetShard(name, dataset_id, tuple(manifest or ()))
+        elif not manifest:
+            raise DataError(
+                f"dataset version {dataset_id[:16]} holds out all its files (held_out_fraction "
+                f"{self.settings.held_out_fraction}), leaving nothing to train on: add files or lower it"
+            )
+        else:
+            self.shards |= {s.name: s for s in dataset_shards(dataset_id, manifest, self.settings.num_shards)}
 
     def shard_names(self) -> list[str]:
         return list(self.shards)
@@ -167,7 +178,7 @@ class DatasetMixture:
             self._corpora.move_to_end(shard)
             return self._corpora[shard]
         if shard not in self.shards:
-            raise DataError(f"unknown shard {shard!r}; this run's datasets have {self.shard_names()[:8]}")
+            self._learn(shard)
         chosen = self.shards[shard]
         if not chosen.files:
             raise DataError(
@@ -182,6 +193,17 @@ class DatasetMixture:
         while len(self._corpora) > CACHED_SHARDS:
             self._corpora.popitem(last=False)
         return corpus
+
+    def _learn(self, shard: str) -> None:
+        """The shards of a version not readable here before (its provider has earned access
+        since), read now; DataError if ``shard`` is none of them."""
+        for dataset_id in [i for i in self.unreadable if shard.startswith(f"{shard_prefix(i)}-")]:
+            manifest = self.files.manifest(dataset_id)
+            if manifest is not None:
+                self._add(dataset_id, manifest)
+                self.unreadable.remove(dataset_id)
+        if shard not in self.shards:
+            raise DataError(f"unknown shard {shard!r}; this run's datasets have {self.shard_names()[:8]}")
 
     def train_batches(self, shard: str | None, batch_size: int, seed: int) -> Iterator[Batch]:
         if shard is None:

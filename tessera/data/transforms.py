@@ -27,6 +27,7 @@ from tessera.errors import DataError
 Files = dict[str, bytes]
 Inputs = list[tuple[str, Files]]
 MAX_ANNOTATION_BYTES = 64 << 20
+MAX_PATTERN = 1000  # characters of a filter's regular expression
 
 
 def merged(inputs: Inputs) -> Files:
@@ -46,9 +47,11 @@ class FilterParams:
 
     def __post_init__(self) -> None:
         if self.contains is not None:
+            if len(self.contains) > MAX_PATTERN:
+                raise DataError(f"filter contains: at most {MAX_PATTERN} characters")
             try:
                 re.compile(self.contains)
-            except re.error as exc:
+            except (re.error, RecursionError, OverflowError) as exc:
                 raise DataError(
                     f"filter contains: {self.contains!r} is not a regular expression ({exc})"
                 ) from exc

@@ -54,6 +54,7 @@ class HubLimits:
     max_assessing: int = 2  # uploads decoded and checked at once (each holds ~3x its model's fp32 size)
     max_dataset_file_bytes: int = 256 * MIB  # one file of a dataset version (held in memory on upload)
     max_provider_dataset_bytes: int = 64 * GIB  # the files of a provider's dataset versions together
+    max_provider_datasets: int = 100_000  # dataset versions one provider registers (private ones too)
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

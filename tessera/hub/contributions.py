@@ -223,7 +223,8 @@ class Contributions:
             contribution.status = "accepted" if recipe.aggregation.min_cosine is None else "pending"
             contribution.weight = meta.tokens * staleness_weight(staleness, recipe.run.staleness_decay)
             contribution.blob_sha = c.blob_sha
-            contribution.own_data = meta.own_data or (lease.shard or "").endswith(f"-{PRIVATE}")
+            private = (lease.shard or "").endswith(f"-{PRIVATE}")  # a dataset run: the hub knows
+            contribution.own_data = private if recipe.data.datasets else meta.own_data
             worker = s.get(Worker, meta.worker_id)
             assert worker is not None  # admitted: the caller's worker in this run
             self.verifier.select(s, run, worker, contribution)

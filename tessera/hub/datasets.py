@@ -15,6 +15,7 @@ version derived from it (transitively) and tells the runs that train on any of t
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tessera.api.commons import (
@@ -37,6 +38,7 @@ from tessera.hub.providers import own_collective
 from tessera.hub.tables import (
     AccessRevocation,
     Dataset,
+    DatasetBlob,
     DatasetInput,
     Provider,
     Run,
@@ -45,6 +47,24 @@ from tessera.hub.tables import (
 )
 
 LIST_LIMIT = 1000
+CHUNK = 1000  # files looked up at once
+
+
+def no_wider(d: Dataset, req: DatasetRequest, who: Principal, collective_id: str | None) -> bool:
+    """Whether a version registered by ``who`` under ``req``'s terms (``collective_id``: its
+    collective's, resolved) is read by no one who may not read its input ``d``."""
+    if d.visibility == "public" or req.visibility == "private":
+        return True
+    if req.visibility != d.visibility:
+        return False
+    if d.visibility == "collective":
+        return collective_id == d.collective_id
+    if d.visibility == "contributors":
+        same_terms = req.threshold_run == d.threshold_run_id and (req.threshold_pflop or 0.0) >= (
+            d.threshold_pflop or 0.0
+        )
+        return who.provider_id == d.owner_id and same_terms
+    return False
 
 
 def entries(d: Dataset) -> list[FileEntry]:
@@ -58,7 +78,17 @@ class Datasets:
     # --- registering -------------------------------------------------------------------
 
     def add(self, who: Principal, req: DatasetRequest) -> DatasetInfo:
-        """Register a dataset version (or answer the one these files already are)."""
+        """Register a dataset version (or answer the one these files already are); a registration
+        that raced another of the same version or name (another hub process) is told to retry."""
+        try:
+            return self._add(who, req)
+        except IntegrityError as exc:
+            raise Conflict(
+                "another registration of these files, or of a version of this name, committed first; "
+                "run the same command again"
+            ) from exc
+
+    def _add(self, who: Principal, req: DatasetRequest) -> DatasetInfo:
         root, files = self._content(req)
         for input_id in req.derivation.inputs if req.derivation else []:
             self.authorize(who, input_id)
@@ -98,6 +128,7 @@ class Datasets:
             for i, input_id in enumerate(req.derivation.inputs if req.derivation else []):
                 s.add(DatasetInput(dataset_id=root, input_id=input_id, position=i))
             s.flush()
+            self._inherit(s, who, row, files)
             self._update_state(s, row)
             return self.info(s, row)
 
@@ -167,7 +198,10 @@ class Datasets:
                 f"unknown transform {req.derivation.transform!r}; built in: {sorted(TRANSFORMS)}"
             )
         TRANSFORMS[req.derivation.transform].parse(req.derivation.params)  # as recorded: typed, bounded
+        if len(set(req.derivation.inputs)) != len(req.derivation.inputs):
+            raise DataError("a derivation names each input once; drop the repeated --from")
         granted = licence(req.licence).uses
+        collective_id = own_collective(s, who, req.collective).id if req.collective else None
         for input_id in req.derivation.inputs:
             d = access.readable(s, who, input_id)
             if d.withdrawn_at is not None or d.tainted_by:
@@ -182,15 +216,26 @@ class Datasets:
                     f"input {input_id} is under {d.licence}, which does not allow {sorted(wider)} use; "
                     f"a derived version cannot be licensed wider ({req.licence})"
                 )
-            if d.visibility != "public" and req.visibility not in ("private", d.visibility):
+            if not no_wider(d, req, who, collective_id):
                 raise DataError(
-                    f"input {input_id} is {d.visibility}; a version derived from it is {d.visibility} or "
-                    "private, so that its data is seen by no one who may not read the input"
+                    f"input {input_id} is {d.visibility}; a version derived from it is private, or "
+                    f"{d.visibility} on the same terms (the same collective; contributors data: by its "
+                    "owner, with the same run and at least its threshold), so that its data is seen by "
+                    "no one who may not read the input"
                 )
 
     def _check_quota(self, s: Session, who: Principal, req: DatasetRequest, files: list[FileEntry]) -> None:
-        if who.is_admin or not files:
+        if who.is_admin:
             return
+        count = (
+            s.scalar(select(func.count()).select_from(Dataset).where(Dataset.owner_id == who.provider_id))
+            or 0
+        )
+        if count >= self.hub.config.limits.max_provider_datasets:
+            raise QuotaExceeded(
+                f"you have registered {count} dataset versions, the most this hub allows a provider "
+                "(limits.max_provider_datasets)"
+            )
         total = int(
             s.scalar(
                 select(func.coalesce(func.sum(Dataset.nbytes), 0)).where(
@@ -238,17 +283,44 @@ class Datasets:
         self.hub.store.put(body)
         with self.hub.state.transaction() as s:
             d = access.owned(s, who, dataset_id, "upload its files")
+            if s.get(DatasetBlob, (dataset_id, sha)) is None:
+                s.add(DatasetBlob(dataset_id=dataset_id, sha=sha))
+                s.flush()
             self._update_state(s, d)
             return self.info(s, d)
 
-    def missing(self, d: Dataset) -> list[str]:
+    def missing(self, s: Session, d: Dataset) -> list[str]:
+        """The files of ``d`` the hub does not hold for it yet."""
         if d.state == "ready":
             return []
-        return sorted({f.sha256 for f in entries(d) if not self.hub.store.has(f.sha256)})
+        held = set(s.scalars(select(DatasetBlob.sha).where(DatasetBlob.dataset_id == d.id)))
+        return sorted({f.sha256 for f in entries(d)} - held)
 
     def _update_state(self, s: Session, d: Dataset) -> None:
-        if d.state == "uploading" and not self.missing(d):
+        if d.state == "uploading" and not self.missing(s, d):
             d.state = "ready"
+
+    def _inherit(self, s: Session, who: Principal, d: Dataset, files: list[FileEntry]) -> None:
+        """Hold for ``d`` the files that are files of versions ``who`` may read, with the sizes
+        listed (what is already here need not be uploaded again; nothing else counts as here)."""
+        sizes = {f.sha256: f.size for f in files}
+        shas, memo, kept = sorted(sizes), access.Memo(), set()
+        for start in range(0, len(shas), CHUNK):
+            chunk = shas[start : start + CHUNK]
+            held = select(DatasetBlob.sha, Dataset).join(Dataset, Dataset.id == DatasetBlob.dataset_id)
+            rows = s.execute(held.where(DatasetBlob.sha.in_(chunk)))
+            for sha, other in rows:
+                if (
+                    sha not in kept
+                    and access.decide(s, who, other, memo).granted
+                    and self._size(sha) == sizes[sha]
+                ):
+                    kept.add(sha)
+        s.add_all(DatasetBlob(dataset_id=d.id, sha=sha) for sha in sorted(kept))
+        s.flush()
+
+    def _size(self, sha: str) -> int | None:
+        return self.hub.store.path(sha).stat().st_size if self.hub.store.has(sha) else None
 
     def authorize(self, who: Principal, dataset_id: str) -> None:
         """404 unless ``who`` may read the version; the decision is recorded (and kept) either way."""
@@ -269,7 +341,7 @@ class Datasets:
             d = access.readable(s, who, dataset_id)
             if sha not in {f.sha256 for f in entries(d)}:
                 raise NotFound(f"dataset version {dataset_id} has no file with sha256 {sha}")
-            if not self.hub.store.has(sha):
+            if s.get(DatasetBlob, (dataset_id, sha)) is None:
                 raise NotFound(
                     f"file {sha} of dataset {dataset_id} is not uploaded yet; its owner resumes the upload "
                     "with tessera data add"
@@ -313,7 +385,7 @@ class Datasets:
             state=d.state,
             file_count=d.file_count,
             nbytes=d.nbytes,
-            missing=self.missing(d),
+            missing=self.missing(s, d),
             derivation=derivation,
             withdrawn_at=d.withdrawn_at,
             withdrawn_reason=d.withdrawn_reason,
@@ -409,9 +481,9 @@ class Datasets:
                 RunEvent(
                     run_id=run_id,
                     kind="dataset_withdrawn",
-                    detail=f"dataset {d.name} v{d.number} ({d.id[:16]}) was withdrawn by its owner: "
-                    f"{reason}; "
-                    "no new lease trains on it or on data derived from it",
+                    detail=f"dataset version {d.id[:16]}, which this run trains on (or derives from), was "
+                    "withdrawn by its owner: no new lease trains on it or on data derived from it "
+                    "(its readers see why: tessera data show)",
                     subject=d.id,
                     at=now,
                 )

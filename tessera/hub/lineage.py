@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from tessera.api.commons import ComputeShare, DatasetUse, RunLineage
 from tessera.hub import access
-from tessera.hub.auth import Principal
+from tessera.hub.auth import Principal, may_read
 from tessera.hub.tables import (
     Dataset,
     DatasetInput,
@@ -78,11 +78,15 @@ def compute_of(s: Session, run_id: str, number: int) -> list[ComputeShare]:
 
 
 def dataset_use(s: Session, who: Principal, d: Dataset, weight: float | None, tokens: int) -> DatasetUse:
+    """A dataset version as ``who`` may see it in a lineage: to one who may not read it, only its
+    id, licence, visibility, the tokens taken from it and whether it is withdrawn (derived from
+    withdrawn data counting as withdrawn), not its name, owner or derivation."""
     shown = access.decide(s, who, d).granted
     owner = s.get(Provider, d.owner_id) if shown else None
     inputs = s.scalars(
         select(DatasetInput.input_id).where(DatasetInput.dataset_id == d.id).order_by(DatasetInput.position)
     )
+    withdrawn = d.withdrawn_at is not None
     return DatasetUse(
         dataset_id=d.id,
         name=d.name if shown else None,
@@ -91,10 +95,10 @@ def dataset_use(s: Session, who: Principal, d: Dataset, weight: float | None, to
         visibility=d.visibility,
         weight=weight,
         tokens=tokens,
-        derived_from=list(inputs),
-        transform=d.transform,
-        withdrawn=d.withdrawn_at is not None,
-        tainted_by=list(d.tainted_by),
+        derived_from=list(inputs) if shown else [],
+        transform=d.transform if shown else None,
+        withdrawn=withdrawn if shown else withdrawn or bool(d.tainted_by),
+        tainted_by=list(d.tainted_by) if shown else [],
     )
 
 
@@ -114,6 +118,19 @@ def version_lineage(s: Session, who: Principal, run: Run, version: Version) -> R
     ]
     fork = s.get(Version, run.forked_from) if run.forked_from else None
     parent = s.get(Run, fork.run_id) if fork else None
+    hidden = None  # the fork point of a run the reader may not read: its id and version only
+    if parent is not None and fork is not None and not may_read(who, parent.owner_id, parent.collective_id):
+        hidden = RunLineage(
+            run_id=parent.id,
+            name="(a run you may not read)",
+            version=fork.number,
+            version_id=fork.id,
+            forked_from=None,
+            datasets=[],
+            compute=[],
+            marks=[],
+        )
+        parent, fork = None, None
     return RunLineage(
         run_id=run.id,
         name=run.name,
@@ -121,7 +138,7 @@ def version_lineage(s: Session, who: Principal, run: Run, version: Version) -> R
         version_id=version.id,
         forked_from=version_lineage(s, who, parent, fork)
         if parent is not None and fork is not None
-        else None,
+        else hidden,
         datasets=datasets,
         compute=compute,
         marks=marks_of(datasets) + only_withdrawn(run, datasets),
@@ -150,6 +167,20 @@ def only_withdrawn(run: Run, datasets: list[DatasetUse]) -> list[str]:
     ]
 
 
+def fork_chain(s: Session, run: Run) -> list[Run]:
+    """The runs a forked run descends from, nearest first."""
+    chain, seen = [], {run.id}
+    while run.forked_from is not None:
+        version = s.get(Version, run.forked_from)
+        parent = s.get(Run, version.run_id) if version is not None else None
+        if parent is None or parent.id in seen:
+            break
+        chain.append(parent)
+        seen.add(parent.id)
+        run = parent
+    return chain
+
+
 def run_marks(s: Session, who: Principal, run: Run) -> list[str]:
     """The withdrawn dataset versions (or versions derived from withdrawn data) the run names (a
     module: those it trained on)."""
@@ -159,7 +190,13 @@ def run_marks(s: Session, who: Principal, run: Run) -> list[str]:
             s.scalars(select(LedgerEntry.dataset_id).where(LedgerEntry.run_id == run.id).distinct())
         )
         marked = [(u, d) for u, d in marked if d.id in trained]
-    return marks_of([dataset_use(s, who, d, u.weight, 0) for u, d in marked], with_tokens=False)
+    inherited = [
+        f"forked from run {parent.id[:8]}, which trains on data since withdrawn ({d.id[:16]})"
+        for parent in fork_chain(s, run)
+        for _, d in named_by(s, parent)
+        if d.withdrawn_at is not None or d.tainted_by
+    ]
+    return marks_of([dataset_use(s, who, d, u.weight, 0) for u, d in marked], with_tokens=False) + inherited
 
 
 def marks_of(datasets: list[DatasetUse], with_tokens: bool = True) -> list[str]:

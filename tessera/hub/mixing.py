@@ -10,7 +10,7 @@ by its index, so a worker keeps training (and caching) the same files.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tessera.data.mixture import private_shard, shard_prefix
@@ -57,7 +57,11 @@ def choose(s: Session, run_id: str, worker: Worker, shards: list[str], steps: in
     if not open_:
         raise Forbidden(f"no dataset of this run is open to your worker: {'; '.join(reasons)}")
     use, d = min(open_, key=lambda pair: pair[0].steps_issued / pair[0].weight)
-    use.steps_issued += steps
+    s.execute(  # an increment in the database: modules' leases on one run do not lose each other's
+        update(RunDataset)
+        .where(RunDataset.run_id == use.run_id, RunDataset.dataset_id == use.dataset_id)
+        .values(steps_issued=RunDataset.steps_issued + steps)
+    )
     if not d.stored:
         return d.id, private_shard(d.id)
     mine = [name for name in shards if name.startswith(shard_prefix(d.id) + "-")]

@@ -23,6 +23,7 @@ from tessera.errors import (
 from tessera.hub import access, queries
 from tessera.hub.auth import Principal, require_participant, require_reader
 from tessera.hub.context import HubContext
+from tessera.hub.lineage import fork_chain, named_by
 from tessera.hub.modules import check_module
 from tessera.hub.runtime import RunRuntime
 from tessera.hub.tables import Dataset, Provider, Run, RunDataset, Version, new_id, new_round, new_run
@@ -104,10 +105,27 @@ class Runs:
             ) from exc
         return version
 
+    def _check_fork_licences(self, s: Session, recipe: Recipe) -> None:
+        """ConfigError if a version the fork starts from was trained on data whose licence does
+        not allow the fork's declared use."""
+        parent = s.get(Run, recipe.run.fork_of or "")
+        if parent is None:
+            return
+        for run in [parent, *fork_chain(s, parent)]:
+            for _, d in named_by(s, run):
+                problem = refusal(d.licence, recipe.run.use)
+                if problem is not None:
+                    raise ConfigError(
+                        f"run.fork_of: run {run.id} was trained on dataset version {d.id[:16]}: {problem}"
+                    )
+
     def _check_datasets(self, who: Principal, recipe: Recipe) -> None:
         """The recipe's dataset versions exist, may be used by ``who`` (read, or named by id if
         private: only their owners' workers will train on them), are not withdrawn, and their
         licences allow the run's declared use (ConfigError with the reason otherwise)."""
+        if recipe.run.fork_of is not None:
+            with self.hub.state.reading() as s:
+                self._check_fork_licences(s, recipe)
         if not recipe.data.datasets:
             return
         with self.hub.state.transaction() as s:
@@ -118,10 +136,9 @@ class Runs:
                 problem = refusal(d.licence, recipe.run.use)
                 if d.withdrawn_at is not None or d.tainted_by:
                     problem = "it was withdrawn (or derives from withdrawn data)"
-                if problem is not None:
-                    raise ConfigError(
-                        f"dataset {d.name} v{d.number} ({dataset_id[:16]}) cannot be used: {problem}"
-                    )
+                if problem is not None:  # named only to those who may read it
+                    label = f"{d.name} v{d.number} " if access.decide(s, who, d).granted else ""
+                    raise ConfigError(f"dataset {label}({dataset_id[:16]}) cannot be used: {problem}")
 
     def _model_size(self, recipe: Recipe) -> int:
         """Bytes of the models the run makes the hub hold (a modular run: one per module, as each

@@ -378,6 +378,15 @@ class Dataset(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class DatasetBlob(Base):
+    """A file of a dataset version that the hub holds for it: uploaded to it, or a file of another
+    version its owner may read (only then does an upload need not be repeated)."""
+
+    __tablename__ = "dataset_blobs"
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
 class DatasetInput(Base):
     """An edge of the derivation graph: ``dataset_id`` was derived from ``input_id``."""
 

@@ -11,6 +11,8 @@ files are hashed here and never sent: the hub gets its id and statistics.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from tessera.api.client import HubAPI, HubClient
 from tessera.api.commons import DatasetFile, DatasetInfo, DatasetRequest, Derivation
 from tessera.blobs import FileBlobStore, sha256_hex
-from tessera.data.datasets import FileEntry, check_path, manifest_of, merkle_root, read_manifest
+from tessera.data.datasets import FileEntry, check_manifest, manifest_of, merkle_root, read_manifest
 from tessera.data.transforms import transform
 from tessera.errors import DataError, NotFound
 
@@ -109,9 +111,11 @@ class DatasetCache:
         return contents
 
 
-def manifest(client: HubAPI, dataset_id: str) -> list[FileEntry]:
-    """A version's files as the hub lists them, checked to be the version the id names."""
-    files = [FileEntry(f.path, f.sha256, f.size) for f in client.dataset_files(dataset_id)]
+def manifest(client: HubAPI, dataset_id: str, listed: list[DatasetFile] | None = None) -> list[FileEntry]:
+    """A version's files as the hub lists them (``listed``, or asked now), checked to be the
+    version the id names."""
+    listed = client.dataset_files(dataset_id) if listed is None else listed
+    files = [FileEntry(f.path, f.sha256, f.size) for f in listed]
     if merkle_root(files) != dataset_id:
         raise DataError(
             f"the hub's list of files of dataset {dataset_id[:16]} is not that version; ask its admin"
@@ -129,21 +133,26 @@ class HubFiles:
         self.local = local
         self.local_files = read_manifest(local) if local is not None else []
         self.local_id = merkle_root(self.local_files) if local is not None else None
-        self.manifests: dict[str, list[FileEntry] | None] = {}  # versions are immutable: asked once
+        self.manifests: dict[str, list[FileEntry]] = {}  # versions are immutable: asked once each
 
     def manifest(self, dataset_id: str) -> list[FileEntry] | None:
+        """The version's files; None while the hub lists none to this worker (private data, or
+        data its provider may not read yet: asked again the next time)."""
         if dataset_id == self.local_id:
             return self.local_files
         if dataset_id not in self.manifests:
             try:
-                self.manifests[dataset_id] = manifest(self.client, dataset_id)
-            except NotFound:  # private, or not open to this provider
-                self.manifests[dataset_id] = None
+                listed = self.client.dataset_files(dataset_id)
+            except NotFound:
+                return None
+            if not listed:  # its owner asking about a private version the hub holds no files of
+                return None
+            self.manifests[dataset_id] = manifest(self.client, dataset_id, listed)
         return self.manifests[dataset_id]
 
     def private(self, dataset_id: str) -> bool:
-        """Its own copy, or a version the hub does not list to this worker (another's private data)."""
-        return dataset_id == self.local_id or self.manifest(dataset_id) is None
+        """Whether the version is the private one this worker holds (one shard: its copy)."""
+        return dataset_id == self.local_id
 
     def contents(self, dataset_id: str, files: list[FileEntry]) -> dict[str, bytes]:
         if dataset_id == self.local_id and self.local is not None:
@@ -153,12 +162,27 @@ class HubFiles:
 
 
 def write_folder(contents: dict[str, bytes], out: Path) -> None:
-    """Write a version's files under ``out`` (refused if one would land outside it)."""
-    for path, data in contents.items():
-        check_path(path)
-        target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    """Write a version's files under ``out``, a new or empty folder: every path is checked to
+    land inside it before anything is written, and the files go to a temporary folder beside it
+    that is renamed into place at the end (an interruption leaves no half-written copy)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not an empty folder; write the dataset into a new one")
+    check_manifest(manifest_of(contents))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for path, data in contents.items():
+            target = (staging / path).resolve()
+            if not target.is_relative_to(staging.resolve()):
+                raise DataError(f"file path {path!r} would land outside {out}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def derive(

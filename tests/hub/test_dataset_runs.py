@@ -17,6 +17,7 @@ from tessera.core.tensors import to_bytes
 from tessera.data.datasets import merkle_root, read_manifest
 from tessera.errors import ConfigError, Forbidden, NotFound
 from tessera.hub.service import HubService
+from tessera.hub.tables import LedgerEntry
 from tessera.recipe import parse_recipe
 from tessera.task import load_data
 from tessera.worker.datasets import DatasetCache, HubFiles, Terms, add_folder, derive
@@ -143,6 +144,13 @@ def test_lineage_reaches_the_datasets_their_tokens_and_whose_compute(  # type: i
         1,
     )
     assert {c.provider for c in forked.forked_from.compute} == {"alice", "bob"}
+    commercial = dataset_recipe({private: 1.0}, use="commercial").replace(
+        'use = "commercial"', f'use = "commercial"\nfork_of = "{run_id}"\nfork_version = 1'
+    )
+    with pytest.raises(
+        ConfigError, match="run.fork_of: run .* was trained on dataset version .* allows only research"
+    ):
+        bob.create_run(commercial)  # its fork point learnt from CC-BY-NC data
 
     bob.withdraw_dataset(private, "I changed my mind")
     status = alice.status(run_id)
@@ -151,6 +159,7 @@ def test_lineage_reaches_the_datasets_their_tokens_and_whose_compute(  # type: i
     assert "64 tokens of it" in alice.lineage(run_id).marks[0]
     alice.withdraw_dataset(public, "licence trouble")
     assert len(alice.status(run_id).marks) == 2 and len(alice.events(run_id)) == 2
+    assert any(m.startswith(f"forked from run {run_id[:8]}") for m in bob.status(fork_id).marks)
 
 
 MODULAR = """
@@ -218,3 +227,35 @@ def test_experts_trained_only_on_withdrawn_data_are_marked_for_leaving_out(  # t
     marks = alice.lineage(modules["alpha"]).marks
     assert any("module alpha trained only on withdrawn data" in m and "--expert" in m for m in marks)
     assert alice.lineage(modules["beta"]).marks == []
+
+
+def test_a_worker_cannot_claim_a_public_shard_as_its_own_data(commons: dict) -> None:  # type: ignore[type-arg]
+    alice, public = commons["alice"], commons["public"]
+    run_id = alice.create_run(dataset_recipe({public: 1.0}, quorum=5)).run_id
+    alice.select_run(run_id)
+    worker_id = alice.register("a").worker_id
+    grant = work(alice, worker_id)
+    claim = meta(grant, worker_id).model_copy(update={"own_data": True})  # "not replayable": refused
+    alice.submit(claim, to_bytes(zero_update(alice, grant)))
+    assert [c.verified for c in alice.contributions(run_id)] == ["pending"]  # replayed like any other
+
+
+def test_a_worker_learns_the_shards_of_data_it_earned_access_to(  # type: ignore[type-arg]
+    commons: dict, service: HubService, corpus_dir: Path, tmp_path: Path
+) -> None:
+    alice, bob, public = commons["alice"], commons["bob"], commons["public"]
+    curated = add_folder(
+        alice, corpus_dir / "delta", Terms("curated", "MIT", "contributors", threshold_pflop=1.0)
+    )
+    run_id = alice.create_run(dataset_recipe({public: 1.0, curated.dataset_id: 1.0})).run_id
+    data = load_data(
+        parse_recipe(alice.status(run_id).recipe), datasets=HubFiles(bob, DatasetCache(tmp_path / "b"))
+    )
+    shard = f"{curated.dataset_id[:12]}-0"
+    assert shard not in data.shard_names()  # bob may not read it yet
+    bob_id = bob.whoami().provider_id
+    with service.state.transaction() as s:
+        s.add(LedgerEntry(provider_id=bob_id, run_id=run_id,
+                          contribution_id="c", version_id="v", kind="compute", tokens=1, flops_per_token=1e15,
+                          amount=2.0, created_at=0.0))  # fmt: skip
+    assert next(data.train_batches(shard, 4, 0))[0].shape == (4, 16)  # learned when a lease names it

@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 
 from tessera.api.client import HubClient
 from tessera.api.commons import DatasetRequest
-from tessera.data.datasets import read_manifest
+from tessera.blobs import sha256_hex
+from tessera.data.datasets import FileEntry, check_manifest, read_manifest
 from tessera.errors import Conflict, DataError, Forbidden, MalformedContribution, NotFound, TesseraError
 from tessera.hub.service import HubService
 from tessera.hub.tables import AccessDecision, LedgerEntry, Run, RunDataset, new_id, new_run
@@ -187,7 +188,10 @@ def test_derivations_keep_their_inputs_terms(http: TestClient, admin: HubClient,
     inner = add_folder(
         alice, folder(tmp_path / "inner", {"i.txt": b"i"}), Terms("in", "MIT", "collective", collective="lab")
     )
-    with pytest.raises(DataError, match="is collective; a version derived from it is collective or private"):
+    with pytest.raises(
+        DataError,
+        match="is collective; a version derived from it is private, or collective on the same terms",
+    ):
         derive(alice, cache, [inner.dataset_id], "dedupe", {}, Terms("out", "MIT", "public"))
     with pytest.raises(NotFound):  # bob may not read it, so may not derive from it
         derive(bob, cache, [inner.dataset_id], "dedupe", {}, Terms("out", "MIT", "private"))
@@ -241,3 +245,78 @@ def test_withdrawal_marks_every_descendant_and_tells_the_runs(
         derive(bob, cache, [c.dataset_id], "dedupe", {}, Terms("e", "MIT", "public"))
     with service.state.reading() as s:
         assert s.get(Run, "ef" * 16) is not None
+
+
+def test_listing_a_file_one_does_not_hold_does_not_fetch_it(
+    http: TestClient, admin: HubClient, tmp_path: Path
+) -> None:
+    alice, mallory = provider(http, admin, "alice"), provider(http, admin, "mallory")
+    secret = add_folder(alice, folder(tmp_path / "secret", {"s.txt": b"the secret"}),
+                        Terms("secret", "MIT", "contributors", threshold_pflop=5.0))  # fmt: skip
+    sha = alice.dataset_files(secret.dataset_id)[0].sha256
+    for size in (0, len(b"the secret")):  # the hub holds those bytes, but not for mallory
+        claim = request_for(
+            Terms(f"mine{size}", "MIT", "public"), [FileEntry(f"stolen{size}.txt", sha, size)]
+        )
+        info = mallory.add_dataset(claim)
+        assert info.state == "uploading" and info.missing == [sha]
+        with pytest.raises(NotFound, match="not uploaded yet"):
+            mallory.dataset_file(info.dataset_id, sha)
+    again = add_folder(alice, folder(tmp_path / "more", {"s.txt": b"the secret", "t.txt": b"new"}),
+                       Terms("secret", "MIT", "contributors", threshold_pflop=5.0))  # fmt: skip
+    assert again.state == "ready" and alice.bytes_up < 1000  # alice's own file: held already
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"a": b"x", "a/b": b"y"}, "listed as a file and as a folder"),
+        ({"x/../y": b"z"}, "not a relative path"),
+    ],
+)
+def test_manifests_that_cannot_be_written_out_are_refused(files: dict[str, bytes], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        check_manifest([FileEntry(p, sha256_hex(b), len(b)) for p, b in files.items()])
+
+
+def test_derivations_with_repeated_inputs_or_wild_patterns_are_refused(
+    http: TestClient, admin: HubClient, tmp_path: Path
+) -> None:
+    alice = provider(http, admin, "alice")
+    base = add_folder(alice, folder(tmp_path / "base"), Terms("base", "MIT", "public"))
+    cache = DatasetCache(tmp_path / "cache")
+    with pytest.raises(DataError, match="names each input once"):
+        derive(alice, cache, [base.dataset_id, base.dataset_id], "dedupe", {}, Terms("d", "MIT", "public"))
+    with pytest.raises(DataError, match="is not a regular expression|at most 1000 characters"):
+        derive(
+            alice,
+            cache,
+            [base.dataset_id],
+            "filter",
+            {"contains": "(" * 900 + ")" * 900},
+            Terms("f", "MIT", "public"),
+        )
+    curated = add_folder(
+        alice, folder(tmp_path / "c", {"c.txt": b"c"}), Terms("c", "MIT", "contributors", threshold_pflop=2.0)
+    )
+    bob = provider(http, admin, "bob")
+    with pytest.raises(NotFound):  # bob earned nothing: he may not read it, so not derive from it
+        derive(
+            bob,
+            cache,
+            [curated.dataset_id],
+            "dedupe",
+            {},
+            Terms("free", "MIT", "contributors", threshold_pflop=0.0),
+        )
+    with pytest.raises(
+        DataError, match="is contributors; a version derived from it is private"
+    ):  # cheaper terms
+        derive(
+            alice,
+            cache,
+            [curated.dataset_id],
+            "dedupe",
+            {},
+            Terms("cheap", "MIT", "contributors", threshold_pflop=0.5),
+        )
