@@ -55,8 +55,8 @@ def test_the_commons_story(tmp_path: Path, corpus_dir: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     hub = start_hub(tmp_path / "hub", port, log=tmp_path / "hub.log")
     procs: list[subprocess.Popen[bytes]] = [hub]
+    admin = HubClient.connect(url, (tmp_path / "hub" / "admin.token").read_text().strip())
     try:
-        admin = HubClient.connect(url, (tmp_path / "hub" / "admin.token").read_text().strip())
         admin.create_provider("lab", "collective")
         tokens = {name: admin.create_provider(name).token for name in ("ada", "ben", "cy", "dee")}
         for member in ("ada", "ben", "cy"):
@@ -150,4 +150,5 @@ def test_the_commons_story(tmp_path: Path, corpus_dir: Path) -> None:
             "mod1.py",
         ]
     finally:
+        admin.close()
         stop(procs)
