@@ -74,6 +74,13 @@ def describe(info: DatasetInfo) -> str:
     return line
 
 
+def show_info(info: DatasetInfo, as_json: bool) -> None:
+    if as_json:
+        print_json(info.model_dump())
+    else:
+        console.print(describe(info), soft_wrap=True)
+
+
 def show_infos(infos: list[DatasetInfo], as_json: bool, title: str) -> None:
     if as_json:
         print_json([i.model_dump() for i in infos])
@@ -120,7 +127,7 @@ def add(
     chosen = terms(name, licence, visibility, description, collective, threshold, threshold_run)
     with HubClient.connect(hub_url, token) as client:
         info = add_folder(client, path, chosen)
-    print_json(info.model_dump()) if as_json else console.print(describe(info), soft_wrap=True)
+    show_info(info, as_json)
 
 
 @data_app.command("list")
@@ -250,7 +257,7 @@ def derive_(
         info, files = derive(client, DatasetCache(cache), inputs, transform, params, chosen)
     if out is not None:
         write_folder(files, out)
-    print_json(info.model_dump()) if as_json else console.print(describe(info), soft_wrap=True)
+    show_info(info, as_json)
 
 
 @data_app.command("withdraw")
