@@ -118,7 +118,9 @@ class DatasetUse(Message):
 
 class ComputeShare(Message):
     provider: str
-    dataset_id: str | None = Field(description="what the compute trained on (None: a run's own data)")
+    dataset_id: str | None = Field(
+        description="what the compute trained on (None: the recipe's data path, not a dataset version)"
+    )
     tokens: int
     pflop: float
 

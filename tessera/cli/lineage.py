@@ -31,6 +31,10 @@ def dataset_label(d: DatasetUse) -> str:
     return f"{name} {d.dataset_id[:16]}{owner}, {d.licence}, {d.visibility}{made}{flags}"
 
 
+def trained_on(dataset_id: str | None) -> str:
+    return dataset_id[:16] if dataset_id else "the recipe's data"
+
+
 def tree_of(lineage: RunLineage) -> Tree:
     tree = Tree(f"[bold]{lineage.name}[/bold] version {lineage.version} (run {lineage.run_id})")
     data = tree.add("datasets")
@@ -44,9 +48,7 @@ def tree_of(lineage: RunLineage) -> Tree:
             ancestors.add(dataset_label(d))
     compute = tree.add("compute")
     for c in lineage.compute:
-        compute.add(
-            f"{c.provider}: {c.tokens} tokens ({c.pflop:.4g} PFLOP) on {(c.dataset_id or 'own data')[:16]}"
-        )
+        compute.add(f"{c.provider}: {c.tokens} tokens ({c.pflop:.4g} PFLOP) on {trained_on(c.dataset_id)}")
     for mark in lineage.marks:
         tree.add(f"[red]{mark}[/red]")
     if lineage.forked_from is not None:
