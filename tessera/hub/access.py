@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from tessera.api.commons import AccessExplanation
 from tessera.errors import Forbidden, NotFound
+from tessera.hub import queries
 from tessera.hub.auth import Principal
 from tessera.hub.tables import (
     AccessDecision,
@@ -200,8 +201,7 @@ def owned(s: Session, who: Principal, dataset_id: str, action: str) -> Dataset:
 
 def principal_of(s: Session, p: Provider) -> Principal:
     """The principal a provider's own token would give."""
-    collectives = frozenset(s.scalars(select(Membership.collective_id).where(Membership.member_id == p.id)))
-    return Principal(p.id, p.name, p.is_admin, collectives)
+    return Principal(p.id, p.name, p.is_admin, frozenset(queries.collectives_of(s, p.id)))
 
 
 def explain(s: Session, who: Principal, dataset_id: str, provider: Provider, now: float) -> AccessExplanation:

@@ -31,7 +31,7 @@ from tessera.data.datasets import FileEntry, check_manifest, merkle_root
 from tessera.data.licences import licence
 from tessera.data.transforms import TRANSFORMS
 from tessera.errors import ConfigError, Conflict, DataError, MalformedContribution, NotFound, QuotaExceeded
-from tessera.hub import access, lineage
+from tessera.hub import access, lineage, queries
 from tessera.hub.auth import Principal
 from tessera.hub.context import HubContext
 from tessera.hub.providers import own_collective
@@ -408,8 +408,8 @@ class Datasets:
                 .order_by(Dataset.created_at.desc(), Dataset.number.desc())
             )
             if owner is not None:
-                found = s.scalar(select(Provider.id).where((Provider.id == owner) | (Provider.name == owner)))
-                query = query.where(Dataset.owner_id == (found or ""))
+                found = queries.provider_named(s, owner)
+                query = query.where(Dataset.owner_id == (found.id if found else ""))
             if name is not None:
                 query = query.where(Dataset.name == name)
             shown, memo = [], access.Memo()
@@ -514,9 +514,7 @@ class Datasets:
 
     @staticmethod
     def _provider(s: Session, name_or_id: str) -> Provider:
-        found = s.scalars(
-            select(Provider).where((Provider.id == name_or_id) | (Provider.name == name_or_id))
-        ).first()
+        found = queries.provider_named(s, name_or_id)
         if found is None:
             raise NotFound(f"no provider {name_or_id!r} on this hub")
         return found

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from tessera.api.messages import CreatedProvider, ProviderInfo, TokenReply
 from tessera.errors import ConfigError, Conflict, Forbidden, NotFound, Unauthorized
+from tessera.hub import queries
 from tessera.hub.auth import Principal, require_admin
 from tessera.hub.state import State
 from tessera.hub.tables import ApiToken, Membership, Provider, new_id
@@ -133,7 +134,7 @@ class ProviderService:
     def find(self, name_or_id: str) -> str:
         """A provider's id from its name or id."""
         with self.state.transaction() as s:
-            row = s.get(Provider, name_or_id) or s.scalar(select(Provider).where(Provider.name == name_or_id))
+            row = queries.provider_named(s, name_or_id)
             if row is None:
                 raise NotFound(f"no provider named {name_or_id!r}")
             return row.id
@@ -167,18 +168,19 @@ class ProviderService:
 
     @staticmethod
     def _info(s: Session, p: Provider) -> ProviderInfo:
-        collectives = s.scalars(select(Membership.collective_id).where(Membership.member_id == p.id)).all()
         return ProviderInfo(
-            provider_id=p.id, name=p.name, kind=p.kind, is_admin=p.is_admin, collectives=sorted(collectives)
+            provider_id=p.id,
+            name=p.name,
+            kind=p.kind,
+            is_admin=p.is_admin,
+            collectives=queries.collectives_of(s, p.id),
         )
 
 
 def own_collective(s: Session, who: Principal, name_or_id: str, hint: str = "") -> Provider:
     """The collective named (by name or id) that ``who`` belongs to, is, or (a hub admin) may act
     for: NotFound if there is no such collective, Forbidden (with ``hint``) if ``who`` is not in it."""
-    found = s.scalars(
-        select(Provider).where((Provider.id == name_or_id) | (Provider.name == name_or_id))
-    ).first()
+    found = queries.provider_named(s, name_or_id)
     if found is None or found.kind != "collective":
         raise NotFound(f"no collective {name_or_id!r} on this hub")
     if not (who.is_admin or found.id == who.provider_id or found.id in who.collectives):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, aliased
 
 from tessera.errors import Forbidden, NotFound
 from tessera.hub.auth import Principal
-from tessera.hub.tables import Contribution, Lease, RoundRecord, Run, Version, Worker
+from tessera.hub.tables import Contribution, Lease, Membership, Provider, RoundRecord, Run, Version, Worker
 
 
 def run(s: Session, run_id: str, lock: bool = False) -> Run:
@@ -209,3 +209,13 @@ def owns_blob(s: Session, run_id: str, sha: str) -> bool:
         .where(Version.run_id == run_id, or_(Version.blob_sha == sha, Version.change_sha == sha))
     )
     return bool(found)
+
+
+def provider_named(s: Session, name_or_id: str) -> Provider | None:
+    """The provider with this id, else the one with this name."""
+    return s.get(Provider, name_or_id) or s.scalar(select(Provider).where(Provider.name == name_or_id))
+
+
+def collectives_of(s: Session, provider_id: str) -> list[str]:
+    """The ids of the collectives a provider is a member of, sorted."""
+    return sorted(s.scalars(select(Membership.collective_id).where(Membership.member_id == provider_id)))
