@@ -10,12 +10,17 @@
 [model]  factory = "package.module:function", options = {...}
 [data]   source = "package.module:function", path = "...", options = {...}; or
          datasets = { <dataset version id> = weight, ... } (the hub's commons; tessera.data.mixture)
-[train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss, seed
+[train]  inner_steps, batch_size, lr, weight_decay, grad_clip, loss; over the whole run
+         (tessera.core.schedule): inner_steps_by_round = [H of round 0, H of round 1, ...] (the
+         sync schedule; later rounds take inner_steps), lr_schedule = "constant" | "cosine",
+         warmup_steps, final_lr_fraction
 [outer]  kind = "nesterov" | "average", lr, momentum
 [eval]   batch_size, batches
-[communication]  codec = "fp32" | "bf16" | "fp16" | "int8" | "int4" | "int2" | "topk<percent>",
+[communication]  codec (and download_codec) = "fp32" | "bf16" | "fp16" | "int8" | "int4" | "int3" |
+         "int2" | "sign" | "topk<percent>",
          error_feedback = true
-[plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`; others use train.inner_steps),
+[plan]   inner_steps = { worker-name = H, ... } (from `tessera plan`, scaled by each round's H in
+         the sync schedule over train.inner_steps; others take the round's H),
          topology = "name of the planned topology"
 [modules.<name>]  params = [patterns], depends, shards, owner, model_options, rounds, quorum,
          inner_steps, outer: separately versioned parts of the model (tessera.core.modules)
@@ -39,6 +44,7 @@ from tessera.core.inner import MAX_INNER_STEPS, InnerSettings
 from tessera.core.modules import ModuleSpec, parse_modules
 from tessera.core.outer import OuterSettings
 from tessera.core.robust import AggregationSettings
+from tessera.core.schedule import RunSchedule
 from tessera.core.validation import ValidationSettings
 from tessera.data.licences import check_use
 from tessera.errors import ConfigError
@@ -208,9 +214,6 @@ class PlanSection:
                     f"plan.inner_steps.{name} must be an integer from 1 to {MAX_INNER_STEPS}, got {steps!r}"
                 )
 
-    def steps_for(self, worker_name: str, default: int) -> int:
-        return self.inner_steps.get(worker_name, default)
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -227,6 +230,16 @@ class Recipe:
     modules: dict[str, ModuleSpec] = field(default_factory=dict)
     seed: int = 0
 
+    @property
+    def schedule(self) -> RunSchedule:
+        """The run's rounds laid end to end: each round's H and the inner learning rate at each
+        of its steps (``tessera.core.schedule``)."""
+        t = self.train
+        by_round = tuple(t.inner_steps_by_round)
+        return RunSchedule(
+            t.inner_steps, by_round, self.run.rounds, t.lr_schedule, t.warmup_steps, t.final_lr_fraction
+        )
+
     def for_module(self, name: str) -> Recipe:
         """The recipe as module ``name`` trains: its rounds, quorum, H and model options."""
         spec = self.modules[name]
@@ -234,15 +247,21 @@ class Recipe:
             outer = from_table(f"modules.{name}.outer", OuterSettings, {**asdict(self.outer), **spec.outer})
         except ConfigError as exc:
             raise ConfigError(f"modules.{name}.outer: {exc}") from exc
-        return replace(
+        module = replace(
             self,
             run=replace(
                 self.run, rounds=spec.rounds or self.run.rounds, quorum=spec.quorum or self.run.quorum
             ),
-            train=replace(self.train, inner_steps=spec.inner_steps or self.train.inner_steps),
+            train=self.train
+            if not spec.inner_steps
+            else replace(  # a module's own H: no list
+                self.train, inner_steps=spec.inner_steps, inner_steps_by_round=[]
+            ),
             model=replace(self.model, options={**self.model.options, **spec.model_options}),
             outer=outer,
         )
+        check_schedule(module, f"module {name}")
+        return module
 
 
 SECTIONS: dict[str, type] = {
@@ -276,9 +295,27 @@ def parse_recipe(text: str) -> Recipe:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     recipe = Recipe(seed=seed, modules=parse_modules(doc.get("modules", {})), **parts)
+    check_schedule(recipe, "the run")
     for name in recipe.modules:
         recipe.for_module(name)  # a module's own settings are checked now
     return recipe
+
+
+def check_schedule(recipe: Recipe, where: str) -> None:
+    """ConfigError unless the sync schedule fits the rounds (of ``where``: the run, or a module)
+    and the warm-up ends before the run's last step."""
+    listed, rounds = len(recipe.train.inner_steps_by_round), recipe.run.rounds
+    if listed > rounds:
+        raise ConfigError(
+            f"train.inner_steps_by_round lists {listed} rounds but {where} has {rounds} "
+            "(its rounds); shorten the list or raise the rounds"
+        )
+    total = recipe.schedule.total_steps
+    if recipe.train.warmup_steps >= total:
+        raise ConfigError(
+            f"train.warmup_steps = {recipe.train.warmup_steps} does not end before the last of the "
+            f"{total} inner steps of {where} (rounds x H); lower it"
+        )
 
 
 def load_recipe(path: Path) -> Recipe:

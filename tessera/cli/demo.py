@@ -40,7 +40,7 @@ def demo(
     momentum: Annotated[float | None, typer.Option(help="Outer (Nesterov) momentum")] = None,
     codec: Annotated[
         str | None,
-        typer.Option(help="Upload codec: fp32, bf16, fp16, int8, int4, int3, int2 or topk<percent>"),
+        typer.Option(help="Upload codec: fp32, bf16, fp16, int8, int4, int3, int2, sign or topk<percent>"),
     ] = None,
     overlap: Annotated[
         bool | None, typer.Option("--overlap/--no-overlap", help="Overlap communication with training")

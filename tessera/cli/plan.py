@@ -12,10 +12,11 @@ from rich.table import Table
 from tessera.cli.app import app, console
 from tessera.errors import ConfigError
 from tessera.plan.planner import DEFAULT_WIRE_FORMATS, Plan, PlanSettings, Workload, make_plan
-from tessera.plan.profile import WIRE_FORMATS, ModelProfile, profile_recipe
+from tessera.plan.profile import WIRE_FORMATS, ModelProfile, RunBytes, profile_recipe, run_bytes
 from tessera.plan.simulator import ChurnEvent, SimResult, SimSettings, simulate
 from tessera.plan.topology import Topology, load_topology, parse_window
 from tessera.recipe import Recipe, load_recipe
+from tessera.settings import read_toml
 from tessera.task import configure_torch
 
 MAX_LINK_ROWS = 10
@@ -43,11 +44,22 @@ def workload(recipe: Recipe, profile: ModelProfile) -> Workload:
 
 def build_plan(
     topology_path: Path, recipe_path: Path, settings: PlanSettings, measure_flops: bool
-) -> tuple[Topology, Recipe, Plan]:
+) -> tuple[Topology, Recipe, Plan, ModelProfile]:
     topology = load_topology(topology_path)
     recipe = load_recipe(recipe_path)
     profile = profile_recipe(recipe, measure_flops)
-    return topology, recipe, make_plan(topology, profile, workload(recipe, profile), settings)
+    return topology, recipe, make_plan(topology, profile, workload(recipe, profile), settings), profile
+
+
+def planned_run_bytes(recipe_path: Path, recipe: Recipe, profile: ModelProfile, chosen: str) -> RunBytes:
+    """A worker's bytes over the run as it will be created with the plan: the recipe's own codecs
+    if it has a [communication] section, else the plan's wire format both ways (``with_plan``);
+    its rounds and H per round (``train.inner_steps_by_round``)."""
+    if "communication" in read_toml(recipe_path.read_text(), "recipe"):
+        up, down = recipe.communication.codec, recipe.communication.download_codec
+    else:
+        up = down = chosen
+    return run_bytes(profile, recipe.schedule, up, down)
 
 
 @app.command("plan")
@@ -68,9 +80,11 @@ def plan(
         max_inner_steps=max_inner_steps,
         wire_formats=tuple(wire_format or DEFAULT_WIRE_FORMATS),
     )
-    _, _, result = build_plan(topology, recipe, settings, measure_flops)
+    _, parsed, result, profile = build_plan(topology, recipe, settings, measure_flops)
     print_plan(result)
-    json_path.write_text(json.dumps(result.to_json(), indent=2))
+    whole = planned_run_bytes(recipe, parsed, profile, result.wire_format)
+    print_run_bytes(whole)
+    json_path.write_text(json.dumps({**result.to_json(), "run_bytes": whole.to_json()}, indent=2))
     console.print(
         f"plan written to {json_path}; attach it with: tessera create-run RECIPE --plan {json_path}"
     )
@@ -155,6 +169,14 @@ def print_plan(p: Plan) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
+def print_run_bytes(b: RunBytes) -> None:
+    console.print(
+        f"over the run ({b.rounds} rounds, {b.steps:,} inner steps, {b.codecs}): "
+        f"{b.total / 1e6:,.1f} MB per worker ({b.upload / 1e6:,.1f} up, {b.download / 1e6:,.1f} down), "
+        f"1/{b.ratio:,.0f} of per-step data parallel's {b.data_parallel / 1e9:,.2f} GB"
+    )
+
+
 def churn_events(leave: list[str], join: list[str]) -> tuple[ChurnEvent, ...]:
     events = []
     for action, specs in (("leave", leave), ("join", join)):
@@ -188,7 +210,7 @@ def simulate_command(
 ) -> None:
     """Simulate ROUNDS rounds of the plan for TOPOLOGY: wall time with stragglers, windows, churn."""
     settings = PlanSettings(target_utilization=target, efficiency=efficiency)
-    topo, run, planned = build_plan(topology, recipe, settings, measure_flops=False)
+    topo, run, planned, _ = build_plan(topology, recipe, settings, measure_flops=False)
     start_minute = parse_window(f"{start}-{start}").start
     sim = SimSettings(
         rounds=rounds,

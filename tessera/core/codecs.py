@@ -10,6 +10,8 @@ get a suffix, ".q", ".scale", ".idx", ".val") and back, given the original shape
   bytes; int4 uses the 15 levels -7..7, int2 the 4 levels -1.5, -0.5, 0.5, 1.5 (times the scale).
 - ``int3``: 3 bits per value (the 7 levels -3..3) in blocks of 256 with one bf16 scale: 3.0625
   bits per value.
+- ``sign``: 1 bit per value (its sign) in blocks of 256 with one bf16 scale, the block's mean
+  magnitude: 1.0625 bits per value.
 - ``topk1``..: the largest 1% (``topk<p>`` for p%) of each tensor by magnitude: int32 indices and
   fp16 values.
 
@@ -150,6 +152,38 @@ class Quantized(Codec):
         return values.reshape(-1)[:numel]
 
 
+class Sign(Codec):
+    """One bit per value, its sign, and one bf16 scale per block of 256: the block's mean
+    magnitude, the scale that loses the least (in squared error) for a sign."""
+
+    name = "sign"
+    suffixes = (".q", ".scale")
+    lossless = False
+    block = 256
+
+    def encode_one(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = tensor.reshape(-1)
+        grid = blocks(flat, self.block)
+        counts = torch.full((grid.shape[0],), float(self.block))
+        if len(counts):
+            counts[-1] = flat.numel() - self.block * (grid.shape[0] - 1)  # the padding is not averaged
+        scale = (grid.abs().sum(dim=1) / counts).to(torch.bfloat16)
+        return {".q": pack((flat >= 0).to(torch.uint8), 1), ".scale": scale}
+
+    def decode_one(self, parts: dict[str, torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+        numel = math.prod(shape)
+        n_blocks = math.ceil(numel / self.block)
+        q, scale = parts[".q"], parts[".scale"]
+        check(scale.dtype == torch.bfloat16 and scale.shape == (n_blocks,), name, f"{n_blocks} bf16 scales")
+        size = packed_size(numel, 1)
+        check(q.dtype == torch.uint8 and q.numel() == size, name, f"{size} bytes of sign bits")
+        signs = blocks(unpack(q, 1, numel).float() * 2 - 1, self.block)
+        values = signs * scale.float()[:, None]
+        if not torch.isfinite(values).all():
+            raise MalformedContribution(f"tensor {name}: scales are not finite")
+        return values.reshape(-1)[:numel]
+
+
 def packed_size(count: int, bits: int) -> int:
     return math.ceil(count * bits / 8)
 
@@ -219,6 +253,7 @@ def codec(name: str) -> Codec:
         "int4": Quantized("int4", 4, 64),
         "int3": Quantized("int3", 3, 256, torch.bfloat16),
         "int2": Quantized("int2", 2, 64),
+        "sign": Sign(),
     }
     if name in fixed:
         return fixed[name]

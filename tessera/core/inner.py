@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.core.schedule import LR_SCHEDULES
 from tessera.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -67,6 +68,11 @@ class InnerSettings:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     loss: str = "cross_entropy"
+    # over the whole run (tessera.core.schedule): H per round, and the learning rate's schedule
+    inner_steps_by_round: list[int] = field(default_factory=list)
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1 <= self.inner_steps <= MAX_INNER_STEPS:
@@ -80,6 +86,27 @@ class InnerSettings:
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ConfigError("train.weight_decay and train.grad_clip cannot be negative (0 turns them off)")
         loss_function(self.loss)
+        self.check_schedule()
+
+    def check_schedule(self) -> None:
+        if not isinstance(self.inner_steps_by_round, list) or len(self.inner_steps_by_round) > 10_000:
+            raise ConfigError("train.inner_steps_by_round must be a list of at most 10000 step counts")
+        for steps in self.inner_steps_by_round:
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_INNER_STEPS:
+                raise ConfigError(
+                    f"train.inner_steps_by_round: each entry must be an integer from 1 to "
+                    f"{MAX_INNER_STEPS}, got {steps!r}"
+                )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"train.lr_schedule {self.lr_schedule!r} unknown: use one of {list(LR_SCHEDULES)}"
+            )
+        if not 0 <= self.warmup_steps <= MAX_INNER_STEPS * 100:
+            raise ConfigError(
+                f"train.warmup_steps must be from 0 to {MAX_INNER_STEPS * 100}, got {self.warmup_steps}"
+            )
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ConfigError(f"train.final_lr_fraction must be from 0 to 1, got {self.final_lr_fraction}")
 
 
 @dataclass(frozen=True)
@@ -111,9 +138,12 @@ class InnerTrainer:
         trainable = [p for p in model.parameters() if p.requires_grad]  # a module's worker freezes the rest
         self.optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
 
-    def step(self, batch: Batch) -> tuple[float, int]:
-        """One optimizer step; returns (loss, target elements seen)."""
+    def step(self, batch: Batch, lr_fraction: float = 1.0) -> tuple[float, int]:
+        """One optimizer step at ``lr_fraction`` of the base learning rate; returns (loss, target
+        elements seen)."""
         inputs, targets = batch
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr * lr_fraction
         self.model.train()
         loss = self.loss_fn(outputs_of(self.model, inputs), targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -129,14 +159,16 @@ class InnerTrainer:
         steps: int,
         on_step: Callable[[StepDone], None] | None = None,
         stop: Callable[[], bool] | None = None,
+        lr_scale: Callable[[int], float] | None = None,
     ) -> InnerResult:
         """``steps`` optimizer steps, fewer if ``stop`` (asked after each) says so; ``on_step``
-        hears of each as it is done."""
+        hears of each as it is done; step j (from 0) at ``lr_scale(j)`` of the base learning rate
+        (``tessera.core.schedule``; None: all at the base rate)."""
         start = time.perf_counter()
         losses: list[float] = []
         tokens = 0
         for done in range(1, steps + 1):
-            loss, n = self.step(next(batches))
+            loss, n = self.step(next(batches), lr_scale(done - 1) if lr_scale else 1.0)
             losses.append(loss)
             tokens += n
             if on_step is not None:

@@ -16,6 +16,7 @@ import time
 from sqlalchemy.orm import Session
 
 from tessera.api.messages import LeaseGrant, LeaseReply, RegisterReply
+from tessera.core.inner import MAX_INNER_STEPS
 from tessera.errors import ConfigError, Forbidden, NotFound, QuotaExceeded
 from tessera.hub import mixing, queries
 from tessera.hub.auth import Principal
@@ -295,20 +296,22 @@ class Leases:
         """H for this worker: the plan's, if it names the worker; with ``run.balance_steps``, the
         recipe's H scaled by the fastest worker's measured step time over this worker's, so that
         fast and slow workers finish a round together (step times are claims: one under a tenth of
-        the median is not believed as the fastest, and no worker gets more than the recipe's H);
-        else the recipe's H."""
+        the median is not believed as the fastest, and no worker gets more than the round's H);
+        else the recipe's H. The recipe's H is the round's in its sync schedule
+        (``train.inner_steps_by_round``), and a planned H is scaled with it."""
         recipe = self.hub.runtimes.recipe_of(run)
-        default = recipe.plan.steps_for(worker.name, recipe.train.inner_steps)
-        if worker.name in recipe.plan.inner_steps or not recipe.run.balance_steps:
-            return default
+        nominal = recipe.schedule.steps(run.current_round)
+        if worker.name in recipe.plan.inner_steps:
+            planned = recipe.plan.inner_steps[worker.name]
+            return max(1, min(MAX_INNER_STEPS, round(planned * nominal / recipe.train.inner_steps)))
+        if not recipe.run.balance_steps:
+            return nominal
         times = queries.step_times(s, run.id, run.current_round - 2)
         if worker.id not in times:
-            return default
+            return nominal
         floor = statistics.median(times.values()) / 10
         fastest = min(t for t in times.values() if t >= floor)
-        return max(
-            1, min(recipe.train.inner_steps, round(recipe.train.inner_steps * fastest / times[worker.id]))
-        )
+        return max(1, min(nominal, round(nominal * fastest / times[worker.id])))
 
 
 def check_held(s: Session, run_id: str, who: Principal, held: list[str]) -> None:

@@ -31,7 +31,7 @@ from tessera.hub.ledger import credit_compute
 from tessera.hub.outer_step import Computed, compute
 from tessera.hub.tables import Contribution, Lease, RoundRecord, Run
 from tessera.hub.versions import commit_version
-from tessera.recipe import RunSettings
+from tessera.recipe import Recipe, RunSettings
 
 log = logging.getLogger(__name__)
 MAX_SQL_INT = 2**63 - 1
@@ -112,9 +112,7 @@ class Rounds:
             return None
         if record.accepted >= self._quorum(s, run.id, record, settings):
             return "quorum"
-        if now - record.started_at >= self._deadline_s(
-            s, run.id, record.number, settings, recipe.train.inner_steps
-        ):
+        if now - record.started_at >= self._deadline_s(s, run.id, record.number, recipe):
             return "deadline"
         return None
 
@@ -123,15 +121,18 @@ class Rounds:
         both ways within a round (in-flight leases are used, new ones issued)."""
         return quorum_of(s, run_id, record.number, settings, self.hub.clock())
 
-    def _deadline_s(
-        self, s: Session, run_id: str, number: int, settings: RunSettings, full_steps: int
-    ) -> float:
+    def _deadline_s(self, s: Session, run_id: str, number: int, recipe: Recipe) -> float:
         """Seconds from round ``number``'s start to its deadline: ``run.round_deadline_s``, or,
         with ``run.deadline_k`` once ``ADAPT_AFTER_ROUNDS`` rounds have closed (rounds close in
         order: those before the open one), ``adaptive_deadline_s`` of the last ``ADAPT_WINDOW``
-        closed rounds' arrivals (of whole leases: of ``full_steps``, the recipe's, where a window
-        bounds them), read once per round (closed rounds do not change)."""
-        if settings.deadline_k <= 0 or number < ADAPT_AFTER_ROUNDS:
+        closed rounds' arrivals (of whole leases: of the round's H where a window bounds them),
+        read once per round (closed rounds do not change). Where the sync schedule gave those
+        rounds another H than this one's, their arrivals say nothing of it: the fixed deadline."""
+        settings, schedule = recipe.run, recipe.schedule
+        full_steps = schedule.steps(number)
+        window = range(max(0, number - ADAPT_WINDOW), number)
+        same_h = all(schedule.steps(r) == full_steps for r in window)
+        if settings.deadline_k <= 0 or number < ADAPT_AFTER_ROUNDS or not same_h:
             return settings.round_deadline_s
         cached = self._deadlines.get(run_id)
         if cached is not None and cached[0] == number:

@@ -125,27 +125,31 @@ class Verifier:
             assert lease is not None and worker is not None and c.blob_sha is not None
             base_sha = queries.version_by_id(s, lease.version_id).blob_sha
             run_id, shard, steps, blob = c.run_id, lease.shard or worker.shard, c.steps, c.blob_sha
+            place = (lease.round, lease.inner_steps)  # where the lease's steps sit in the lr schedule
             seed = lease_seed(self.hub.runtimes.get(run_id).recipe.seed, worker.index, lease.round)
         base = from_bytes(self.hub.store.get(base_sha))
         upload = from_bytes(self.hub.store.get(blob))
         applied = {**base, **{k: base[k] - upload[k] for k in upload if k in base}}
-        replayed, losses = self._replay(run_id, base, shard, steps, seed)
+        replayed, losses = self.replay(run_id, base, shard, (steps, seed), place)
         return replay_gain(losses(base), losses(applied), losses(replayed))
 
-    def _replay(
-        self, run_id: str, base: TensorDict, shard: str | None, steps: int, seed: int
+    def replay(
+        self, run_id: str, base: TensorDict, shard: str | None, work: tuple[int, int], place: tuple[int, int]
     ) -> tuple[TensorDict, Callable[[TensorDict], float]]:
-        """The weights after ``steps`` inner steps from ``base`` on the lease's data, with a
-        fresh optimizer, on a model of the hub's own (not the runtime's, which requests share),
-        and the loss of given weights on ``GAIN_BATCHES`` of the lease's batches spread over it
-        (the first ones alone can miss what a worker learned later: gain -0.03 on the first 16,
-        0.37 on all 150, for one honest lease of a run under faults)."""
+        """The weights after ``steps`` inner steps (``work``: steps and seed) from ``base`` on the
+        lease's data, at the learning rates of the lease's ``place`` in the run's schedule (its
+        round and H), with a fresh optimizer, on a model of the hub's own (not the runtime's,
+        which requests share), and the loss of given weights on ``GAIN_BATCHES`` of the lease's
+        batches spread over it (the first ones alone can miss what a worker learned later: gain
+        -0.03 on the first 16, 0.37 on all 150, for one honest lease of a run under faults)."""
         recipe = self.hub.runtimes.get(run_id).recipe
         model = build_model(recipe, self.hub.config.trust)
         model.load_state_dict(base, strict=False)
         data = self._data_of(run_id)
         trainer = InnerTrainer(model, recipe.train)
-        trainer.train(data.train_batches(shard, recipe.train.batch_size, seed), steps)
+        steps, seed = work
+        lr_scale = recipe.schedule.lr_scale(*place)
+        trainer.train(data.train_batches(shard, recipe.train.batch_size, seed), steps, lr_scale=lr_scale)
         replayed = model_float_tensors(model)
         batches = data.train_batches(shard, recipe.train.batch_size, seed)
         spread = list(islice(islice(batches, 0, steps, max(1, steps // GAIN_BATCHES)), GAIN_BATCHES))

@@ -8,13 +8,16 @@ synchronization for each wire format.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from tessera.core.codecs import TOPK, codec
 from tessera.core.inner import Batch, LossFn, outputs_of
+from tessera.core.schedule import RunSchedule
+from tessera.errors import ConfigError
 from tessera.recipe import Recipe
 from tessera.task import build_model, load_data, loss_of, training_flops_per_token
 
@@ -44,8 +47,21 @@ WIRE_FORMATS: dict[str, WireFormat] = {
     "int4": WireFormat(4, block=64),
     "int3": WireFormat(3, block=256, scale_bits=16),
     "int2": WireFormat(2, block=64),
+    "sign": WireFormat(1, block=256, scale_bits=16),
     "topk1": WireFormat(16, keep=0.01),
 }
+
+
+def wire_format_of(name: str) -> WireFormat:
+    """The wire format of codec ``name`` (``topk<percent>`` for any percent); ConfigError naming
+    the codecs otherwise."""
+    if name in WIRE_FORMATS:
+        return WIRE_FORMATS[name]
+    match = TOPK.match(name)
+    if match is None:
+        codec(name)  # the codec's own error, listing the choices
+        raise ConfigError(f"codec {name!r} has no wire format")
+    return WireFormat(16, keep=float(match.group(1)) / 100)
 
 
 @dataclass(frozen=True)
@@ -61,13 +77,53 @@ class ModelProfile:
 
     def sync_bytes(self, wire_format: str) -> int:
         """Bytes of one contribution (or one version) in this wire format."""
-        fmt = WIRE_FORMATS[wire_format]
+        fmt = wire_format_of(wire_format)
         return sum(fmt.nbytes(n) for n in self.tensor_numels)
 
     @property
     def gradient_bytes(self) -> int:
         """Bytes all-reduced per synchronous step (fp32 gradients)."""
         return 4 * self.trainable
+
+
+@dataclass(frozen=True)
+class RunBytes:
+    """What one worker sends and receives over a whole run, counted as the hub counts it (its
+    contributions up, every version's change down), against per-step data parallel on the same
+    steps (an fp32 gradient up and the averaged one down at every step)."""
+
+    rounds: int
+    steps: int  # the run's nominal inner steps per worker (tessera.core.schedule)
+    codecs: str  # "UP/DOWN"
+    upload: int
+    download: int
+    data_parallel: int
+
+    @property
+    def total(self) -> int:
+        return self.upload + self.download
+
+    @property
+    def ratio(self) -> float:
+        """Data parallel's bytes over this run's."""
+        return self.data_parallel / max(1, self.total)
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "total": self.total, "ratio": self.ratio}
+
+
+def run_bytes(profile: ModelProfile, schedule: RunSchedule, up: str, down: str) -> RunBytes:
+    """One worker's bytes over the ``schedule``'s rounds with contributions in ``up`` and version
+    changes in ``down`` (safetensors headers left out: a few hundred bytes a message)."""
+    rounds, steps = schedule.rounds, schedule.total_steps
+    return RunBytes(
+        rounds=rounds,
+        steps=steps,
+        codecs=f"{up}/{down}",
+        upload=rounds * profile.sync_bytes(up),
+        download=rounds * profile.sync_bytes(down),
+        data_parallel=2 * profile.gradient_bytes * steps,
+    )
 
 
 def parameters_per_module(model: nn.Module) -> dict[str, int]:

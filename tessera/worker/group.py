@@ -114,7 +114,8 @@ class GroupTrainer:
     def train(self, lease: LeaseGrant) -> InnerResult:
         """Start from rank 0's weights, train the lease's steps in lockstep, count every rank's tokens."""
         self.group.broadcast_weights(self.model)
-        result = self.trainer.train(self.batches(lease), lease.inner_steps)
+        lr_scale = self.recipe.schedule.lr_scale(lease.round, lease.inner_steps)
+        result = self.trainer.train(self.batches(lease), lease.inner_steps, lr_scale=lr_scale)
         log.info(
             "rank %d: lease %s trained, weight checksum %.12e",
             self.group.rank,

@@ -137,7 +137,8 @@ class Overlapped:
                 batches, pending = self.session.batches(lease), None
             # a step made while the next lease travels counts towards the next round
             toward = lease.round + 1 if pending is not None else lease.round
-            self.step(next(batches), progress, summary, toward, lease.inner_steps)
+            total = lease.inner_steps if toward == lease.round else None  # None: the next lease's H
+            self.step(next(batches), progress, summary, toward, total)
             if pending is None and progress.steps >= lease.inner_steps:
                 sent = progress.result()
                 pending = Prefetch(self.session, self.session.contribution(lease, anchor, sent))
@@ -146,15 +147,22 @@ class Overlapped:
             self.record(arrived.reply, sent, summary, on_contribution)
         return summary
 
-    def step(self, batch: Batch, progress: Progress, summary: WorkerSummary, number: int, total: int) -> None:
-        """One inner step, told to the reporter as one of the ``total`` steps of round ``number``."""
+    def step(
+        self, batch: Batch, progress: Progress, summary: WorkerSummary, number: int, total: int | None
+    ) -> None:
+        """One inner step, told to the reporter as one of the ``total`` steps of round ``number``
+        (None: a step made while the next lease travels, its H not known yet: the round's in the
+        run's sync schedule), at the learning rate of that place in the run's schedule."""
+        schedule = self.session.recipe.schedule
+        place = min(number, self.session.recipe.run.rounds - 1)  # past the last round: its end
+        steps = schedule.steps(place) if total is None else total
         begin = time.perf_counter()
-        loss, n = self.session.trainer.step(batch)
+        loss, n = self.session.trainer.step(batch, schedule.lr_scale(place, steps)(progress.steps))
         spent = time.perf_counter() - begin
         progress.add(loss, n, spent)
         summary.compute_s += spent
         self.session.reporter.step(
-            Step(number, progress.steps, total, progress.tokens, loss, progress.compute_s)
+            Step(number, progress.steps, steps, progress.tokens, loss, progress.compute_s)
         )
 
     def record(

@@ -348,7 +348,9 @@ class WorkSession:
             pace.step_s = s.elapsed_s / s.done
             self.reporter.step(Step(lease.round, s.done, total, s.tokens, s.loss, s.elapsed_s))
 
-        return self.trainer.train(self.batches(lease), total, told, stop=pace.stop if lease.stop_at else None)
+        lr_scale = self.recipe.schedule.lr_scale(lease.round, total)
+        stop = pace.stop if lease.stop_at else None
+        return self.trainer.train(self.batches(lease), total, told, stop=stop, lr_scale=lr_scale)
 
     def contribution(
         self, lease: LeaseGrant, base: TensorDict, result: InnerResult

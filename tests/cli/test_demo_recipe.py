@@ -78,7 +78,7 @@ def test_the_demos_own_recipe_is_unchanged_without_options_and_set_with_them(cor
     assert run_recipe(DemoSettings()) == demo_recipe(DemoSettings())  # `make demo` trains what it did
     settings = DemoSettings(overrides=Overrides(outer="average", outer_lr=1.0, codec="bf16", overlap=True))
     recipe = parse_recipe(run_recipe(settings))
-    assert (recipe.outer.kind, recipe.outer.lr, recipe.outer.momentum) == ("average", 1.0, 0.9)
+    assert (recipe.outer.kind, recipe.outer.lr, recipe.outer.momentum) == ("average", 1.0, 0.5)
     assert recipe.communication.codec == "bf16" and recipe.communication.overlap
     assert recipe.run.rounds == 12 and recipe.train.inner_steps == 100  # the rest as before
     given = DemoSettings(recipe=tiny_recipe(corpus_dir), overrides=Overrides(inner_steps=7))

@@ -18,7 +18,7 @@ from tessera.worker.loop import WorkLoop
 from tessera.worker.session import WorkerSettings, WorkerSummary
 from tests.helpers import join, meta, reading, tiny_recipe, work, zero_update
 
-NAMES = ["fp32", "bf16", "fp16", "int8", "int4", "int3", "int2", "topk1"]
+NAMES = ["fp32", "bf16", "fp16", "int8", "int4", "int3", "int2", "sign", "topk1"]
 
 
 def update(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -92,7 +92,19 @@ def test_topk_keeps_the_largest_values() -> None:
     assert out["one"].item() == pytest.approx(0.5)  # at least one value per tensor
 
 
-@pytest.mark.parametrize("name", ["int8", "int4", "int3", "int2", "topk1", "bf16"])
+def test_sign_sends_each_values_sign_times_its_blocks_mean_magnitude() -> None:
+    t = update()
+    out = round_trip("sign", t)
+    flat, sent = t["w"].reshape(-1), out["w"].reshape(-1)
+    for start in (0, 256 * 40, 20992):  # two whole blocks and the last, partial one (8 values)
+        block, got = flat[start : start + 256], sent[start : start + 256]
+        scale = torch.tensor(block.abs().mean().item()).to(torch.bfloat16).float()
+        assert torch.equal(got, torch.where(block >= 0, scale, -scale))
+    assert out["one"].item() == pytest.approx(0.5, rel=2**-8)  # one value: its own magnitude
+    assert torch.equal(out["zero"], t["zero"])
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "int3", "int2", "sign", "topk1", "bf16"])
 def test_error_feedback_sends_everything_over_time(name: str) -> None:
     """Sum of what was sent plus the residual equals the sum of the true updates, every round."""
     feedback = ErrorFeedback(codec(name))
@@ -186,7 +198,7 @@ def test_hub_refuses_a_payload_in_another_codec(http: TestClient, admin: HubClie
 # --- version changes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("name", ["fp32", "int8", "int4", "sign"])
 def test_published_version_is_rebuilt_exactly_from_the_change(name: str) -> None:
     old = {**update(1), "step": torch.tensor([3])}  # an integer buffer travels unchanged
     residual = None

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from tessera.api.client import HubClient
 from tessera.cli import app
 from tessera.core.inner import mse
+from tessera.core.schedule import RunSchedule
 from tessera.core.tensors import to_bytes
 from tessera.errors import ConfigError
 from tessera.plan.cost import (
@@ -42,7 +43,14 @@ from tessera.plan.planner import (
     Workload,
     make_plan,
 )
-from tessera.plan.profile import WIRE_FORMATS, ModelProfile, parameters_per_module, profile_model
+from tessera.plan.profile import (
+    WIRE_FORMATS,
+    ModelProfile,
+    parameters_per_module,
+    profile_model,
+    run_bytes,
+    wire_format_of,
+)
 from tessera.plan.simulator import ChurnEvent, SimSettings, simulate
 from tessera.plan.topology import TopologyError, Window, load_topology, parse_topology, parse_window
 from tessera.recipe import parse_recipe, with_plan
@@ -426,6 +434,20 @@ def test_recipe_plan_section_is_validated(corpus_dir: Path) -> None:
     assert parse_recipe(with_plan(own, "lab", {"a": 5}, "int8")).communication.codec == "bf16"
 
 
+def test_run_bytes_count_every_rounds_contribution_and_change_against_data_parallel() -> None:
+    p = profile(1_000_000)
+    schedule = RunSchedule(inner_steps=100, by_round=(25, 25, 50), rounds=10)  # 100 + 7 x 100 nominal steps
+    b = run_bytes(p, schedule, "int3", "sign")
+    # int3: 3 bits and a 16-bit scale per 256 values; sign: 1 bit and a 16-bit scale per 256
+    assert b.upload == 10 * math.ceil((3 * 1_000_000 + 16 * 3907) / 8)
+    assert b.download == 10 * math.ceil((1_000_000 + 16 * 3907) / 8)
+    assert b.steps == 800 and b.data_parallel == 2 * 4 * 1_000_000 * 800
+    assert b.ratio == pytest.approx(b.data_parallel / (b.upload + b.download))
+    assert wire_format_of("topk2.5").nbytes(1000) == 25 * (2 + 4)
+    with pytest.raises(ConfigError, match="codec 'zip' unknown"):
+        wire_format_of("zip")
+
+
 def test_probe_measures_flops_and_the_link(admin: HubClient) -> None:
     assert matmul_flops(torch.device("cpu"), size=256, repeats=2) > 1e8
     link = measure_link(admin, nbytes=1 << 20, pings=2)
@@ -444,6 +466,9 @@ def test_cli_plan_and_simulate_on_the_examples(path: Path, tmp_path: Path) -> No
     assert "levels" in result.output and "units" in result.output
     data = json.loads(out.read_text())
     assert data["worker_inner_steps"] and 0 < data["utilization"] <= 1
+    whole = data["run_bytes"]  # the recipe has no [communication]: the plan's format both ways
+    assert whole["codecs"] == f"{data['wire_format']}/{data['wire_format']}" and whole["ratio"] > 1
+    assert "per-step data parallel" in result.output
     sim_out = tmp_path / "sim.json"
     args = [
         "simulate",
