@@ -104,22 +104,19 @@ def recipe_of(demo: DemoSettings, settings: Tables) -> Recipe:
     return parse_recipe(with_settings(demo_recipe(demo), settings))
 
 
-def shard_batches(recipe: Recipe, iid: bool) -> list[Iterator[Batch]]:
+def task_data(recipe: Recipe, iid: bool) -> tuple[list[Iterator[Batch]], list[Batch]]:
+    """Each worker's training batches (its shard's, or the whole corpus' when ``iid``) and the
+    held-out batches, from one load of the recipe's data."""
     data = load_data(recipe)
-    shards = data.shard_names()
-    return [
-        data.train_batches(None if iid else s, recipe.train.batch_size, seed=i) for i, s in enumerate(shards)
-    ]
-
-
-def held_out(recipe: Recipe) -> list[Batch]:
-    return load_data(recipe).validation_batches(recipe.eval.batch_size, recipe.eval.batches)
+    batch = recipe.train.batch_size
+    shards = [data.train_batches(None if iid else s, batch, seed=i) for i, s in enumerate(data.shard_names())]
+    return shards, data.validation_batches(recipe.eval.batch_size, recipe.eval.batches)
 
 
 def data_parallel(recipe: Recipe) -> dict[str, float]:
     """Per-step data parallel on the recipe's steps: the workers' gradients averaged, then one
     AdamW step at the schedule's learning rate (as DDP does)."""
-    shards, schedule = shard_batches(recipe, iid=False), recipe.schedule
+    (shards, val), schedule = task_data(recipe, iid=False), recipe.schedule
     model = build_model(recipe)
     trainer = InnerTrainer(model, recipe.train)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -140,14 +137,14 @@ def data_parallel(recipe: Recipe) -> dict[str, float]:
         trainer.optimizer.step()
     grad_bytes = len(to_bytes({n: p.detach() for n, p in model.named_parameters()}))
     return {
-        "val_loss": evaluate(model, held_out(recipe), trainer.loss_fn),
+        "val_loss": evaluate(model, val, trainer.loss_fn),
         "bytes_per_worker": float(2 * grad_bytes * schedule.total_steps),
     }
 
 
 def diloco(recipe: Recipe, iid: bool) -> dict[str, float]:
     """The recipe's rounds as the hub and workers run them."""
-    shards, schedule, wire = shard_batches(recipe, iid), recipe.schedule, recipe.communication
+    (shards, val), schedule, wire = task_data(recipe, iid), recipe.schedule, recipe.communication
     global_model = build_model(recipe)
     params = model_float_tensors(global_model)
     workers = [build_model(recipe) for _ in shards]
@@ -171,7 +168,7 @@ def diloco(recipe: Recipe, iid: bool) -> dict[str, float]:
         sent += len(to_bytes(published.change)) * len(shards)  # every worker downloads the change
     global_model.load_state_dict(params, strict=False)
     return {
-        "val_loss": evaluate(global_model, held_out(recipe), loss_of(recipe)),
+        "val_loss": evaluate(global_model, val, loss_of(recipe)),
         "bytes_per_worker": float(sent / len(shards)),
         "rounds": recipe.run.rounds,
         "inner_steps": schedule.total_steps,

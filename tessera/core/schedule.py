@@ -17,15 +17,10 @@ ask this module, so they agree step for step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LR_SCHEDULES = ("constant", "cosine")
-
-
-def round_steps(inner_steps: int, by_round: Sequence[int], round_number: int) -> int:
-    """H of round ``round_number`` (from 0): the list's entry, else ``inner_steps``."""
-    return by_round[round_number] if round_number < len(by_round) else inner_steps
 
 
 def lr_fraction(schedule: str, step: float, total: float, warmup: int, final: float) -> float:
@@ -52,7 +47,9 @@ class RunSchedule:
     final_lr_fraction: float = 0.1
 
     def steps(self, round_number: int) -> int:
-        return round_steps(self.inner_steps, self.by_round, round_number)
+        """H of round ``round_number`` (from 0): the list's entry, else ``inner_steps``."""
+        by_round = self.by_round
+        return by_round[round_number] if round_number < len(by_round) else self.inner_steps
 
     def start(self, round_number: int) -> int:
         """The nominal steps of the rounds before ``round_number``."""
